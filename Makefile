@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test lint typecheck unit data bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,transformers]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+data:
+	@test -d $(FMNIST) || { echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null || \
+	  { echo "could not install dataset-fashion-mnist; run as root or install it yourself"; exit 1; }; }
+
+demo: $(STAMP) data
+	$(PY) -m secinfer demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP) data
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP) data
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from secinfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,27 @@
+"""Party runtime: framing, transports (in-memory and mutual TLS), accounting, launcher."""
+
+from .accounting import CostAccountant, OpCost, format_table
+from .errors import (
+    FrameError,
+    HandshakeError,
+    PeerDisconnected,
+    PeerTimeout,
+    SecinferNetError,
+    TopologyError,
+)
+from .launcher import LocalCluster, PartyFailed, local_cluster
+from .session import Session, run_in_memory
+from .tls import make_certs
+from .topology import PartySpec, Topology, write_local_topology
+from .transport import InMemoryHub, InMemoryTransport, Listener, TlsTransport, Transport
+
+__all__ = [
+    "CostAccountant", "OpCost", "format_table",
+    "FrameError", "HandshakeError", "PeerDisconnected", "PeerTimeout", "SecinferNetError",
+    "TopologyError",
+    "LocalCluster", "PartyFailed", "local_cluster",
+    "Session", "run_in_memory",
+    "make_certs",
+    "PartySpec", "Topology", "write_local_topology",
+    "InMemoryHub", "InMemoryTransport", "Listener", "TlsTransport", "Transport",
+]

@@ -1,0 +1,48 @@
+"""Errors raised by the party runtime. Each one names the peer or the frame field at fault."""
+
+from __future__ import annotations
+
+__all__ = [
+    "SecinferNetError",
+    "PeerTimeout",
+    "PeerDisconnected",
+    "FrameError",
+    "HandshakeError",
+    "TopologyError",
+]
+
+
+class SecinferNetError(RuntimeError):
+    """Base class of every runtime error."""
+
+
+class TopologyError(SecinferNetError, ValueError):
+    """The topology file is malformed or inconsistent."""
+
+
+class PeerTimeout(SecinferNetError, TimeoutError):
+    """A peer sent nothing (or accepted nothing) within the configured timeout."""
+
+    def __init__(self, peer: str, seconds: float, what: str = "sent nothing") -> None:
+        super().__init__(f"{peer} {what} for {seconds:.1f} s (timeout); is it alive?")
+        self.peer = peer
+        self.seconds = seconds
+
+
+class PeerDisconnected(SecinferNetError, ConnectionError):
+    """A peer closed its connection or its process died."""
+
+    def __init__(self, peer: str, detail: str = "") -> None:
+        msg = f"{peer} disconnected"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+        self.peer = peer
+
+
+class FrameError(SecinferNetError, ValueError):
+    """A frame on the wire is malformed: wrong magic, session, counter, size or dtype."""
+
+
+class HandshakeError(SecinferNetError, ConnectionError):
+    """TLS or hello handshake failed: wrong CA, wrong identity, wrong topology."""

@@ -1,0 +1,154 @@
+"""The session: one party's view of a run, with its links, its cost ledger and its lifecycle.
+
+Use it as a context manager::
+
+    with Session.connect(topology, party_id=0) as s:
+        s.send(1, x)
+        y = s.recv(1)
+        print(s.cost_table())
+
+Protocol code only ever talks to a :class:`Session`; whether the links are in-memory queues
+or TLS sockets is the transport's business.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from .accounting import CostAccountant
+from .errors import SecinferNetError
+from .topology import Topology
+from .transport import InMemoryHub, Listener, TlsTransport, Transport
+
+__all__ = ["Session", "run_in_memory"]
+
+
+class Session:
+    """One party's links to its peers, plus accounting. Close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        timeout: float = 30.0,
+        accountant: CostAccountant | None = None,
+        role: str = "party",
+    ) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.acct = accountant or CostAccountant()
+        self.role = role
+        self._closed = False
+
+    # -- construction
+    @classmethod
+    def connect(
+        cls,
+        topology: Topology,
+        party_id: int,
+        peers: Sequence[int] | None = None,
+        listener: Listener | None = None,
+    ) -> Session:
+        """Connect over mutual TLS to ``peers`` (default: every other party of the topology)."""
+        transport = TlsTransport(topology, party_id, list(peers) if peers is not None else None,
+                                 listener=listener)
+        return cls(transport, timeout=topology.timeout, role=topology.party(party_id).role)
+
+    # -- identity
+    @property
+    def party_id(self) -> int:
+        return self.transport.party_id
+
+    @property
+    def peers(self) -> list[int]:
+        return list(self.transport.peers)
+
+    @property
+    def session_id(self) -> bytes:
+        return self.transport.session_id
+
+    # -- messaging
+    def send(self, peer: int, tensor: torch.Tensor) -> None:
+        wire = self.transport.send(peer, tensor)
+        self.acct.on_send(peer, tensor.numel() * tensor.element_size(), wire)
+
+    def recv(self, peer: int, timeout: float | None = None) -> torch.Tensor:
+        tensor, wire = self.transport.recv(peer, self.timeout if timeout is None else timeout)
+        self.acct.on_recv(peer, tensor.numel() * tensor.element_size(), wire)
+        return tensor
+
+    def exchange(self, outgoing: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Send one tensor to each named peer, then receive one from each: a single round."""
+        for peer, t in outgoing.items():
+            self.send(peer, t)
+        return {peer: self.recv(peer) for peer in outgoing}
+
+    def op(self, name: str) -> AbstractContextManager[None]:
+        """Charge everything inside to op ``name`` (nests as ``outer/inner``)."""
+        return self.acct.op(name)
+
+    # -- reporting
+    def report(self) -> dict[str, dict[str, object]]:
+        return self.acct.report()
+
+    def cost_table(self) -> str:
+        return self.acct.table()
+
+    # -- lifecycle
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Session(party={self.party_id}, peers={self.peers}, role={self.role!r})"
+
+
+def run_in_memory(
+    n_parties: int,
+    program: Callable[..., Any],
+    *args: Any,
+    timeout: float = 30.0,
+    party_args: Sequence[Sequence[Any]] | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``program(session, *args, **kwargs)`` for every party as threads of this process.
+
+    ``party_args[i]`` (optional) are extra positional arguments for party ``i`` only. Returns
+    the per-party results in party order; the first exception raised by any party is re-raised
+    (the other parties then fail fast instead of waiting out their timeout).
+    """
+    hub = InMemoryHub(n_parties)
+    results: list[Any] = [None] * n_parties
+    errors: list[tuple[int, BaseException]] = []
+    sessions = [Session(hub.transport(i), timeout=timeout) for i in range(n_parties)]
+
+    def body(i: int) -> None:
+        extra = tuple(party_args[i]) if party_args is not None else ()
+        try:
+            results[i] = program(sessions[i], *args, *extra, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append((i, e))
+            sessions[i].close()
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n_parties)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        errors.sort(key=lambda e: isinstance(e[1], SecinferNetError))  # root cause first
+        party, err = errors[0]
+        raise err
+    return results
+

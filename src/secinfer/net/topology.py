@@ -1,0 +1,192 @@
+"""One declarative topology file (TOML) describing every party of a deployment.
+
+Example::
+
+    [session]
+    timeout = 30.0          # seconds a party waits on a silent peer before failing
+    connect_timeout = 30.0  # seconds to keep retrying connections at start-up
+
+    [tls]
+    ca_cert = "certs/ca.pem"       # paths are resolved against this file's folder
+    ca_key = "certs/ca.key"        # only `secinfer certs` needs the CA key
+
+    [[party]]
+    id = 0
+    role = "server"
+    host = "127.0.0.1"
+    port = 29500
+    cert = "certs/party0.pem"
+    key = "certs/party0.key"
+
+A party's TLS identity is the DNS name ``party-<id>`` in its certificate, so a certificate
+issued to party 1 cannot be used to impersonate party 2.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import TopologyError
+
+__all__ = ["PartySpec", "Topology", "party_dns_name", "free_ports", "write_local_topology"]
+
+
+def party_dns_name(party_id: int) -> str:
+    return f"party-{party_id}"
+
+
+@dataclass(frozen=True)
+class PartySpec:
+    id: int
+    role: str
+    host: str
+    port: int
+    cert: Path
+    key: Path
+
+    @property
+    def name(self) -> str:
+        return f"party {self.id} ({self.role}, {self.host}:{self.port})"
+
+
+@dataclass(frozen=True)
+class Topology:
+    parties: tuple[PartySpec, ...]
+    ca_cert: Path
+    ca_key: Path | None = None
+    timeout: float = 30.0
+    connect_timeout: float = 30.0
+    source: Path | None = None
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+    def party(self, party_id: int) -> PartySpec:
+        for p in self.parties:
+            if p.id == party_id:
+                return p
+        ids = ", ".join(str(p.id) for p in self.parties)
+        raise TopologyError(f"party {party_id} is not in the topology (parties: {ids})")
+
+    @property
+    def ids(self) -> list[int]:
+        return [p.id for p in self.parties]
+
+    def by_role(self, role: str) -> list[PartySpec]:
+        return [p for p in self.parties if p.role == role]
+
+    def with_timeout(self, timeout: float) -> Topology:
+        return replace(self, timeout=timeout)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Topology:
+        path = Path(path).resolve()
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise TopologyError(f"topology file {path} does not exist") from e
+        except tomllib.TOMLDecodeError as e:
+            raise TopologyError(f"topology file {path} is not valid TOML: {e}") from e
+        return cls.from_dict(data, base=path.parent, source=path)
+
+    @classmethod
+    def from_dict(cls, data: dict, base: Path, source: Path | None = None) -> Topology:
+        where = str(source) if source else "topology"
+        tls = data.get("tls")
+        if not isinstance(tls, dict) or "ca_cert" not in tls:
+            raise TopologyError(f"{where}: missing [tls] ca_cert")
+        raw_parties = data.get("party")
+        if not isinstance(raw_parties, list) or not raw_parties:
+            raise TopologyError(f"{where}: no [[party]] entries")
+        parties = []
+        for i, p in enumerate(raw_parties):
+            missing = [k for k in ("id", "host", "port", "cert", "key") if k not in p]
+            if missing:
+                raise TopologyError(f"{where}: party entry #{i} lacks {', '.join(missing)}")
+            if not isinstance(p["id"], int) or p["id"] < 0:
+                raise TopologyError(f"{where}: party entry #{i} has a bad id {p['id']!r}")
+            if not isinstance(p["port"], int) or not 0 < p["port"] < 65536:
+                raise TopologyError(f"{where}: party {p['id']} has a bad port {p['port']!r}")
+            parties.append(
+                PartySpec(
+                    id=p["id"], role=str(p.get("role", "party")), host=str(p["host"]),
+                    port=p["port"], cert=(base / p["cert"]).resolve(),
+                    key=(base / p["key"]).resolve(),
+                )
+            )
+        ids = [p.id for p in parties]
+        if len(set(ids)) != len(ids):
+            raise TopologyError(f"{where}: duplicate party ids {ids}")
+        endpoints = [(p.host, p.port) for p in parties]
+        if len(set(endpoints)) != len(endpoints):
+            raise TopologyError(f"{where}: two parties share a host:port")
+        sess = data.get("session", {})
+        timeout = float(sess.get("timeout", 30.0))
+        if timeout <= 0:
+            raise TopologyError(f"{where}: session.timeout must be positive")
+        extra = {k: v for k, v in data.items() if k not in ("tls", "party", "session")}
+        return cls(
+            parties=tuple(sorted(parties, key=lambda p: p.id)),
+            ca_cert=(base / tls["ca_cert"]).resolve(),
+            ca_key=(base / tls["ca_key"]).resolve() if "ca_key" in tls else None,
+            timeout=timeout,
+            connect_timeout=float(sess.get("connect_timeout", 30.0)),
+            source=source,
+            extra=extra,
+        )
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS reports free now (a best effort: another process may take one later)."""
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def write_local_topology(
+    folder: str | Path,
+    roles: list[str],
+    timeout: float = 30.0,
+    host: str = "127.0.0.1",
+    ports: list[int] | None = None,
+) -> Path:
+    """Write ``topology.toml`` for ``len(roles)`` parties on loopback; returns its path.
+
+    Certificates are not created here: call :func:`secinfer.net.tls.make_certs` (or
+    ``secinfer certs``) next.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ports = ports or free_ports(len(roles), host)
+    lines = [
+        "[session]",
+        f"timeout = {float(timeout)}",
+        "connect_timeout = 30.0",
+        "",
+        "[tls]",
+        'ca_cert = "certs/ca.pem"',
+        'ca_key = "certs/ca.key"',
+    ]
+    for i, (role, port) in enumerate(zip(roles, ports, strict=True)):
+        lines += [
+            "",
+            "[[party]]",
+            f"id = {i}",
+            f'role = "{role}"',
+            f'host = "{host}"',
+            f"port = {port}",
+            f'cert = "certs/party{i}.pem"',
+            f'key = "certs/party{i}.key"',
+        ]
+    path = folder / "topology.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

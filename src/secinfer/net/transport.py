@@ -1,0 +1,416 @@
+"""Transports: how tensors move between one party and its peers.
+
+One interface, :class:`Transport`, with two implementations that the same protocol code uses:
+
+* :class:`InMemoryTransport` — parties are threads of one process (unit tests, simulation).
+* :class:`TlsTransport` — parties are separate processes (or machines) connected by mutually
+  authenticated TLS 1.3 over TCP.
+
+Both enforce the frame discipline of :mod:`.framing`: every directed link carries a session id
+and an op counter, checked on receipt. Each directed link ``i -> j`` is its own TLS connection
+(dialed by ``i``, accepted by ``j``) so that a TLS object is only ever written by one thread and
+read by another, never both, and so that a slow reader never blocks the opposite direction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import secrets
+import socket
+import ssl
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from . import framing
+from .errors import FrameError, HandshakeError, PeerDisconnected, PeerTimeout, SecinferNetError
+from .tls import client_context, peer_party_id, server_context
+from .topology import PartySpec, Topology, party_dns_name
+
+__all__ = ["Transport", "InMemoryHub", "InMemoryTransport", "TlsTransport", "Listener"]
+
+
+class Transport(ABC):
+    """All links of one party. ``send`` returns the wire size of the frame it sent."""
+
+    party_id: int
+    peers: list[int]
+    session_id: bytes
+
+    @abstractmethod
+    def send(self, peer: int, tensor: torch.Tensor) -> int: ...
+
+    @abstractmethod
+    def recv(self, peer: int, timeout: float) -> tuple[torch.Tensor, int]: ...
+
+    @abstractmethod
+    def peer_name(self, peer: int) -> str: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+class InMemoryHub:
+    """Queues for every directed link among ``n`` in-process parties."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.session_id = secrets.token_bytes(16)
+        self.queues: dict[tuple[int, int], queue.Queue] = {
+            (i, j): queue.Queue() for i in range(n) for j in range(n) if i != j
+        }
+        self.closed: set[int] = set()
+
+    def transport(self, party_id: int) -> InMemoryTransport:
+        return InMemoryTransport(self, party_id)
+
+
+class InMemoryTransport(Transport):
+    def __init__(self, hub: InMemoryHub, party_id: int) -> None:
+        self.hub = hub
+        self.party_id = party_id
+        self.peers = [i for i in range(hub.n) if i != party_id]
+        self.session_id = hub.session_id
+        self._sent = dict.fromkeys(self.peers, 0)
+        self._recvd = dict.fromkeys(self.peers, 0)
+
+    def peer_name(self, peer: int) -> str:
+        return f"party {peer}"
+
+    def send(self, peer: int, tensor: torch.Tensor) -> int:
+        if peer not in self._sent:
+            raise SecinferNetError(f"party {self.party_id} has no link to party {peer}")
+        if tensor.dtype not in framing.DTYPE_CODES:
+            raise FrameError(f"dtype {tensor.dtype} is not supported on the wire")
+        # a copy, as on a real wire: the receiver must never alias the sender's memory
+        msg = (self.session_id, self._sent[peer], tensor.detach().cpu().clone())
+        self._sent[peer] += 1
+        self.hub.queues[(self.party_id, peer)].put(msg)
+        return framing.header_size(tensor.dim()) + tensor.numel() * tensor.element_size()
+
+    def recv(self, peer: int, timeout: float) -> tuple[torch.Tensor, int]:
+        if peer not in self._recvd:
+            raise SecinferNetError(f"party {self.party_id} has no link to party {peer}")
+        try:
+            item = self.hub.queues[(peer, self.party_id)].get(timeout=timeout)
+        except queue.Empty:
+            raise PeerTimeout(self.peer_name(peer), timeout) from None
+        if isinstance(item, BaseException):
+            raise item
+        session, counter, tensor = item
+        if session != self.session_id or counter != self._recvd[peer]:
+            raise FrameError(f"out-of-order message from party {peer}")
+        self._recvd[peer] += 1
+        return tensor, framing.header_size(tensor.dim()) + tensor.numel() * tensor.element_size()
+
+    def close(self) -> None:
+        for peer in self.peers:
+            self.hub.queues[(self.party_id, peer)].put(
+                PeerDisconnected(self.peer_name(self.party_id), "closed its session")
+            )
+
+
+# --------------------------------------------------------------------------- TLS sockets
+
+_HELLO = struct.Struct("<4sBH16s32s")
+_HELLO_MAGIC = b"SIH1"
+_PROTOCOL_VERSION = 1
+
+
+def _topology_digest(topology: Topology, ids: list[int]) -> bytes:
+    h = hashlib.sha256(topology.ca_cert.read_bytes())
+    for i in sorted(ids):
+        p = topology.party(i)
+        h.update(f"{p.id}|{p.role}|{p.host}|{p.port};".encode())
+    return h.digest()
+
+
+def _recv_exact(sock: ssl.SSLSocket, view: memoryview, closed: threading.Event) -> int:
+    """Fill ``view``; returns bytes read (less than len(view) only at EOF)."""
+    got = 0
+    n = len(view)
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except (TimeoutError, ssl.SSLWantReadError):
+            if closed.is_set():
+                return got
+            continue
+        if k == 0:
+            return got
+        got += k
+    return got
+
+
+@dataclass
+class _Incoming:
+    peer: int
+    sock: ssl.SSLSocket
+    nonce: bytes
+
+
+class Listener:
+    """A party's listening TLS socket; accepts and authenticates incoming links.
+
+    Long-lived: a serving party keeps one listener across many sessions.
+    """
+
+    def __init__(self, topology: Topology, me: PartySpec) -> None:
+        self.topology = topology
+        self.me = me
+        self.ctx = server_context(topology, me)
+        self.ctx.num_tickets = 0  # the accepted side never writes: no session tickets either
+        self.sock = socket.create_server((me.host, me.port), reuse_port=False, backlog=64)
+        self.sock.settimeout(0.2)
+        self._arrivals: queue.Queue[_Incoming] = queue.Queue()
+        self.rejections: list[str] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                        name=f"accept-{me.id}")
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                raw, addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handshake, args=(raw, addr), daemon=True).start()
+
+    def _handshake(self, raw: socket.socket, addr: tuple) -> None:
+        try:
+            raw.settimeout(self.topology.connect_timeout)
+            tls = self.ctx.wrap_socket(raw, server_side=True)
+            cert_id = peer_party_id(tls)
+            buf = bytearray(_HELLO.size)
+            if _recv_exact(tls, memoryview(buf), self._closed) != _HELLO.size:
+                raise HandshakeError("connection closed during hello")
+            magic, version, pid, nonce, digest = _HELLO.unpack(bytes(buf))
+            if magic != _HELLO_MAGIC or version != _PROTOCOL_VERSION:
+                raise HandshakeError(f"bad hello (magic {magic!r}, version {version})")
+            if cert_id != pid:
+                raise HandshakeError(
+                    f"hello claims party {pid} but the certificate is for party {cert_id}"
+                )
+            self._arrivals.put(_Incoming(pid, tls, nonce))
+            tls.settimeout(0.5)
+            # digest is checked by the session, which knows which parties take part
+            tls._secinfer_digest = digest  # type: ignore[attr-defined]
+        except (OSError, ssl.SSLError, HandshakeError) as e:
+            self.rejections.append(f"rejected connection from {addr[0]}:{addr[1]}: {e}")
+            try:
+                raw.close()
+            except OSError:
+                pass
+
+    def wait_for(self, peers: list[int], deadline: float) -> dict[int, _Incoming]:
+        got: dict[int, _Incoming] = {}
+        while len(got) < len(peers):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [self.topology.party(p).name for p in peers if p not in got]
+                why = ("; " + "; ".join(self.rejections[-3:])) if self.rejections else ""
+                raise PeerTimeout(", ".join(missing), self.topology.connect_timeout,
+                                  "never connected" + why)
+            try:
+                inc = self._arrivals.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+            if inc.peer not in peers:
+                inc.sock.close()
+                continue
+            if inc.peer in got:  # a reconnect supersedes a stale link
+                got[inc.peer].sock.close()
+            got[inc.peer] = inc
+        return got
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class TlsTransport(Transport):
+    """Mutually authenticated TLS 1.3 links to each peer (see module docstring)."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        party_id: int,
+        peers: list[int] | None = None,
+        listener: Listener | None = None,
+        max_payload: int = framing.DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self.topology = topology
+        self.me = topology.party(party_id)
+        self.party_id = party_id
+        self.peers = [p for p in (peers if peers is not None else topology.ids) if p != party_id]
+        for p in self.peers:
+            topology.party(p)
+        self.max_payload = max_payload
+        self._own_listener = listener is None
+        self.listener = listener or Listener(topology, self.me)
+        self._closed = threading.Event()
+        self._out: dict[int, ssl.SSLSocket] = {}
+        self._in: dict[int, ssl.SSLSocket] = {}
+        self._queues: dict[int, queue.Queue] = {p: queue.Queue() for p in self.peers}
+        self._send_counter = dict.fromkeys(self.peers, 0)
+        self._send_locks = {p: threading.Lock() for p in self.peers}
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def peer_name(self, peer: int) -> str:
+        return self.topology.party(peer).name
+
+    # -- connect
+    def _dial(self, peer: int, nonce: bytes, digest: bytes, deadline: float) -> ssl.SSLSocket:
+        spec = self.topology.party(peer)
+        ctx = client_context(self.topology, self.me)
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            raw = None
+            try:
+                raw = socket.create_connection((spec.host, spec.port), timeout=2.0)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                raw.settimeout(max(1.0, deadline - time.monotonic()))
+                tls = ctx.wrap_socket(raw, server_hostname=party_dns_name(peer))
+                tls.sendall(_HELLO.pack(_HELLO_MAGIC, _PROTOCOL_VERSION, self.party_id, nonce,
+                                        digest))
+                tls.settimeout(self.topology.timeout)
+                return tls
+            except ssl.SSLError as e:
+                if raw is not None:
+                    raw.close()
+                raise HandshakeError(f"TLS handshake with {spec.name} failed: {e}") from e
+            except OSError as e:  # refused / not up yet: retry until the deadline
+                last = e
+                if raw is not None:
+                    raw.close()
+                time.sleep(0.1)
+        raise PeerTimeout(spec.name, self.topology.connect_timeout, f"was unreachable ({last})")
+
+    def _connect(self) -> None:
+        ids = sorted([self.party_id, *self.peers])
+        digest = _topology_digest(self.topology, ids)
+        nonce = secrets.token_bytes(16)
+        deadline = time.monotonic() + self.topology.connect_timeout
+        for peer in self.peers:
+            self._out[peer] = self._dial(peer, nonce, digest, deadline)
+        arrivals = self.listener.wait_for(self.peers, deadline)
+        nonces = {self.party_id: nonce}
+        for peer, inc in arrivals.items():
+            if inc.sock._secinfer_digest != digest:  # type: ignore[attr-defined]
+                raise HandshakeError(
+                    f"{self.peer_name(peer)} runs a different topology or session membership"
+                )
+            nonces[peer] = inc.nonce
+            self._in[peer] = inc.sock
+        # fresh per session and equal at every party: hash of every member's random nonce
+        h = hashlib.sha256(b"secinfer-session-v1")
+        for i in ids:
+            h.update(struct.pack("<H", i) + nonces[i])
+        self.session_id = h.digest()[:16]
+        for peer in self.peers:
+            threading.Thread(target=self._reader, args=(peer,), daemon=True,
+                             name=f"reader-{self.party_id}<-{peer}").start()
+
+    # -- data path
+    def send(self, peer: int, tensor: torch.Tensor) -> int:
+        if peer not in self._out:
+            raise SecinferNetError(f"party {self.party_id} has no link to party {peer}")
+        payload = framing.tensor_payload(tensor)
+        with self._send_locks[peer]:
+            h = framing.FrameHeader(tensor.dtype, tuple(tensor.shape), self.session_id,
+                                    self._send_counter[peer], payload.nbytes)
+            header = framing.encode_header(h)
+            sock = self._out[peer]
+            try:
+                if payload.nbytes <= 1 << 16:
+                    sock.sendall(header + bytes(payload))
+                else:
+                    sock.sendall(header)
+                    sock.sendall(payload)
+            except TimeoutError:
+                raise PeerTimeout(self.peer_name(peer), self.topology.timeout,
+                                  "accepted no data") from None
+            except OSError as e:
+                raise PeerDisconnected(self.peer_name(peer), str(e)) from e
+            self._send_counter[peer] += 1
+        return len(header) + payload.nbytes
+
+    def _reader(self, peer: int) -> None:
+        sock = self._in[peer]
+        q = self._queues[peer]
+        name = self.peer_name(peer)
+        counter = 0
+        fixed = bytearray(framing.HEADER_FIXED)
+        try:
+            while not self._closed.is_set():
+                got = _recv_exact(sock, memoryview(fixed), self._closed)
+                if got == 0:
+                    q.put(PeerDisconnected(name, "closed the connection"))
+                    return
+                if got < len(fixed):
+                    q.put(FrameError(f"truncated frame header from {name}"))
+                    return
+                ndim = framing.peek_ndim(fixed)
+                shape_bytes = bytearray(8 * ndim)
+                if _recv_exact(sock, memoryview(shape_bytes), self._closed) < len(shape_bytes):
+                    q.put(FrameError(f"truncated frame header from {name}"))
+                    return
+                h = framing.decode_header(bytes(fixed), bytes(shape_bytes), self.max_payload)
+                framing.check_expected(h, self.session_id, counter, name)
+                buf, view = framing.empty_for(h)
+                if h.nbytes and _recv_exact(sock, view, self._closed) < h.nbytes:
+                    q.put(FrameError(f"truncated frame payload from {name}"))
+                    return
+                counter += 1
+                q.put((framing.finish(buf, h), framing.header_size(ndim) + h.nbytes))
+        except FrameError as e:
+            q.put(e)
+        except (OSError, ssl.SSLError) as e:
+            if not self._closed.is_set():
+                q.put(PeerDisconnected(name, str(e)))
+
+    def recv(self, peer: int, timeout: float) -> tuple[torch.Tensor, int]:
+        if peer not in self._queues:
+            raise SecinferNetError(f"party {self.party_id} has no link to party {peer}")
+        try:
+            item = self._queues[peer].get(timeout=timeout)
+        except queue.Empty:
+            raise PeerTimeout(self.peer_name(peer), timeout) from None
+        if isinstance(item, BaseException):
+            self._queues[peer].put(item)  # sticky: every later recv fails the same way
+            raise item
+        return item
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for sock in [*self._out.values(), *self._in.values()]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+        if self._own_listener:
+            self.listener.close()
