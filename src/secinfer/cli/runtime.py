@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--program", default="secinfer.net.programs:selftest")
     p.add_argument("--args", type=Path, default=None, help="JSON file of program kwargs")
     p.add_argument("--run-timeout", type=float, default=600.0)
-    p.add_argument("--workdir", type=Path, default=None, help="logs and results (default: beside topology)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="logs and results (default: beside the topology file)")
     p.set_defaults(handler=_launch)
 
 

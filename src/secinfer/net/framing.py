@@ -101,12 +101,14 @@ def decode_header(
 ) -> FrameHeader:
     magic, code, ndim, session, counter, nbytes = _FIXED.unpack(fixed)
     if magic != MAGIC:
-        raise FrameError(f"bad frame magic {bytes(magic)!r} (expected {MAGIC!r}): not a secinfer peer?")
+        raise FrameError(
+            f"bad frame magic {bytes(magic)!r} (expected {MAGIC!r}): not a secinfer peer?"
+        )
     shape = struct.unpack(f"<{ndim}q", shape_bytes)
     return _validate(code, ndim, session, counter, nbytes, shape, max_payload)
 
 
-def peek_ndim(fixed: bytes | memoryview) -> int:
+def peek_ndim(fixed: bytes | bytearray | memoryview) -> int:
     magic = bytes(fixed[:4])
     if magic != MAGIC:
         raise FrameError(f"bad frame magic {magic!r} (expected {MAGIC!r}): not a secinfer peer?")
@@ -142,7 +144,7 @@ def tensor_payload(t: torch.Tensor) -> memoryview:
     if flat.dtype in (torch.uint16, torch.uint32, torch.uint64):
         flat = flat.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()])
     raw = flat.view(torch.uint8) if flat.dtype != torch.bool else flat.view(torch.uint8)
-    return memoryview(raw.numpy()).cast("B")
+    return raw.numpy().data.cast("B")
 
 
 def frame_bytes(t: torch.Tensor, session: bytes, counter: int) -> bytes:
@@ -155,7 +157,7 @@ def frame_bytes(t: torch.Tensor, session: bytes, counter: int) -> bytes:
 def empty_for(h: FrameHeader) -> tuple[torch.Tensor, memoryview]:
     """Allocate the receiving tensor and a writable byte view into it."""
     buf = torch.empty(h.nbytes, dtype=torch.uint8)
-    view = memoryview(buf.numpy()).cast("B") if h.nbytes else memoryview(bytearray())
+    view = buf.numpy().data.cast("B") if h.nbytes else memoryview(bytearray())
     return buf, view
 
 

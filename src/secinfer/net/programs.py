@@ -57,3 +57,63 @@ def selftest(session: Any, size: int = 1024) -> dict[str, torch.Tensor]:
             if not torch.equal(t, torch.full((size,), float(peer), dtype=torch.float64)):
                 raise RuntimeError(f"selftest: wrong data from party {peer}")
     return {"peers": torch.tensor(sorted(got))}
+
+
+def sample_tensors() -> dict[str, torch.Tensor]:
+    """One tensor of every wire dtype, plus empty and 0-d ones, with deterministic contents."""
+    from .framing import DTYPE_CODES
+
+    g = torch.Generator().manual_seed(1234)
+    out: dict[str, torch.Tensor] = {}
+    for dtype in DTYPE_CODES:
+        name = str(dtype).removeprefix("torch.")
+        base = torch.randint(-100, 100, (3, 5), generator=g)
+        if dtype == torch.bool:
+            t = base > 0
+        elif dtype.is_complex:
+            t = torch.complex(base.double(), -base.double()).to(dtype)
+        elif dtype in (torch.uint8, torch.uint16, torch.uint32, torch.uint64):
+            t = base.abs().to(dtype)
+        else:
+            t = base.to(dtype)
+        out[f"{name}_2d"] = t
+        out[f"{name}_empty"] = torch.empty((0, 4), dtype=dtype)
+        out[f"{name}_0d"] = t.reshape(-1)[0].clone()
+    out["int64_extremes"] = torch.tensor([-(2**63), 2**63 - 1, 0, -1], dtype=torch.int64)
+    out["float64_special"] = torch.tensor([float("inf"), -0.0, 1e-308, float("nan")])
+    out["strided"] = torch.arange(24, dtype=torch.int32).reshape(4, 6)[:, ::2]
+    return out
+
+
+def roundtrip(session: Any) -> dict[str, torch.Tensor]:
+    """Send every sample tensor to every peer; return what arrived, keyed by peer and name."""
+    got: dict[str, torch.Tensor] = {}
+    samples = sample_tensors()
+    with session.op("roundtrip"):
+        for name, t in samples.items():
+            for peer in session.peers:
+                session.send(peer, t)
+            for peer in session.peers:
+                got[f"from{peer}.{name}"] = session.recv(peer)
+    return {k: storable(v) for k, v in got.items()}
+
+
+def storable(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a dtype safetensors can store (complex as real pairs, uints widened)."""
+    if t.is_complex():
+        return torch.view_as_real(t)
+    if t.dtype in (torch.uint16, torch.uint32):
+        return t.to(torch.int64)
+    if t.dtype == torch.uint64:
+        return t.view(torch.int64)
+    return t
+
+
+def ping_loop(session: Any, rounds: int = 100_000, delay: float = 0.02) -> None:
+    """Exchange small tensors with every peer ``rounds`` times (for failure-injection tests)."""
+    import time
+
+    x = torch.zeros(4)
+    for _ in range(rounds):
+        session.exchange(dict.fromkeys(session.peers, x))
+        time.sleep(delay)

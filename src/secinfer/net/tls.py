@@ -112,7 +112,8 @@ def make_certs(topology: Topology, overwrite: bool = False) -> list[Path]:
     Refuses to overwrite existing files unless ``overwrite`` is set, so a running deployment's
     keys are never silently replaced.
     """
-    targets = [topology.ca_cert] + [p for party in topology.parties for p in (party.cert, party.key)]
+    targets = [topology.ca_cert]
+    targets += [p for party in topology.parties for p in (party.cert, party.key)]
     if topology.ca_key is not None:
         targets.append(topology.ca_key)
     existing = [t for t in targets if t.exists()]
@@ -158,7 +159,8 @@ def peer_party_id(sock: ssl.SSLSocket) -> int | None:
     cert = sock.getpeercert()
     if not cert:
         return None
-    for kind, value in cert.get("subjectAltName", ()):
+    for entry in cert.get("subjectAltName", ()):
+        kind, value = str(entry[0]), str(entry[1])
         if kind == "DNS" and value.startswith("party-") and value[6:].isdigit():
             return int(value[6:])
     return None

@@ -155,6 +155,7 @@ class _Incoming:
     peer: int
     sock: ssl.SSLSocket
     nonce: bytes
+    digest: bytes
 
 
 class Listener:
@@ -202,10 +203,9 @@ class Listener:
                 raise HandshakeError(
                     f"hello claims party {pid} but the certificate is for party {cert_id}"
                 )
-            self._arrivals.put(_Incoming(pid, tls, nonce))
             tls.settimeout(0.5)
-            # digest is checked by the session, which knows which parties take part
-            tls._secinfer_digest = digest  # type: ignore[attr-defined]
+            # the digest is checked by the session, which knows which parties take part
+            self._arrivals.put(_Incoming(pid, tls, nonce, digest))
         except (OSError, ssl.SSLError, HandshakeError) as e:
             self.rejections.append(f"rejected connection from {addr[0]}:{addr[1]}: {e}")
             try:
@@ -314,7 +314,7 @@ class TlsTransport(Transport):
         arrivals = self.listener.wait_for(self.peers, deadline)
         nonces = {self.party_id: nonce}
         for peer, inc in arrivals.items():
-            if inc.sock._secinfer_digest != digest:  # type: ignore[attr-defined]
+            if inc.digest != digest:
                 raise HandshakeError(
                     f"{self.peer_name(peer)} runs a different topology or session membership"
                 )

@@ -1,0 +1,192 @@
+"""Real processes over mutual TLS: round trips, refused peers, dead and silent parties."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+import torch
+
+from secinfer.net import (
+    HandshakeError,
+    Listener,
+    PartyFailed,
+    PeerTimeout,
+    Session,
+    Topology,
+    local_cluster,
+    make_certs,
+    write_local_topology,
+)
+from secinfer.net.programs import sample_tensors, storable
+
+pytestmark = pytest.mark.network
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a = storable(a)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.numel() == 0:
+        return True
+    if a.is_floating_point():
+        return bool(torch.equal(a.nan_to_num(3.0), b.nan_to_num(3.0)))
+    return bool(torch.equal(a, b))
+
+
+def test_every_dtype_roundtrips_between_three_processes():
+    with local_cluster(timeout=20) as cluster:
+        results = cluster.run("secinfer.net.programs:roundtrip", timeout=120)
+        costs = cluster.costs()
+    samples = sample_tensors()
+    for pid in range(3):
+        for peer in (p for p in range(3) if p != pid):
+            for name, t in samples.items():
+                assert _same(t, results[pid][f"from{peer}.{name}"]), (pid, peer, name)
+        sent = sum(t.numel() * t.element_size() for t in samples.values()) * 2
+        assert costs[pid]["roundtrip"]["bytes_sent"] == sent
+
+
+def _two_party_topology(tmp_path, name):
+    path = write_local_topology(tmp_path / name, ["server", "server"], timeout=5)
+    topo = Topology.load(path)
+    make_certs(topo, overwrite=True)
+    return topo
+
+
+def _connect_in_thread(topo, pid, out):
+    def body():
+        try:
+            out[pid] = Session.connect(topo, pid)
+        except Exception as e:  # noqa: BLE001
+            out[pid] = e
+
+    t = threading.Thread(target=body)
+    t.start()
+    return t
+
+
+def test_certificate_from_another_ca_is_refused(tmp_path):
+    good = _two_party_topology(tmp_path, "a")
+    other = _two_party_topology(tmp_path, "b")
+    # party 1 presents a certificate of a foreign CA but trusts good's CA
+    p1 = good.party(1)
+    rogue = good.__class__(
+        parties=(good.party(0), p1.__class__(1, p1.role, p1.host, p1.port,
+                                              other.party(1).cert, other.party(1).key)),
+        ca_cert=good.ca_cert, timeout=5, connect_timeout=4,
+    )
+    strict = good.__class__(parties=good.parties, ca_cert=good.ca_cert, timeout=5,
+                            connect_timeout=4)
+    out: dict = {}
+    threads = [_connect_in_thread(strict, 0, out), _connect_in_thread(rogue, 1, out)]
+    for t in threads:
+        t.join(30)
+    assert isinstance(out[0], PeerTimeout | HandshakeError)
+    assert "party 1" in str(out[0])
+    assert isinstance(out[1], HandshakeError | PeerTimeout)
+    for s in out.values():
+        if isinstance(s, Session):
+            s.close()
+
+
+def test_plaintext_connection_is_refused(tmp_path):
+    topo = _two_party_topology(tmp_path, "p")
+    lst = Listener(topo, topo.party(0))
+    try:
+        raw = socket.create_connection((topo.party(0).host, topo.party(0).port), timeout=5)
+        raw.sendall(b"SIF1" + bytes(200))  # a plaintext frame, no TLS
+        raw.settimeout(5)
+        try:
+            assert raw.recv(100) in (b"",) or True
+        except (ConnectionResetError, TimeoutError):
+            pass
+        raw.close()
+        deadline = time.monotonic() + 5
+        while not lst.rejections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lst.rejections and "rejected connection" in lst.rejections[0]
+        with pytest.raises(PeerTimeout, match="never connected"):
+            lst.wait_for([1], time.monotonic() + 0.5)
+    finally:
+        lst.close()
+
+
+def test_dialing_a_plaintext_server_fails_clearly(tmp_path):
+    topo = _two_party_topology(tmp_path, "q")
+    srv = socket.create_server((topo.party(1).host, topo.party(1).port))
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.sendall(b"HTTP/1.1 200 OK\r\n\r\nhello")
+        time.sleep(1)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(HandshakeError, match="party 1"):
+            Session.connect(topo, 0)
+    finally:
+        srv.close()
+
+
+def _wait_started(cluster, n, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = [(cluster.workdir / "logs" / f"party{i}.log") for i in range(n)]
+        if all(p.exists() and "connected to" in p.read_text() for p in logs):
+            return
+        time.sleep(0.1)
+    raise AssertionError("parties did not connect")
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_dead_or_silent_party_fails_the_others_naming_it(fault):
+    timeout = 4.0
+    with local_cluster(timeout=timeout) as cluster:
+        procs = cluster.start("secinfer.net.programs:ping_loop", kwargs={"delay": 0.01})
+        _wait_started(cluster, 3)
+        victim = procs[2]
+        t0 = time.monotonic()
+        os.kill(victim.proc.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+        try:
+            with pytest.raises(PartyFailed):
+                cluster.wait(procs[:2], timeout=timeout + 20)
+            elapsed = time.monotonic() - t0
+        finally:
+            if fault == "stop":
+                os.kill(victim.proc.pid, signal.SIGKILL)
+        assert elapsed < timeout + 10
+        for p in procs[:2]:
+            log = p.log.read_text()
+            assert "party 2 (helper" in log, log[-2000:]
+            expect = "disconnected" if fault == "kill" else "for 4.0 s"
+            assert expect in log, log[-2000:]
+
+
+def test_session_ids_are_fresh():
+    with local_cluster(roles=["a", "b"], timeout=10) as cluster:
+        cluster.run()
+        cluster.run()
+        log = (cluster.workdir / "logs" / "party0.log").read_text()
+        ids = [line.split("session ")[1] for line in log.splitlines() if "session " in line]
+        assert len(ids) == 2 and ids[0] != ids[1]
+
+
+def test_wrong_topology_file_is_a_clear_error(tmp_path):
+    from secinfer.net import TopologyError
+
+    bad = tmp_path / "t.toml"
+    bad.write_text("[tls]\nca_cert='x'\n[[party]]\nid=0\nhost='127.0.0.1'\n")
+    with pytest.raises(TopologyError, match="lacks port, cert, key"):
+        Topology.load(bad)
+    with pytest.raises(TopologyError, match="does not exist"):
+        Topology.load(tmp_path / "missing.toml")
+
+
+_ = ssl  # the ssl module must be importable for these tests to mean anything
