@@ -117,3 +117,29 @@ def ping_loop(session: Any, rounds: int = 100_000, delay: float = 0.02) -> None:
     for _ in range(rounds):
         session.exchange(dict.fromkeys(session.peers, x))
         time.sleep(delay)
+
+
+def bulk(session: Any, megabytes: int = 64, reps: int = 5) -> dict[str, torch.Tensor]:
+    """Party 0 streams ``reps`` tensors of ``megabytes`` MB to party 1, which acks each one.
+
+    Returns party 0's per-transfer seconds (send + ack), for throughput benchmarks.
+    """
+    import time
+
+    n = megabytes * (1 << 20) // 8
+    ack = torch.zeros(1, dtype=torch.uint8)
+    times = []
+    if session.party_id == 0:
+        x = torch.randint(-(2**62), 2**62, (n,), dtype=torch.int64)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            session.send(1, x)
+            session.recv(1)
+            times.append(time.perf_counter() - t0)
+    elif session.party_id == 1:
+        for _ in range(reps):
+            y = session.recv(0)
+            if y.numel() != n:
+                raise RuntimeError("bulk: short tensor")
+            session.send(0, ack)
+    return {"seconds": torch.tensor(times, dtype=torch.float64)}

@@ -1,0 +1,99 @@
+"""Throughput of 64 MB tensor transfers between two processes: mutual-TLS channel vs raw socket.
+
+Both sides run in separate OS processes on loopback, in this one command. The raw socket is the
+floor (no encryption, no framing); the ratio is what TLS 1.3 + framing costs.
+
+    .venv/bin/python benchmarks/transport.py [--megabytes 64] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import socket
+import statistics
+import time
+from pathlib import Path
+
+from secinfer.net import local_cluster
+
+RESULTS = Path(__file__).resolve().parent / "results" / "transport.json"
+
+
+def _raw_receiver(port: int, nbytes: int, reps: int) -> None:
+    srv = socket.create_server(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    for _ in range(reps):
+        got = 0
+        while got < nbytes:
+            got += conn.recv_into(view[got:], nbytes - got)
+        conn.sendall(b"\x01")
+    conn.close()
+    srv.close()
+
+
+def raw_socket_seconds(megabytes: int, reps: int) -> list[float]:
+    nbytes = megabytes << 20
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_raw_receiver, args=(port, nbytes, reps))
+    proc.start()
+    payload = bytes(nbytes)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port))
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sock.sendall(payload)
+        sock.recv(1)
+        times.append(time.perf_counter() - t0)
+    sock.close()
+    proc.join(30)
+    return times
+
+
+def tls_seconds(megabytes: int, reps: int) -> list[float]:
+    with local_cluster(roles=["sender", "receiver"], timeout=60) as cluster:
+        out = cluster.run("secinfer.net.programs:bulk",
+                          kwargs={"megabytes": megabytes, "reps": reps}, timeout=600)
+    return out[0]["seconds"].tolist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--megabytes", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    raw = raw_socket_seconds(args.megabytes, args.reps)
+    tls = tls_seconds(args.megabytes, args.reps)
+    mb = args.megabytes
+    raw_med, tls_med = statistics.median(raw), statistics.median(tls)
+    rows = [("raw loopback socket", raw_med, mb / raw_med), ("secinfer TLS channel", tls_med,
+                                                             mb / tls_med)]
+    print(f"{'channel':<24} {'median s / 64MB':>16} {'MB/s':>10}")
+    for name, sec, rate in rows:
+        print(f"{name:<24} {sec:>16.4f} {rate:>10.1f}")
+    ratio = tls_med / raw_med
+    print(f"tls/raw transfer time ratio: {ratio:.3f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "megabytes": mb, "reps": args.reps, "raw_seconds": raw, "tls_seconds": tls,
+        "raw_MBps": mb / raw_med, "tls_MBps": mb / tls_med, "tls_over_raw_ratio": ratio,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
