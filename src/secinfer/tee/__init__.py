@@ -1,0 +1,26 @@
+"""Enclave-split inference for quantized CNNs (TSQP, seed 004).
+
+An untrusted fast device runs the int8 linear layers on one-time-masked inputs with secretly
+permuted weight rows; a trusted enclave process keeps scales, zero points, biases, masks,
+permutations and non-linear layers, and checks every device result with oblivious fingerprints.
+Start at :func:`capture` -> :func:`calibrate` -> :func:`provision`, then :class:`Enclave` and
+:class:`Device` over a :class:`secinfer.net.Session`. See ``docs/tee.md``.
+"""
+
+from .bundle import DeviceBundle, EnclaveBundle, provision
+from .device import FAULT_KINDS, Device, Fault
+from .enclave import Enclave, EnclaveStats
+from .graph import LinearSpec, Program, Step, UnsupportedOp, capture
+from .mask import LayerSecret, ring_linear, secure_generator
+from .monitor import IntegrityError, MonitorConfig, detection_guarantee, triples_for
+from .quantize import ActQuant, QuantConfig, QuantModel, calibrate, sweep_reduce_range
+
+__all__ = [
+    "DeviceBundle", "EnclaveBundle", "provision",
+    "FAULT_KINDS", "Device", "Fault",
+    "Enclave", "EnclaveStats",
+    "LinearSpec", "Program", "Step", "UnsupportedOp", "capture",
+    "LayerSecret", "ring_linear", "secure_generator",
+    "IntegrityError", "MonitorConfig", "detection_guarantee", "triples_for",
+    "ActQuant", "QuantConfig", "QuantModel", "calibrate", "sweep_reduce_range",
+]

@@ -1,0 +1,134 @@
+"""The untrusted device (REE): runs the int8 linear layers on masked inputs, honestly or not.
+
+Wire protocol with the enclave (one round per linear layer; all tensors framed by the runtime):
+
+1. enclave -> device: control ``int64 [cmd, layer]``; ``cmd`` 1 = run ``layer``, 0 = stop.
+2. enclave -> device: ``u`` int32 ``(N, ...)``, the masked, shuffled, maybe permuted inputs.
+3. device -> enclave: ``r = conv(u, W_dev[layer]) mod 2^32`` int32.
+
+A :class:`Fault` turns the device into the tamperer used to measure the integrity monitor. Its
+faults act on ``T`` independent batches at once (``r`` of shape ``(T, N, ...)``), so that 10,000
+trials are a handful of tensor ops; the serving loop uses ``T = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..net.session import Session
+from .bundle import DeviceBundle
+from .mask import ring_linear, secure_generator, wrap
+
+__all__ = ["CMD_STOP", "CMD_LINEAR", "FAULT_KINDS", "Fault", "Device"]
+
+CMD_STOP = 0
+CMD_LINEAR = 1
+FAULT_KINDS = ("none", "noise", "element", "scale", "skip", "replay")
+
+
+@dataclass
+class Fault:
+    """How a tampering device corrupts results.
+
+    ``kind``: ``noise`` adds uniform [0, 127) integers (the seed's attack), ``element`` changes one
+    element by a nonzero amount, ``scale`` doubles results, ``skip`` returns the masked input in
+    place of the layer output (cropped or tiled to its shape), ``replay`` returns the result of
+    the previous batch of the same layer. ``target``: ``one`` corrupts one item per batch, chosen
+    uniformly (the device cannot tell fingerprints from real items, so no choice does better);
+    ``all`` corrupts every item. ``rate``: probability that a given layer call is corrupted.
+    """
+
+    kind: str = "none"
+    target: str = "one"
+    rate: float = 1.0
+    _prev: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {self.kind!r}")
+        if self.target not in ("one", "all"):
+            raise ValueError(f"fault target must be 'one' or 'all', got {self.target!r}")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"fault rate must be in [0, 1], got {self.rate}")
+
+    def apply(self, layer: int, u: torch.Tensor, r: torch.Tensor,
+              gen: torch.Generator) -> torch.Tensor:
+        """Corrupt ``r`` (``(T, N, ...)`` int32, results of ``u``); returns a new tensor."""
+        prev = self._prev.get(layer)
+        self._prev[layer] = r.clone()
+        if self.kind == "none":
+            return r
+        t, n = r.shape[:2]
+        bad = self._bad_items(t, n, gen)
+        rr = r.to(torch.int64)
+        if self.kind == "noise":
+            alt = rr + torch.randint(0, 127, rr.shape, generator=gen)
+        elif self.kind == "element":
+            flat = rr.reshape(t, n, -1)
+            pos = torch.randint(0, flat.shape[2], (t, n), generator=gen)
+            delta = torch.randint(1, 128, (t, n), generator=gen)
+            alt = flat.clone()
+            alt.scatter_add_(2, pos.unsqueeze(2), delta.unsqueeze(2))
+            alt = alt.reshape(rr.shape)
+        elif self.kind == "scale":
+            alt = rr * 2
+        elif self.kind == "skip":
+            src = u.to(torch.int64).reshape(t, n, -1)
+            need = rr[0, 0].numel()
+            reps = -(-need // max(1, src.shape[2]))
+            alt = src.repeat(1, 1, reps)[:, :, :need].reshape(rr.shape)
+        else:  # replay: batch k gets batch k-1's result; the first gets the previous call's last
+            first = prev[-1:] if prev is not None and prev.shape[1:] == r.shape[1:] else r[:1]
+            alt = torch.cat([first, r[:-1]]).to(torch.int64)
+        mask = bad.view(t, n, *([1] * (r.dim() - 2)))
+        return wrap(torch.where(mask, alt, rr)).to(torch.int32)
+
+    def _bad_items(self, t: int, n: int, gen: torch.Generator) -> torch.Tensor:
+        hit = torch.rand(t, generator=gen) < self.rate
+        if self.target == "all":
+            return hit.view(t, 1).expand(t, n)
+        one = torch.zeros(t, n, dtype=torch.bool)
+        one[torch.arange(t), torch.randint(0, n, (t,), generator=gen)] = True
+        return one & hit.view(t, 1)
+
+
+class Device:
+    """Serves linear layers for one enclave until told to stop."""
+
+    def __init__(self, bundle: DeviceBundle, fault: Fault | None = None) -> None:
+        self.bundle = bundle
+        self.fault = fault or Fault()
+        self.gen = secure_generator()
+        self.calls = 0
+
+    def compute(self, layer: int, u: torch.Tensor) -> torch.Tensor:
+        if not 0 <= layer < len(self.bundle.layers):
+            raise ValueError(f"enclave asked for layer {layer}; the device has "
+                             f"{len(self.bundle.layers)}")
+        if u.dtype != torch.int32:
+            raise ValueError(f"masked input must be int32, got {u.dtype}")
+        spec = self.bundle.layers[layer]
+        r = ring_linear(spec, u, spec.weight)
+        self.calls += 1
+        return self.fault.apply(layer, u.unsqueeze(0), r.unsqueeze(0), self.gen)[0]
+
+    def serve(self, session: Session, enclave: int, idle_timeout: float | None = None) -> int:
+        """Answer requests from party ``enclave``; returns the number of layer calls served."""
+        served = 0
+        while True:
+            ctrl = session.recv(enclave, timeout=idle_timeout)
+            if ctrl.dtype != torch.int64 or ctrl.numel() != 2:
+                raise ValueError(f"bad control message from party {enclave}: {ctrl.dtype} "
+                                 f"{tuple(ctrl.shape)}")
+            cmd, layer = int(ctrl[0]), int(ctrl[1])
+            if cmd == CMD_STOP:
+                return served
+            if cmd != CMD_LINEAR:
+                raise ValueError(f"unknown command {cmd} from party {enclave}")
+            u = session.recv(enclave)
+            with session.op(f"device_layer{layer}"):
+                r = self.compute(layer, u)
+            session.send(enclave, r)
+            served += 1

@@ -1,0 +1,197 @@
+"""End-to-end experiments behind ``secinfer tee``: Fashion-MNIST training, provisioning, the
+r-sweep, split inference as two OS processes over mutual TLS, the fault campaign, stealing.
+
+Every function here returns plain JSON-able figures; the CLI prints them and the benchmark
+stores them. Randomness comes from CSPRNG-seeded generators (no fixed seeds).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .bundle import provision
+from .device import FAULT_KINDS
+from .graph import capture
+from .mask import secure_generator
+from .monitor import detection_guarantee
+from .qat import accuracy, qat, train_classifier
+from .quantize import QuantConfig, calibrate, sweep_reduce_range
+
+__all__ = [
+    "train_fmnist", "provision_fmnist", "rsweep_fmnist", "run_split_fmnist", "two_party",
+    "fault_campaign", "stealing_experiment",
+]
+
+_CALIB = 2000  # calibration images (training split)
+
+
+def _fmnist() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..data.fashion_mnist import load
+
+    x, y = load("train")
+    xt, yt = load("test")
+    return x, y, xt, yt
+
+
+def _model(weights: Path | None = None) -> torch.nn.Module:
+    from ..models.zoo import build
+
+    m = build("fmnist_cnn")
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights file {weights} not found (run 'secinfer tee train')")
+        m.load_state_dict(load_file(str(weights)))
+    return m.eval()
+
+
+def train_fmnist(out: Path, epochs: int = 2) -> dict[str, Any]:
+    """Train ``fmnist_cnn`` briefly; writes ``out/float.safetensors``."""
+    x, y, xt, yt = _fmnist()
+    t0 = time.perf_counter()
+    m = train_classifier(_model(), x, y, epochs=epochs, gen=secure_generator())
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()},
+              str(out / "float.safetensors"))
+    return {"epochs": epochs, "seconds": round(time.perf_counter() - t0, 1),
+            "float_accuracy": accuracy(m, xt, yt), "weights": str(out / "float.safetensors")}
+
+
+def provision_fmnist(weights: Path, out: Path, reduce_range: int = 0, qat_epochs: int = 0,
+                     permute: bool = True) -> dict[str, Any]:
+    """Quantize (PTQ, optionally then QAT) and write ``out/enclave.*`` and ``out/device.*``."""
+    x, y, xt, yt = _fmnist()
+    m = _model(weights)
+    prog = capture(m)
+    cfg = QuantConfig(reduce_range)
+    calib = x[torch.randperm(len(x), generator=secure_generator())[:_CALIB]]
+    qm = (qat(prog, x, y, cfg, epochs=qat_epochs, gen=secure_generator()) if qat_epochs
+          else calibrate(prog, [calib], cfg))
+    bundle = provision(qm, permute=permute)
+    bundle.save(out / "enclave")
+    bundle.device_bundle().save(out / "device")
+    return {"float_accuracy": accuracy(m, xt, yt), "int8_accuracy": accuracy(qm.forward, xt, yt),
+            "reduce_range": reduce_range, "qat_epochs": qat_epochs, "permute": permute,
+            "enclave": str(out / "enclave"), "device": str(out / "device")}
+
+
+def rsweep_fmnist(weights: Path, values: list[int]) -> list[dict[str, float]]:
+    x, _, xt, yt = _fmnist()
+    prog = capture(_model(weights))
+    calib = x[torch.randperm(len(x), generator=secure_generator())[:_CALIB]]
+    return sweep_reduce_range(prog, [calib], xt, yt, values)
+
+
+def two_party(enclave: tuple[str, dict[str, Any]], device: tuple[str, dict[str, Any]],
+              timeout: float = 600.0) -> tuple[dict[str, torch.Tensor], dict[int, Any], float]:
+    """Run two programs as party 0 (enclave) and party 1 (device), separate OS processes.
+
+    Returns the enclave's result, both parties' cost reports, and the wall time.
+    """
+    import json
+
+    from ..net.launcher import local_cluster
+
+    with local_cluster(roles=["enclave", "device"], timeout=120.0) as cl:
+        t0 = time.perf_counter()
+        p0 = cl.start(enclave[0], enclave[1], ids=[0])
+        p1 = cl.start(device[0], device[1], ids=[1])
+        res = cl.wait(p0 + p1, timeout)
+        wall = time.perf_counter() - t0
+        costs = {p.party_id: json.loads(p.out.with_suffix(".cost.json").read_text())
+                 for p in p0 + p1}
+    return res[0], costs, wall
+
+
+def run_split_fmnist(bundle_dir: Path, limit: int | None = None, batch: int = 100,
+                     triples: int = 2, fault: str = "none") -> dict[str, Any]:
+    """The Fashion-MNIST test set through the split (two processes, mutual TLS)."""
+    bundle_dir = Path(bundle_dir).resolve()
+    enc_kw = {"bundle": str(bundle_dir / "enclave"), "dataset": "fmnist", "limit": limit,
+              "batch": batch, "triples": triples, "reference": True,
+              "on_failure": "record"}
+    dev_kw = {"bundle": str(bundle_dir / "device"), "fault": fault, "target": "one"}
+    res, costs, wall = two_party(("secinfer.tee.programs:enclave", enc_kw),
+                                 ("secinfer.tee.programs:device", dev_kw))
+    st = res["stats"].tolist()
+    n = len(res["logits"])
+    return {
+        "queries": n, "batch": batch, "triples": triples, "fault": fault,
+        "bit_identical": bool(torch.equal(res["logits"], res["reference"])),
+        "split_accuracy": accuracy(lambda t: t, res["logits"], res["labels"]),
+        "batches": st[0], "layer_calls": st[1], "triples_checked": st[2],
+        "triples_failed": st[3], "alarms": st[4], "inline_keys": st[5],
+        "online_s": float(res["seconds"][0]), "offline_s": float(res["seconds"][1]),
+        "wall_s": round(wall, 2),
+        "enclave_bytes_sent": costs[0]["total"]["bytes_sent"] if "total" in costs[0] else None,
+    }
+
+
+def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2) -> dict[str, Any]:
+    """Every fault class (one item and all items) plus an honest run, each ``trials`` trials."""
+    rows = []
+    for kind in FAULT_KINDS:
+        for target in (("one",) if kind == "none" else ("one", "all")):
+            enc_kw = {"trials": trials, "batch": batch, "triples": triples}
+            dev_kw = {"fault": kind, "target": target}
+            res, _, wall = two_party(("secinfer.tee.faults:enclave_trials", enc_kw),
+                                     ("secinfer.tee.faults:device_trials", dev_kw))
+            alarm, altered = res["alarm"], res["altered"]
+            n_alt = int(altered.sum())
+            rows.append({
+                "fault": kind, "target": target, "trials": int(alarm.numel()),
+                "altered": n_alt, "alarms": int(alarm.sum()),
+                "false_alarms": int((alarm & ~altered).sum()),
+                "detection_rate": (int((alarm & altered).sum()) / n_alt) if n_alt else None,
+                "undetected_real_corruptions": int(res["undetected_corruption"].sum()),
+                "seconds": round(wall, 1),
+            })
+    return {"batch": batch, "triples": triples,
+            "guarantee": detection_guarantee(batch, triples), "rows": rows}
+
+
+def stealing_experiment(weights: Path, frac: float = 0.01, thief_epochs: int = 30,
+                        desim_epochs: int = 1, lam: float = 1.0) -> dict[str, Any]:
+    """De-similarity training and fine-tuning attacks from each starting point (see desim.py)."""
+    from .desim import desim_train, steal, thief_init
+
+    x, y, xt, yt = _fmnist()
+    gen = secure_generator()
+    victim = _model(weights)
+    prog = capture(victim)
+    calib = x[torch.randperm(len(x), generator=gen)[:_CALIB]]
+    cfg = QuantConfig(0)
+    qm = calibrate(prog, [calib], cfg)
+    secrets = provision(qm, gen=gen).secrets
+    t0 = time.perf_counter()
+    dmodel = desim_train(prog, x, y, gen, epochs=desim_epochs, lam=lam)
+    dq = dmodel.export(calib, cfg)
+    dsec = provision(dq, gen=gen).secrets
+    desim_s = time.perf_counter() - t0
+    idx = torch.randperm(len(x), generator=gen)[: max(1, int(frac * len(x)))]
+    tx, ty = x[idx], y[idx]
+
+    def run(start: torch.nn.Module | None) -> float:
+        return steal(_model, start, tx, ty, xt, yt, thief_epochs, gen)
+
+    rows = {
+        "scratch": run(None),
+        "white_box_int8": run(thief_init(_model(), qm, None, white_box=True)),
+        "device_int8_no_perm": run(thief_init(_model(), qm, None)),
+        "device_int8_perm": run(thief_init(_model(), qm, secrets)),
+        "desim_device_int8_no_perm": run(thief_init(_model(), dq, None)),
+        "desim_device_int8_perm": run(thief_init(_model(), dq, dsec)),
+    }
+    thief_view = accuracy(lambda t: dmodel(t, thief=True), xt, yt)
+    return {
+        "thief_data": len(idx), "thief_epochs": thief_epochs, "lambda": lam,
+        "victim_float_accuracy": accuracy(victim, xt, yt),
+        "victim_int8_accuracy": accuracy(qm.forward, xt, yt),
+        "desim_int8_accuracy": accuracy(dq.forward, xt, yt),
+        "desim_thief_view_accuracy": thief_view, "desim_train_s": round(desim_s, 1),
+        "stolen_accuracy": rows,
+    }

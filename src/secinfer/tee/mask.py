@@ -1,0 +1,140 @@
+"""One-time masks on Z_{2^32} and secret channel permutations for the device's linear layers.
+
+Masking (our variant of TSQP's one-time pad, ``case_study.py`` in seed 004):
+
+1. The enclave holds a centered int8 activation ``c`` (``|c| <= 255``) and draws a fresh mask
+   ``m`` uniform on Z_{2^32} from a CSPRNG-seeded generator, one per element and per query.
+2. It sends ``u = c + m mod 2^32`` (int32 on the wire). ``u`` is uniform and independent of ``c``:
+   a one-time pad, so the device learns nothing about activations, not even statistically
+   (TSQP's bounded mask ``x_q + otp`` with ``otp in [-127, 127]`` leaks ``x_q`` near the edges).
+3. The device computes ``r = conv(u, W_dev) mod 2^32`` exactly: int32 wrapping arithmetic, which
+   we emulate in float64 with input-channel chunks small enough that every partial sum stays below
+   2^53 (``fan_in * 2^31 * 127 < 2^53`` per chunk).
+4. The enclave subtracts the decode key ``conv(m, W_dev) mod 2^32`` (independent of the input, so
+   computed ahead of time, offline) and gets ``conv(c, W_dev) mod 2^32``. Because
+   ``|conv(c, W)| <= fan_in * qmax * 127 < 2^31`` (checked per layer when quantizing), the signed
+   residue is the exact integer accumulator.
+
+Permutation (beyond the seed): each layer's int8 weight rows are stored on the device in a secret
+order ``pi`` (``W_dev = W_q[pi]``), so the device's result comes back channel-permuted and the
+enclave undoes it; the next layer's weights expect the true order, so the device's copy of the
+network is mis-wired between every pair of layers. A depthwise conv (groups == channels) has its
+input permuted by the same ``pi`` (the enclave permutes the masked input before sending), since
+each output channel reads only its own input channel. Other grouped convs keep the identity.
+
+Threat model: the device is malicious and sees every message, the int8 weights in its order,
+and the layer geometry. It never sees scales, zero points, biases, masks, permutations, or any
+activation or output in the clear.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import torch
+
+from .graph import LinearSpec, Program
+
+__all__ = [
+    "RING_BITS",
+    "LayerSecret",
+    "secure_generator",
+    "wrap",
+    "ring_random",
+    "ring_linear",
+    "draw_secrets",
+    "device_weight",
+    "permute_input",
+    "unpermute_output",
+]
+
+RING_BITS = 32
+_MOD = 1 << RING_BITS
+_HALF = 1 << (RING_BITS - 1)
+# Largest fan-in whose sum of |u| <= 2^31 times |w| <= 127 stays exact in float64.
+_CHUNK_FAN_IN = (1 << 53) // (_HALF * 127)
+
+
+def secure_generator(device: str = "cpu") -> torch.Generator:
+    """A torch generator seeded from the OS CSPRNG (never a fixed seed)."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+def wrap(t: torch.Tensor) -> torch.Tensor:
+    """Signed representative in ``[-2^31, 2^31)`` of an int64 tensor mod 2^32."""
+    return torch.remainder(t.to(torch.int64) + _HALF, _MOD) - _HALF
+
+
+def ring_random(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Uniform elements of Z_{2^32} (int64, signed representatives)."""
+    return torch.randint(-_HALF, _HALF, shape, dtype=torch.int64, generator=gen)
+
+
+def ring_linear(layer: LinearSpec, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``conv(u, w) mod 2^32`` exactly, for int32/int64 ``u`` in the signed range; int32 out.
+
+    ``layer`` supplies only the geometry (stride, padding, groups), so the device can call this
+    with a spec that carries no float weights.
+    """
+    if w.dtype != torch.int8:
+        raise TypeError(f"device weights must be int8, got {w.dtype}")
+    k = int(w[0].numel())
+    wd = w.to(torch.float64)
+    ud = u.to(torch.float64)
+    if k <= _CHUNK_FAN_IN:
+        out = wrap(layer.apply(ud, wd).to(torch.int64))
+        return out.to(torch.int32)
+    if layer.kind == "conv" and layer.groups != 1:
+        raise ValueError(f"layer {layer.name!r}: grouped conv with fan-in {k} is too wide")
+    per = k // int(w.shape[1]) if layer.kind == "conv" else 1  # elements per input channel
+    step = max(1, _CHUNK_FAN_IN // per)
+    acc = None
+    for s in range(0, int(w.shape[1]), step):
+        part = layer.apply(ud[:, s:s + step], wd[:, s:s + step]).to(torch.int64)
+        acc = wrap(part if acc is None else acc + part)
+    assert acc is not None
+    return acc.to(torch.int32)
+
+
+@dataclass(frozen=True)
+class LayerSecret:
+    """Per-layer permutation: output rows in device order, and the input order it expects."""
+
+    out_perm: torch.Tensor  # int64 (O,): device row j holds true row out_perm[j]
+    in_perm: torch.Tensor | None  # int64 (C,) for depthwise convs, else None
+
+    @property
+    def inverse(self) -> torch.Tensor:
+        return torch.argsort(self.out_perm)
+
+
+def _is_depthwise(layer: LinearSpec) -> bool:
+    return layer.kind == "conv" and layer.groups > 1 and layer.groups == layer.out_channels \
+        and int(layer.weight.shape[1]) == 1
+
+
+def draw_secrets(program: Program, gen: torch.Generator, permute: bool = True) -> list[LayerSecret]:
+    """Fresh permutations for every layer (identity for all when ``permute`` is False)."""
+    out = []
+    for layer in program.layers:
+        n = layer.out_channels
+        grouped = layer.kind == "conv" and layer.groups > 1
+        if not permute or (grouped and not _is_depthwise(layer)):
+            out.append(LayerSecret(torch.arange(n), None))
+            continue
+        p = torch.randperm(n, generator=gen)
+        out.append(LayerSecret(p, p if _is_depthwise(layer) else None))
+    return out
+
+
+def device_weight(w_q: torch.Tensor, secret: LayerSecret) -> torch.Tensor:
+    return w_q[secret.out_perm].contiguous()
+
+
+def permute_input(u: torch.Tensor, secret: LayerSecret) -> torch.Tensor:
+    return u if secret.in_perm is None else u[:, secret.in_perm].contiguous()
+
+
+def unpermute_output(r: torch.Tensor, secret: LayerSecret) -> torch.Tensor:
+    return r[:, secret.inverse]

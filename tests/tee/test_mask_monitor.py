@@ -1,0 +1,113 @@
+"""Ring arithmetic, masks, permutations and the fingerprint monitor."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from secinfer.tee import detection_guarantee, triples_for
+from secinfer.tee.graph import LinearSpec
+from secinfer.tee.mask import (
+    LayerSecret,
+    device_weight,
+    permute_input,
+    ring_linear,
+    ring_random,
+    unpermute_output,
+    wrap,
+)
+from secinfer.tee.monitor import check, draw_fingerprints, mix
+
+M = 1 << 32
+
+
+def _ref_mod(spec: LinearSpec, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # int64 reference; exact as long as |sum| < 2^63 (true for these sizes)
+    if spec.kind == "linear":
+        out = u.to(torch.int64) @ w.to(torch.int64).t()
+    else:
+        cols = torch.nn.functional.unfold(u.double(), w.shape[2:], spec.dilation, spec.padding,
+                                          spec.stride)  # exact: |u| < 2^32 fits float64
+        out = (w.to(torch.int64).reshape(w.shape[0], -1) @ cols.to(torch.int64))
+        side = int(math.isqrt(out.shape[-1]))
+        out = out.reshape(u.shape[0], w.shape[0], side, side)
+    return wrap(out)
+
+
+def test_ring_linear_matches_int64_reference(gen: torch.Generator) -> None:
+    w = torch.randint(-127, 128, (6, 5, 3, 3), generator=gen).to(torch.int8)
+    conv = LinearSpec("c", w, torch.empty(0), "conv", (1, 1), (1, 1))
+    u = ring_random((4, 5, 7, 7), gen)
+    assert torch.equal(ring_linear(conv, u, w).to(torch.int64), _ref_mod(conv, u, w))
+    # fan-in 40,000 > the float64-exact bound: the chunked path
+    wl = torch.randint(-127, 128, (3, 40000), generator=gen).to(torch.int8)
+    lin = LinearSpec("l", wl, torch.empty(0), "linear")
+    ul = ring_random((2, 40000), gen)
+    assert torch.equal(ring_linear(lin, ul, wl).to(torch.int64), _ref_mod(lin, ul, wl))
+    with pytest.raises(TypeError, match="int8"):
+        ring_linear(lin, ul, wl.to(torch.int16))
+
+
+def test_mask_unmask_and_permutation_recover_exact_accumulator(gen: torch.Generator) -> None:
+    w = torch.randint(-127, 128, (8, 3, 3, 3), generator=gen).to(torch.int8)
+    spec = LinearSpec("c", w, torch.empty(0), "conv", (1, 1), (1, 1))
+    c = torch.randint(-40, 216, (5, 3, 6, 6), generator=gen)
+    perm = torch.randperm(8, generator=gen)
+    sec = LayerSecret(perm, None)
+    wd = device_weight(w, sec)
+    assert not torch.equal(wd, w) or torch.equal(perm, torch.arange(8))
+    m = ring_random(tuple(c.shape), gen)
+    u = wrap(c + m)
+    assert int(u.min()) < -(1 << 29) and int(u.max()) > (1 << 29)  # spread over the ring
+    r = ring_linear(spec, u.to(torch.int32), wd).to(torch.int64)
+    key = ring_linear(spec, m, wd).to(torch.int64)
+    got = unpermute_output(wrap(r - key), sec)
+    assert torch.equal(got, _ref_mod(spec, c, w))
+
+
+def test_depthwise_permutation(gen: torch.Generator) -> None:
+    w = torch.randint(-127, 128, (4, 1, 3, 3), generator=gen).to(torch.int8)
+    spec = LinearSpec("dw", w, torch.empty(0), "conv", (1, 1), (1, 1), groups=4)
+    perm = torch.randperm(4, generator=gen)
+    sec = LayerSecret(perm, perm)
+    c = torch.randint(-255, 256, (2, 4, 5, 5), generator=gen)
+    out = ring_linear(spec, permute_input(c, sec), device_weight(w, sec)).to(torch.int64)
+    assert torch.equal(unpermute_output(out, sec), ring_linear(spec, c, w).to(torch.int64))
+
+
+def test_detection_guarantee_formula() -> None:
+    assert detection_guarantee(1, 2) == pytest.approx(6 / 7)
+    assert detection_guarantee(32, 4) == pytest.approx(12 / 44)
+    # brute force: fraction of k-subsets of N positions that contain a fingerprint position
+    b, t, k = 3, 1, 2
+    n = b + 3 * t
+    hits = sum(any(p >= b for p in s) for s in itertools.combinations(range(n), k))
+    assert detection_guarantee(b, t, k) == pytest.approx(hits / math.comb(n, k))
+    for batch, target in ((1, 0.9), (32, 0.5), (100, 0.99)):
+        t = triples_for(batch, target)
+        assert detection_guarantee(batch, t) >= target
+        assert t == 1 or detection_guarantee(batch, t - 1) < target
+    with pytest.raises(ValueError):
+        detection_guarantee(1, 1, 5)
+    with pytest.raises(ValueError):
+        triples_for(4, 1.0)
+
+
+def test_fingerprints_and_check(gen: torch.Generator) -> None:
+    real = torch.randint(-10, 200, (6, 3, 4, 4), generator=gen)
+    fps = draw_fingerprints(real, 4, -10, 245, gen)
+    assert fps.shape == (12, 3, 4, 4)
+    tri = fps.view(4, 3, -1)
+    assert torch.equal(tri[:, 0] + tri[:, 1], tri[:, 2])
+    assert int(fps.min()) >= -10 and int(fps.max()) <= 245
+    mixed = mix(real, fps, gen)
+    assert torch.equal(mixed.unshuffle(mixed.items), torch.cat([real, fps]))
+    w = torch.randint(-127, 128, (5, 3, 3, 3), generator=gen).to(torch.int8)
+    spec = LinearSpec("c", w, torch.empty(0), "conv", (1, 1), (1, 1))
+    y = ring_linear(spec, torch.cat([real, fps]), w).to(torch.int64)
+    assert check(y, 6, 4).all()
+    y[6 + 3 * 2 + 1, 0, 0, 0] += 1  # one element of the second member of triple 2
+    assert check(y, 6, 4).tolist() == [True, True, False, True]
