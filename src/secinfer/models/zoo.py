@@ -21,6 +21,8 @@ Shapes follow torchvision where a torchvision model exists (``resnet18``, ``resn
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -36,11 +38,13 @@ __all__ = [
     "ResNet",
     "VGG",
     "ZOO",
+    "asset_path",
     "build",
     "fmnist_cnn",
     "fmnist_resnet",
     "lenet",
     "mobilenet_v2",
+    "pretrained",
     "resnet18",
     "resnet50",
     "vgg",
@@ -381,3 +385,23 @@ def build(name: str, **kwargs: object) -> nn.Module:
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(ZOO))}")
     return ZOO[name][0](**kwargs)
+
+
+def asset_path(name: str) -> Path:
+    """Where the project's trained weights for zoo model ``name`` live (may not exist)."""
+    return Path(str(resources.files("secinfer"))) / "assets" / f"{name}.safetensors"
+
+
+def pretrained(name: str) -> nn.Module:
+    """Zoo model ``name`` with the project's trained weights (``scripts/train_fmnist.py``)."""
+    from safetensors.torch import load_file
+
+    path = asset_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no trained weights for {name!r} at {path}; train them with "
+            f"scripts/train_fmnist.py --model {name}"
+        )
+    model = build(name)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
