@@ -1,0 +1,72 @@
+"""End to end over mutual TLS with real processes: P1 provisions P2 and P3, a long-lived P2
+serves two user sessions (one generating with the KV cache on P2, one from the CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from secinfer.net import Session, local_cluster
+from secinfer.stip import SessionLink, StipUser, load_key, transform_model, write_cloud, write_key
+
+from . import tiny
+from .test_equivalence import plaintext_greedy
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+
+@torch.inference_mode()
+def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
+    m = tiny.gpt2()
+    cloud_state, cloud_cfg, key = transform_model(m)
+    write_cloud(tmp_path / "p1" / "cloud", key.model_class, cloud_state, cloud_cfg)
+    write_key(tmp_path / "p1" / "key", key)
+    with local_cluster(roles=["owner", "cloud", "user"], workdir=tmp_path / "run",
+                       timeout=60.0) as cluster:
+        got = cluster.run("secinfer.stip.provision:run", party_kwargs={
+            0: {"cloud_dir": str(tmp_path / "p1" / "cloud"),
+                "key_dir": str(tmp_path / "p1" / "key")},
+            1: {"out_dir": str(tmp_path / "p2")},
+            2: {"out_dir": str(tmp_path / "p3")},
+        }, timeout=120)
+        sent = got[0]["bytes"].tolist()
+        assert sent == [int(got[1]["bytes"][0]), int(got[2]["bytes"][0])]
+        assert not (tmp_path / "p2" / "perms.safetensors").exists()  # the cloud has no key
+
+        topo_path = cluster.topology_path
+        with open(tmp_path / "serve.log", "wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "secinfer", "stip", "serve", "--topology",
+                 str(topo_path), "--model", str(tmp_path / "p2"), "--sessions", "2"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        try:
+            ids = torch.randint(3, 150, (1, 6))
+            with Session.connect(cluster.topology, 2, peers=[1]) as s:
+                link = SessionLink(s, 1)
+                toks = StipUser(load_key(tmp_path / "p3"), link).generate(ids, 32)
+                link.close()
+                cost = s.report()
+            assert torch.equal(toks, plaintext_greedy(m, ids, 32))
+            assert link.cloud_seconds > 0
+            assert any("stip_lm_step" in k for k in cost)
+
+            # a second session against the same long-lived server, from the user CLI
+            q = subprocess.run(
+                [sys.executable, "-m", "secinfer", "stip", "query", "--topology", str(topo_path),
+                 "--key", str(tmp_path / "p3"), "--input-ids", ",".join(map(str, ids[0].tolist())),
+                 "--generate", "5"],
+                capture_output=True, text=True, timeout=120)
+            assert q.returncode == 0, q.stderr
+            assert json.loads(q.stdout.strip().splitlines()[-1])["tokens"] == toks[0, :5].tolist()
+            assert server.wait(timeout=60) == 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+    text = (tmp_path / "serve.log").read_text()
+    assert text.count("session ended after") == 2, text
