@@ -12,8 +12,8 @@ An int64 tensor stands for its value mod 2^64 (two's complement, wrap-around). I
     x = x0 + 2^22 * x1 + 2^42 * x2   (mod 2^64)
 
 with *balanced* limbs ``x0 in [-2^21, 2^21)``, ``x1 in [-2^19, 2^19)``, ``x2 in [-2^21, 2^21)``
-(widths 22, 20, 22 bits). :func:`split` computes them with shifts, masks and carries only, so no
-step overflows int64.
+(widths 22, 20, 22 bits). :func:`split` computes them with shifts and adds only; the one
+addition that can wrap does so harmlessly (see its docstring).
 
 Exactness argument
 ------------------
@@ -89,31 +89,32 @@ class Limbs:
         return Limbs(f(self.lo), f(self.mid), f(self.hi), f(self.lo_mid))
 
 
-def _balanced(v: Tensor, bits: int) -> Tensor:
-    """The representative of ``v mod 2^bits`` in ``[-2^(bits-1), 2^(bits-1))``."""
-    half = 1 << (bits - 1)
-    return ((v & ((1 << bits) - 1)) ^ half) - half
-
-
-def _carry_shift(v: Tensor, bits: int) -> Tensor:
-    """``(v - _balanced(v, bits)) / 2^bits`` without forming the difference (no overflow).
-
-    ``v >> bits`` floors; one more is needed exactly when the low part was mapped to its
-    negative representative, i.e. when bit ``bits - 1`` of ``v`` is set.
-    """
-    return (v >> bits) + ((v >> (bits - 1)) & 1)
-
-
 def split(x: Tensor, dtype: torch.dtype = torch.float64) -> Limbs:
-    """Balanced limbs of an int64 tensor, as ``dtype`` (float64 unless told otherwise)."""
+    """Balanced limbs of an int64 tensor, as ``dtype`` (float64 unless told otherwise).
+
+    Each limb is the low ``w`` bits of what remains, sign-extended by shifting them to the
+    top and arithmetically back; what remains is the rounded quotient
+    ``floor((v + 2^(w-1)) / 2^w)``, whose remainder ``v - 2^w q`` is exactly that signed limb.
+    The addition can wrap for ``v`` near 2^63; that changes ``q`` by a multiple of
+    2^(64 - w) only, and ``q`` is used solely multiplied by 2^w mod 2^64, so
+    ``x = lo + 2^22 mid + 2^42 hi`` still holds mod 2^64. Shifts and in-place updates only:
+    ``int64 & python_int`` takes a slow scalar path in torch 2.13, and every fresh 8 MB
+    buffer costs page faults comparable to the arithmetic.
+    """
     w0, w1, w2 = LIMB_BITS
-    lo = _balanced(x, w0)
-    rest = _carry_shift(x, w0)
-    mid = _balanced(rest, w1)
-    hi = _balanced(_carry_shift(rest, w1), w2)
+    lo = x << (64 - w0)
+    lo >>= 64 - w0
+    rest = x + (1 << (w0 - 1))
+    rest >>= w0
+    mid = rest << (64 - w1)
+    mid >>= 64 - w1
+    rest += 1 << (w1 - 1)
+    rest >>= w1
+    rest <<= 64 - w2
+    rest >>= 64 - w2
     lo_f = lo.to(dtype)
     mid_f = mid.to(dtype)
-    return Limbs(lo_f, mid_f, hi.to(dtype), lo_f + mid_f)
+    return Limbs(lo_f, mid_f, rest.to(dtype), lo_f + mid_f)
 
 
 def num_chunks(terms: int) -> int:
