@@ -10,7 +10,7 @@ from .errors import (
     TopologyError,
 )
 from .launcher import LocalCluster, PartyFailed, local_cluster
-from .session import Session, run_in_memory
+from .session import Session, run_in_memory, run_tls_threads
 from .tls import make_certs
 from .topology import PartySpec, Topology, write_local_topology
 from .transport import InMemoryHub, InMemoryTransport, Listener, TlsTransport, Transport
@@ -20,7 +20,7 @@ __all__ = [
     "FrameError", "HandshakeError", "PeerDisconnected", "PeerTimeout", "SecinferNetError",
     "TopologyError",
     "LocalCluster", "PartyFailed", "local_cluster",
-    "Session", "run_in_memory",
+    "Session", "run_in_memory", "run_tls_threads",
     "make_certs",
     "PartySpec", "Topology", "write_local_topology",
     "InMemoryHub", "InMemoryTransport", "Listener", "TlsTransport", "Transport",

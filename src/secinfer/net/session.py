@@ -25,7 +25,7 @@ from .errors import SecinferNetError
 from .topology import Topology
 from .transport import InMemoryHub, Listener, TlsTransport, Transport
 
-__all__ = ["Session", "run_in_memory"]
+__all__ = ["Session", "run_in_memory", "run_tls_threads"]
 
 
 class Session:
@@ -152,3 +152,47 @@ def run_in_memory(
         raise err
     return results
 
+
+
+def run_tls_threads(
+    n_parties: int,
+    program: Callable[..., Any],
+    *args: Any,
+    timeout: float = 30.0,
+    party_args: Sequence[Sequence[Any]] | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Like :func:`run_in_memory`, but every party connects over real mutual-TLS sockets.
+
+    A fresh CA and certificates are made in a temporary folder. The parties are threads of this
+    process (cheap for tests); use :func:`secinfer.net.local_cluster` for separate processes.
+    """
+    import tempfile
+
+    from .tls import make_certs
+    from .topology import write_local_topology
+
+    with tempfile.TemporaryDirectory(prefix="secinfer-tls-") as tmp:
+        topo = Topology.load(write_local_topology(tmp, ["party"] * n_parties, timeout=timeout))
+        make_certs(topo, overwrite=True)
+        results: list[Any] = [None] * n_parties
+        errors: list[tuple[int, BaseException]] = []
+
+        def body(i: int) -> None:
+            extra = tuple(party_args[i]) if party_args is not None else ()
+            try:
+                with Session.connect(topo, i) as s:
+                    results[i] = program(s, *args, *extra, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append((i, e))
+
+        threads = [threading.Thread(target=body, args=(i,), daemon=True)
+                   for i in range(n_parties)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            errors.sort(key=lambda e: isinstance(e[1], SecinferNetError))
+            raise errors[0][1]
+        return results

@@ -1,0 +1,239 @@
+"""Capture a PyTorch ``nn.Module`` into a :class:`~secinfer.models.plan.Plan` with torch.fx.
+
+Batch norm that follows a convolution (or linear layer) is folded into it; a stand-alone batch
+norm becomes a depthwise 1x1 convolution. Every op the secure engine lacks raises
+:class:`UnsupportedOpError` naming the op, the node, and where support would be added.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .plan import Plan, PlanOp
+
+__all__ = ["UnsupportedOpError", "capture"]
+
+_WHERE = ("add a branch in secinfer/models/capture.py (_module_op / _function_op) and an "
+          "executor in secinfer/models/secure.py")
+
+
+class UnsupportedOpError(NotImplementedError):
+    def __init__(self, what: str, node: str) -> None:
+        super().__init__(f"unsupported op {what} at node '{node}'; to support it, {_WHERE}")
+        self.what = what
+        self.node = node
+
+
+def _pair(v: int | tuple[int, ...]) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
+
+
+def _fold_bn(w: torch.Tensor, b: torch.Tensor | None, bn: nn.BatchNorm2d | nn.BatchNorm1d):
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator,arg-type]
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    w2 = w * scale.reshape(shape)
+    b0 = b if b is not None else torch.zeros_like(bn.running_mean)  # type: ignore[arg-type]
+    b2 = (b0 - bn.running_mean) * scale + bn.bias.detach()  # type: ignore[operator]
+    return w2, b2
+
+
+def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bits: int = 12,
+            ) -> tuple[Plan, dict[str, torch.Tensor]]:
+    """Trace ``model`` (eval mode) for inputs of ``[batch, *input_shape]``.
+
+    Returns the plan and the float64 weights it references (``<node>.w``, ``<node>.b``).
+    """
+    model = model.eval()
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # fx raises many types on untraceable code
+        raise UnsupportedOpError(f"(model is not torch.fx-traceable: {e})", "<trace>") from e
+    param = next(model.parameters(), None)
+    example = torch.zeros(1, *input_shape, dtype=param.dtype if param is not None else None)
+    ShapeProp(gm).propagate(example)
+    modules = dict(gm.named_modules())
+    ops: list[PlanOp] = []
+    weights: dict[str, torch.Tensor] = {}
+    alias: dict[str, str] = {}  # nodes that forward their input unchanged
+    users = {n.name: len(n.users) for n in gm.graph.nodes}
+    by_name = {op.name: op for op in ops}
+    input_name = output = ""
+
+    def src(n: torch.fx.Node) -> str:
+        return alias.get(n.name, n.name)
+
+    def numel(n: torch.fx.Node) -> int:
+        meta = n.meta.get("tensor_meta")
+        return int(torch.Size(meta.shape[1:]).numel()) if meta is not None else 0
+
+    def emit(op: PlanOp) -> None:
+        ops.append(op)
+        by_name[op.name] = op
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if input_name:
+                raise UnsupportedOpError("(a second model input)", node.name)
+            input_name = node.name
+            continue
+        if node.op == "output":
+            arg = node.args[0]
+            if not isinstance(arg, torch.fx.Node):
+                raise UnsupportedOpError("(non-tensor or multiple outputs)", node.name)
+            output = src(arg)
+            continue
+        if node.op == "get_attr":
+            raise UnsupportedOpError(f"get_attr {node.target}", node.name)
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if node.op == "call_module":
+            mod = modules[str(node.target)]
+            _module_op(node, mod, src, emit, by_name, users, weights, alias, numel)
+        elif node.op in ("call_function", "call_method"):
+            _function_op(node, args, src, emit, alias, numel)
+        else:  # pragma: no cover - fx has no other node kinds
+            raise UnsupportedOpError(node.op, node.name)
+    plan = Plan(input_name=input_name, input_shape=[int(d) for d in input_shape], ops=ops,
+                output=output, frac_bits=frac_bits)
+    return plan, weights
+
+
+def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> None:
+    name, inp = node.name, node.args[0]
+    if isinstance(mod, nn.Conv2d):
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            raise UnsupportedOpError(f"Conv2d(padding={mod.padding!r}, "
+                                     f"padding_mode={mod.padding_mode!r})", name)
+        w = mod.weight.detach().double()
+        weights[f"{name}.w"] = w
+        weights[f"{name}.b"] = (mod.bias.detach().double() if mod.bias is not None
+                                else torch.zeros(w.shape[0], dtype=torch.float64))
+        emit(PlanOp("conv2d", name, [src(inp)], {
+            "stride": _pair(mod.stride), "padding": _pair(mod.padding),
+            "dilation": _pair(mod.dilation), "groups": int(mod.groups)},
+            {"w": list(w.shape), "b": [int(w.shape[0])]}))
+    elif isinstance(mod, nn.Linear):
+        w = mod.weight.detach().double()
+        weights[f"{name}.w"] = w
+        weights[f"{name}.b"] = (mod.bias.detach().double() if mod.bias is not None
+                                else torch.zeros(w.shape[0], dtype=torch.float64))
+        emit(PlanOp("linear", name, [src(inp)], {}, {"w": list(w.shape),
+                                                     "b": [int(w.shape[0])]}))
+    elif isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d):
+        prev = by_name.get(src(inp))
+        if prev is not None and prev.kind in ("conv2d", "linear") and users[inp.name] == 1:
+            w2, b2 = _fold_bn(weights[f"{prev.name}.w"], weights[f"{prev.name}.b"], mod)
+            weights[f"{prev.name}.w"], weights[f"{prev.name}.b"] = w2, b2
+            alias[name] = prev.name
+        else:
+            if isinstance(mod, nn.BatchNorm1d):
+                raise UnsupportedOpError("BatchNorm1d not after a Linear layer", name)
+            c = int(mod.num_features)
+            w2, b2 = _fold_bn(torch.ones(c, 1, 1, 1, dtype=torch.float64), None, mod)
+            weights[f"{name}.w"], weights[f"{name}.b"] = w2.double(), b2.double()
+            emit(PlanOp("conv2d", name, [src(inp)], {"stride": [1, 1], "padding": [0, 0],
+                                                     "dilation": [1, 1], "groups": c},
+                        {"w": [c, 1, 1, 1], "b": [c]}))
+    elif isinstance(mod, nn.ReLU):
+        emit(PlanOp("relu", name, [src(inp)], {"drelus": numel(node)}))
+    elif isinstance(mod, nn.ReLU6):
+        emit(PlanOp("relu6", name, [src(inp)], {"drelus": 2 * numel(node)}))
+    elif type(mod).__name__ == "BlockReLU" and hasattr(mod, "block_sizes"):
+        sizes = mod.block_sizes.detach().to(torch.int64).tolist()
+        emit(PlanOp("block_relu", name, [src(inp)], {"block_sizes": sizes,
+                                                     "drelus": _block_drelus(node, sizes)}))
+    elif isinstance(mod, nn.MaxPool2d):
+        if mod.ceil_mode or _pair(mod.dilation) != [1, 1]:
+            raise UnsupportedOpError("MaxPool2d(ceil_mode or dilation)", name)
+        k = _pair(mod.kernel_size)
+        emit(PlanOp("maxpool2d", name, [src(inp)], {
+            "kernel": k, "stride": _pair(mod.stride or mod.kernel_size),
+            "padding": _pair(mod.padding), "drelus": numel(node) * (k[0] * k[1] - 1)}))
+    elif isinstance(mod, nn.AvgPool2d):
+        if mod.ceil_mode or not mod.count_include_pad or mod.divisor_override:
+            raise UnsupportedOpError("AvgPool2d(ceil_mode / count_include_pad=False / "
+                                     "divisor_override)", name)
+        emit(PlanOp("avgpool2d", name, [src(inp)], {
+            "kernel": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size),
+            "padding": _pair(mod.padding)}))
+    elif isinstance(mod, nn.AdaptiveAvgPool2d):
+        _adaptive(node, mod.output_size, src, emit)
+    elif isinstance(mod, nn.Flatten):
+        emit(PlanOp("flatten", name, [src(inp)], {"start_dim": int(mod.start_dim)}))
+    elif isinstance(mod, nn.Dropout | nn.Identity):
+        alias[name] = src(inp)
+    else:
+        raise UnsupportedOpError(f"module {type(mod).__name__}", name)
+
+
+def _block_drelus(node, sizes) -> int:
+    meta = node.meta.get("tensor_meta")
+    _, _, h, w = meta.shape
+    total = 0
+    for bh, bw in sizes:
+        if bh == 0 or bw == 0:
+            continue
+        total += -(-h // bh) * -(-w // bw)
+    return total
+
+
+def _adaptive(node, output_size, src, emit) -> None:
+    meta = node.args[0].meta["tensor_meta"]
+    h, w = int(meta.shape[2]), int(meta.shape[3])
+    oh, ow = _pair(output_size if output_size is not None else (h, w))
+    if (oh, ow) == (1, 1):
+        emit(PlanOp("global_avgpool", node.name, [src(node.args[0])], {}))
+    elif h % oh == 0 and w % ow == 0:
+        k = [h // oh, w // ow]
+        emit(PlanOp("avgpool2d", node.name, [src(node.args[0])],
+                    {"kernel": k, "stride": k, "padding": [0, 0]}))
+    else:
+        raise UnsupportedOpError(f"AdaptiveAvgPool2d from {h}x{w} to {oh}x{ow}", node.name)
+
+
+_ADD: set[Callable] = {operator.add, torch.add, operator.iadd}
+_RELU: set[Callable] = {F.relu, torch.relu}
+
+
+def _function_op(node, args, src, emit, alias, numel) -> None:
+    t, name = node.target, node.name
+    if t in _ADD or t == "add" or t == "add_":
+        if len(args) != 2:
+            raise UnsupportedOpError("add with a constant", name)
+        emit(PlanOp("add", name, [src(a) for a in args]))
+    elif t in _RELU or t in ("relu", "relu_"):
+        emit(PlanOp("relu", name, [src(args[0])], {"drelus": numel(node)}))
+    elif t in (F.relu6,) or (t is F.hardtanh and node.kwargs.get("min_val", -1) == 0):
+        emit(PlanOp("relu6", name, [src(args[0])], {"drelus": 2 * numel(node)}))
+    elif t in (torch.flatten, "flatten"):
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        if start != 1:
+            raise UnsupportedOpError("flatten over the batch dimension", name)
+        emit(PlanOp("flatten", name, [src(args[0])], {"start_dim": 1}))
+    elif t in ("view", "reshape") or t is torch.reshape:
+        shape = list(node.meta["tensor_meta"].shape)
+        emit(PlanOp("reshape", name, [src(args[0])], {"shape": [-1, *shape[1:]]}))
+    elif t == "size":
+        alias[name] = "<size>"  # consumed only by view/reshape, whose shape we already know
+    elif t in (torch.cat, torch.concat):
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim == 0:
+            raise UnsupportedOpError("cat over the batch dimension", name)
+        emit(PlanOp("cat", name, [src(a) for a in tensors], {"dim": int(dim)}))
+    elif t is F.adaptive_avg_pool2d:
+        _adaptive(node, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"],
+                  src, emit)
+    elif t in ("contiguous", F.dropout) or t is torch.nn.functional.dropout:
+        alias[name] = src(args[0])
+    elif t == operator.getitem:
+        raise UnsupportedOpError("indexing (getitem)", name)
+    else:
+        what = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        raise UnsupportedOpError(f"function {what}", name)

@@ -1,0 +1,147 @@
+"""Run a :class:`~secinfer.models.plan.Plan` on secret shares, or in plaintext for reference."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..mpc import MPCEngine, PreparedWeight, Share, cat, maxpool2d, relu, relu6
+from ..mpc.block_relu import block_relu, block_relu_plain
+from ..mpc.engine import encode
+from .plan import Plan, PlanOp
+
+__all__ = ["SecureModel", "run_plain"]
+
+
+def _avg_window_sum(x: torch.Tensor, k: list[int], s: list[int], p: list[int]) -> torch.Tensor:
+    xp = F.pad(x, (p[1], p[1], p[0], p[0]))
+    return xp.unfold(2, k[0], s[0]).unfold(3, k[1], s[1]).sum(dim=(-1, -2))
+
+
+class SecureModel:
+    """A plan bound to an engine, with weights shared and their Beaver masks opened once.
+
+    ``weight_shares`` maps ``<node>.w`` / ``<node>.b`` to this party's int64 shares (encoded at
+    the plan's ``frac_bits``); the helper passes ``None``.
+    """
+
+    def __init__(self, engine: MPCEngine, plan: Plan,
+                 weight_shares: dict[str, torch.Tensor] | None) -> None:
+        if engine.f != plan.frac_bits:
+            raise ValueError(f"plan was compiled at {plan.frac_bits} fractional bits, engine "
+                             f"runs {engine.f}")
+        self.engine, self.plan = engine, plan
+        self.weights: dict[str, PreparedWeight] = {}
+        self.biases: dict[str, Share] = {}
+        f = plan.frac_bits
+        with engine.session.op("prepare_weights"):
+            for op in plan.ops:
+                if op.kind not in ("conv2d", "linear"):
+                    continue
+                wshape, bshape = tuple(op.weights["w"]), tuple(op.weights["b"])
+                if engine.is_helper:
+                    w = engine.placeholder(wshape, f)
+                    self.biases[op.name] = engine.placeholder(bshape, f)
+                else:
+                    if weight_shares is None:
+                        raise ValueError("compute parties need their weight shares")
+                    w_data = _get(weight_shares, f"{op.name}.w", wshape)
+                    self.biases[op.name] = Share(_get(weight_shares, f"{op.name}.b", bshape), f)
+                    w = Share(w_data, f)
+                self.weights[op.name] = engine.prepare_weight(w)
+
+    def forward(self, x: Share) -> Share:
+        env: dict[str, Share] = {self.plan.input_name: x}
+        sess = self.engine.session
+        for op in self.plan.ops:
+            with sess.op(op.name):
+                env[op.name] = self._run(op, [env[i] for i in op.inputs])
+        return env[self.plan.output]
+
+    def _run(self, op: PlanOp, xs: list[Share]) -> Share:
+        e, p = self.engine, op.params
+        x = xs[0]
+        if op.kind == "conv2d":
+            return e.conv2d(x, self.weights[op.name], self.biases[op.name], stride=p["stride"],
+                            padding=p["padding"], dilation=p["dilation"], groups=p["groups"])
+        if op.kind == "linear":
+            return e.linear(x, self.weights[op.name], self.biases[op.name])
+        if op.kind == "relu":
+            return relu(e, x)
+        if op.kind == "relu6":
+            return relu6(e, x)
+        if op.kind == "block_relu":
+            return block_relu(e, x, p["block_sizes"])
+        if op.kind == "maxpool2d":
+            return maxpool2d(e, x, p["kernel"], p["stride"], p["padding"])
+        if op.kind == "avgpool2d":
+            k = p["kernel"]
+            summed = Share(_avg_window_sum(x.data, k, p["stride"], p["padding"]), x.frac_bits)
+            return e.mul_public(summed, 1.0 / (k[0] * k[1]))
+        if op.kind == "global_avgpool":
+            h, w = x.shape[-2:]
+            summed = Share(x.data.sum(dim=(-1, -2), keepdim=True), x.frac_bits)
+            return e.mul_public(summed, 1.0 / (h * w))
+        if op.kind == "flatten":
+            return x.flatten(p["start_dim"])
+        if op.kind == "reshape":
+            return x.reshape(*p["shape"])
+        if op.kind == "add":
+            return xs[0] + xs[1]
+        if op.kind == "cat":
+            return cat(xs, p["dim"])
+        if op.kind == "identity":
+            return x
+        raise NotImplementedError(f"plan op {op.kind} at {op.name} has no secure executor")
+
+
+def _get(shares: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if key not in shares:
+        raise ValueError(f"weight share {key!r} is missing from the bundle")
+    t = shares[key]
+    if tuple(t.shape) != shape or t.dtype != torch.int64:
+        raise ValueError(f"weight share {key!r} is {tuple(t.shape)} {t.dtype}, plan says "
+                         f"{shape} int64")
+    return t
+
+
+def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
+              fixed_point: bool = False) -> torch.Tensor:
+    """Evaluate a plan in float64 (optionally rounding weights to the plan's fixed point)."""
+    def wt(key: str) -> torch.Tensor:
+        t = weights[key].double()
+        return encode(t, plan.frac_bits).double() / 2**plan.frac_bits if fixed_point else t
+
+    env = {plan.input_name: x.double()}
+    for op in plan.ops:
+        xs = [env[i] for i in op.inputs]
+        a, p = xs[0], op.params
+        if op.kind == "conv2d":
+            y = F.conv2d(a, wt(f"{op.name}.w"), wt(f"{op.name}.b"), p["stride"], p["padding"],
+                         p["dilation"], p["groups"])
+        elif op.kind == "linear":
+            y = F.linear(a, wt(f"{op.name}.w"), wt(f"{op.name}.b"))
+        elif op.kind == "relu":
+            y = a.clamp(min=0)
+        elif op.kind == "relu6":
+            y = a.clamp(0, 6)
+        elif op.kind == "block_relu":
+            y = block_relu_plain(a, p["block_sizes"])
+        elif op.kind == "maxpool2d":
+            y = F.max_pool2d(a, p["kernel"], p["stride"], p["padding"])
+        elif op.kind == "avgpool2d":
+            y = F.avg_pool2d(a, p["kernel"], p["stride"], p["padding"])
+        elif op.kind == "global_avgpool":
+            y = a.mean(dim=(-1, -2), keepdim=True)
+        elif op.kind == "flatten":
+            y = a.flatten(p["start_dim"])
+        elif op.kind == "reshape":
+            y = a.reshape(*p["shape"])
+        elif op.kind == "add":
+            y = xs[0] + xs[1]
+        elif op.kind == "cat":
+            y = torch.cat(xs, p["dim"])
+        else:
+            y = a
+        env[op.name] = y
+    return env[plan.output]

@@ -1,0 +1,103 @@
+"""Secure block ReLU (Gorski & Avidan, "Securing Neural Networks with Knapsack Optimization").
+
+Per channel a patch size (h, w): one DReLU on each patch's sum (its sign equals the sign of the
+patch mean; patches at the right and bottom borders are partial, ceil mode), then one product
+that gates every element of the patch by its patch's sign. (1, 1) is ordinary ReLU, (0, 1) is
+identity (no comparison), (1, 0) outputs zero.
+
+1. group channels by patch size; zero-pad each group to a multiple of its patch;
+2. P_i sums its shares over each patch (local);
+3. one batched DReLU over all patches of all groups (see :func:`secinfer.mpc.compare.drelu`);
+4. one Beaver product ``x * expand(sign)`` whose opened sign mask has one entry per patch, so
+   the product costs 8 bytes per element plus 8 per patch from each compute party.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .compare import drelu
+from .engine import MPCEngine
+from .share import Share
+
+__all__ = ["block_relu", "block_relu_plain"]
+
+
+def _expand(sign: torch.Tensor, bh: int, bw: int, h: int, w: int) -> torch.Tensor:
+    return sign.repeat_interleave(bh, dim=-2).repeat_interleave(bw, dim=-1)[..., :h, :w]
+
+
+def _patch_sums(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    ph, pw = -h % bh, -w % bw
+    xp = torch.nn.functional.pad(x, (0, pw, 0, ph))
+    return xp.reshape(n, c, (h + ph) // bh, bh, (w + pw) // bw, bw).sum(dim=(3, 5))
+
+
+def block_relu_plain(x: torch.Tensor, block_sizes: list[list[int]]) -> torch.Tensor:
+    """Plaintext reference with exactly the secure version's semantics (ties at 0 pass)."""
+    out = torch.zeros_like(x)
+    sizes = torch.tensor(block_sizes).reshape(-1, 2)
+    h, w = x.shape[-2:]
+    for bh, bw in {tuple(s) for s in sizes.tolist()}:
+        idx = [i for i, s in enumerate(sizes.tolist()) if tuple(s) == (bh, bw)]
+        xs = x[:, idx]
+        if bh == 0 and bw == 1:
+            out[:, idx] = xs
+        elif bh == 0 or bw == 0:
+            continue
+        else:
+            sign = (_patch_sums(xs, bh, bw) >= 0).to(x.dtype)
+            out[:, idx] = xs * _expand(sign, bh, bw, h, w)
+    return out
+
+
+def block_relu(engine: MPCEngine, x: Share, block_sizes: list[list[int]]) -> Share:
+    n, c, h, w = x.shape
+    groups: dict[tuple[int, int], list[int]] = {}
+    for ch, (bh, bw) in enumerate(block_sizes):
+        groups.setdefault((int(bh), int(bw)), []).append(ch)
+    if len(block_sizes) != c:
+        raise ValueError(f"block ReLU spec has {len(block_sizes)} channels, activation has {c}")
+    active = [(k, v) for k, v in groups.items() if k[0] > 0 and k[1] > 0]
+    # one DReLU over every patch of every active group
+    sums, layout = [], []
+    for (bh, bw), chans in active:
+        s = _patch_sums(x.data[:, chans], bh, bw)
+        layout.append(((bh, bw), chans, s.shape))
+        sums.append(s.reshape(-1))
+    out = torch.zeros(x.shape, dtype=torch.int64, device=x.data.device)
+    if sums:
+        flat = torch.cat(sums)
+        signs = drelu(engine, Share(flat, x.frac_bits))
+        xs_all, ss_all, i = [], [], 0
+        for (_bh, _bw), chans, shp in layout:
+            k = int(torch.Size(shp).numel())
+            xs_all.append(x.data[:, chans].reshape(-1))
+            ss_all.append(signs.data[i : i + k])
+            i += k
+        sizes = [(bh, bw, len(chans), shp) for (bh, bw), chans, shp in layout]
+
+        def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            res, ia, ib = [], 0, 0
+            for bh, bw, nc, shp in sizes:
+                ka, kb = n * nc * h * w, int(torch.Size(shp).numel())
+                sa = a[ia : ia + ka].reshape(n, nc, h, w)
+                sb = b[ib : ib + kb].reshape(shp)
+                res.append((sa * _expand(sb, bh, bw, h, w)).reshape(-1))
+                ia, ib = ia + ka, ib + kb
+            return torch.cat(res)
+
+        prod = engine.beaver(Share(torch.cat(xs_all), x.frac_bits),
+                             Share(torch.cat(ss_all), 0), op)
+        if not engine.is_helper:
+            j = 0
+            for (_bh, _bw), chans, _shp in layout:
+                k = n * len(chans) * h * w
+                out[:, chans] = prod.data[j : j + k].reshape(n, len(chans), h, w)
+                j += k
+    if not engine.is_helper:
+        ident = groups.get((0, 1), [])
+        if ident:
+            out[:, ident] = x.data[:, ident]
+    return Share(out, x.frac_bits)

@@ -1,0 +1,206 @@
+"""Secure comparisons: DReLU, ReLU, ReLU6, max / argmax over a dim, max pooling.
+
+DReLU follows the bitwise private comparison of SecureNN (Wagh, Gupta, Chandran 2019), but
+reads the sign from a masked opening instead of ShareConvert + ComputeMSB, which saves their
+extra rounds:
+
+1. helper: r = r0 + r1 (from its seeds with P0 and P1); bit-shares mod p of the compared bits
+   of r (P0's from the seed, P1's sent: ``k`` bytes per element);
+2. P0, P1: open z = x + r (one round, 8 bytes per element each way);
+3. with z public, the sign bit of x is ``z_k xor r_k xor borrow``, where
+   ``borrow = [r' > z']`` compares the bits of z and r below k (k = 63 exactly, or lower with
+   ignored high bits; ignored low bits are dropped from both). P0 and P1 evaluate SecureNN's
+   PrivateCompare terms ``c_j = B_j - A_j + 1 + sum_{i>j} (A_i xor B_i)`` on the bit-shares,
+   with the operands swapped (and z + 1 used) when a common random bit beta is 1, multiply
+   each term by a common random non-zero s_j, apply a common random permutation, and send
+   them to the helper (``k + 1`` bytes per element each);
+4. helper: gamma = [some term is 0] = borrow xor beta; it shares delta = gamma xor r_k (P0's
+   share from the seed, P1's sent: 8 bytes per element);
+5. P_i: sign = z_k xor beta xor delta, linear in delta's shares; DReLU = 1 - sign.
+
+The helper sees only uniformly masked, permuted, randomly flipped terms: it learns nothing.
+Latency: three message hops (open z; terms to the helper; delta to P1). In the accounting's
+per-party definition (see :mod:`secinfer.net.accounting`) that is 1 round at P0, whose result
+share comes from its seed, and 2 at P1. ReLU adds one Beaver product (1 round each).
+
+Threat model: semi-honest, non-colluding (see :mod:`.engine`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import HELPER, P0, P1
+from .engine import MPCEngine
+from .share import Share, cat
+
+__all__ = ["drelu", "relu", "relu6", "max_along", "argmax_along", "maxpool2d",
+           "drelu_bytes", "check_drelu_window"]
+
+_CHUNK = 1 << 16  # elements per vectorised chunk (bounds the k-fold bit tensors' memory)
+
+
+def _bits(v: torch.Tensor, width: int) -> torch.Tensor:
+    """Little-endian bits [..., width] of non-negative int64 values."""
+    shifts = torch.arange(width, dtype=torch.int64)
+    return (v.unsqueeze(-1) >> shifts) & 1
+
+
+def drelu_bytes(n: int, compare_bits: int) -> dict[str, int]:
+    """Documented cost of :func:`drelu` on ``n`` elements (checked by the known-answer test)."""
+    w = compare_bits + 1
+    return {"p0_sent": 8 * n + w * n, "p1_sent": 8 * n + w * n,
+            "helper_sent": compare_bits * n + 8 * n, "p0_rounds": 1, "p1_rounds": 2}
+
+
+def check_drelu_window(engine: MPCEngine, max_abs: float, min_abs: float = 0.0) -> None:
+    """Raise if the approximate DReLU window does not cover data of magnitude up to ``max_abs``."""
+    lo, hi = engine.config.drelu_valid_range()
+    if max_abs >= hi:
+        raise ValueError(f"data magnitude {max_abs:.3g} exceeds the approximate DReLU window "
+                         f"{hi:.3g}: lower drelu_high_bits")
+    if min_abs and min_abs < lo:
+        raise ValueError(f"values below {lo:.3g} may get the wrong sign: lower drelu_low_bits")
+
+
+def drelu(engine: MPCEngine, x: Share) -> Share:
+    """Shares (scale 0) of 1[x >= 0]. Ties at exactly 0 give 1."""
+    cfg = engine.config
+    k, low = cfg.sign_bit, cfg.drelu_low_bits
+    nbits = cfg.compare_bits
+    w = nbits + 1
+    p = cfg.prime
+    shape = x.shape
+    n = x.numel()
+    s = engine.session
+    if engine.is_helper:
+        r = (engine.prg_h0.int64((n,)) + engine.prg_h1.int64((n,)))
+        rbits = _bits((r >> low) & ((1 << nbits) - 1), nbits)
+        share0 = engine.prg_h0.mod((n, nbits), p)
+        s.send(P1, torch.remainder(rbits - share0, p).to(torch.uint8))
+        t0 = s.recv(P0).to(torch.int64).reshape(n, w)
+        t1 = s.recv(P1).to(torch.int64).reshape(n, w)
+        gamma = (torch.remainder(t0 + t1, p) == 0).any(dim=1).to(torch.int64)
+        delta = gamma ^ ((r >> k) & 1)
+        d0 = engine.prg_h0.int64((n,))
+        s.send(P1, delta - d0)
+        return engine.placeholder(shape, 0)
+
+    r_i = engine.prg_h.int64((n,))
+    if engine.role == P0:
+        rb = engine.prg_h.mod((n, nbits), p)
+    z_i = x.data.reshape(-1) + r_i
+    s.send(engine.other, z_i)
+    if engine.role == P1:
+        rb = s.recv(HELPER).to(torch.int64).reshape(n, nbits)
+    z = z_i + s.recv(engine.other)
+    beta = engine.prg_01.bits((n,))
+    mult = engine.prg_01.mod((n, w), p - 1) + 1
+    perm = engine.prg_01.permutations(n, w)
+    is0 = engine.role == P0
+    terms = torch.empty((n, w), dtype=torch.int64)
+    mask = (1 << nbits) - 1
+    zp = (z >> low) & mask
+    for lo_i in range(0, n, _CHUNK):
+        sl = slice(lo_i, min(n, lo_i + _CHUNK))
+        b = beta[sl].unsqueeze(1)
+        # operand bits over w = nbits + 1 positions (top position is 0 for r', carry for z'+1)
+        r_sh = torch.nn.functional.pad(rb[sl], (0, 1))                 # shared bits of r'
+        z_pub = _bits(zp[sl], w)                                        # public bits of z'
+        z1_pub = _bits(zp[sl] + 1, w)                                   # public bits of z'+1
+        # beta = 0: A = r' (shared), B = z'  -> [r' > z']
+        # beta = 1: A = z'+1 (public), B = r' -> [z'+1 > r'] = 1 - [r' > z']
+        a_pub = z1_pub * b                                              # public part of A
+        a_sh = r_sh * (1 - b)                                           # shared part of A
+        b_pub = z_pub * (1 - b)
+        b_sh = r_sh * b
+        # xor of (public u, shared v): u + v - 2uv, public constants at P0 only
+        xor = (a_pub + b_pub) * int(is0) + a_sh + b_sh - 2 * (a_pub * b_sh + b_pub * a_sh)
+        suffix = torch.flip(torch.cumsum(torch.flip(xor, [1]), 1), [1]) - xor
+        c = b_sh - a_sh + suffix + (b_pub - a_pub + 1) * int(is0)
+        c = torch.remainder(c * mult[sl], p)
+        terms[sl] = torch.gather(c, 1, perm[sl])
+    s.send(HELPER, terms.to(torch.uint8))
+    delta_i = engine.prg_h.int64((n,)) if is0 else s.recv(HELPER)
+    u = ((z >> k) & 1) ^ beta                                           # public to P0 and P1
+    sign_i = delta_i * (1 - 2 * u) + (u if is0 else 0)
+    d = (int(is0) - sign_i).reshape(shape)
+    return Share(d, 0)
+
+
+def relu(engine: MPCEngine, x: Share) -> Share:
+    """max(x, 0) = x * DReLU(x): DReLU (3 rounds) plus one Beaver product (1 round)."""
+    return engine.beaver(x, drelu(engine, x), torch.mul)
+
+
+def relu6(engine: MPCEngine, x: Share) -> Share:
+    """min(max(x, 0), 6) = ReLU(x) - ReLU(x - 6), both DReLUs in one batched call."""
+    both = cat([x.unsqueeze(0), engine.add_public(x, -6.0).unsqueeze(0)], 0)
+    r = relu(engine, both)
+    return r[0] - r[1]
+
+
+def _select(engine: MPCEngine, d: Share, a: Share, b: Share) -> Share:
+    """b + d * (a - b) for a bit share d (scale 0)."""
+    return b + engine.beaver(d, a - b, torch.mul)
+
+
+def max_along(engine: MPCEngine, x: Share, dim: int = -1, with_index: bool = False):
+    """Max over ``dim`` by a tournament: ceil(log2 n) levels of one DReLU + one product each."""
+    x = x.transpose(dim, -1) if dim not in (-1, x.data.dim() - 1) else x
+    n = x.shape[-1]
+    idx = None
+    if with_index:
+        ar = torch.arange(n, dtype=torch.float64).expand(*x.shape)
+        idx = engine.public_const(ar, 0) if not engine.is_helper else engine.placeholder(
+            x.shape, 0)
+    vals = x
+    while vals.shape[-1] > 1:
+        m = vals.shape[-1] // 2
+        a, b = vals[..., :m], vals[..., m : 2 * m]
+        rest = vals[..., 2 * m :]
+        d = drelu(engine, a - b)
+        if idx is not None:
+            ia, ib = idx[..., :m], idx[..., m : 2 * m]
+            diff = cat([(a - b), (ia - ib).with_frac(a.frac_bits)], -1)
+            dd = cat([d, d], -1)
+            sel = engine.beaver(dd, diff, torch.mul).with_frac(a.frac_bits)
+            vals = cat([b + sel[..., :m], rest], -1)
+            idx = cat([ib + sel[..., m:].with_frac(0), idx[..., 2 * m :]], -1)
+        else:
+            vals = cat([_select(engine, d, a, b), rest], -1)
+    out = vals.reshape(*vals.shape[:-1])
+    if with_index:
+        assert idx is not None
+        return out, idx.reshape(*idx.shape[:-1])
+    return out
+
+
+def argmax_along(engine: MPCEngine, x: Share, dim: int = -1) -> Share:
+    """Shares (scale 0) of the index of the maximum along ``dim``."""
+    return max_along(engine, x, dim, with_index=True)[1]
+
+
+def maxpool2d(engine: MPCEngine, x: Share, kernel: int | tuple[int, int],
+              stride: int | tuple[int, int] | None = None,
+              padding: int | tuple[int, int] = 0) -> Share:
+    """Max pooling with any kernel, stride and padding (padding acts as -inf)."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    stride = stride if stride is not None else (kh, kw)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    if ph or pw:
+        big = -(2.0 ** (62 - 2 * engine.f))
+        pad_val = torch.full((1,), big, dtype=torch.float64)
+        xp = x.pad((pw, pw, ph, ph))
+        if engine.role == P0:
+            mask = torch.ones(x.shape, dtype=torch.int64)
+            mask = torch.nn.functional.pad(mask, (pw, pw, ph, ph))
+            from .engine import encode
+
+            xp = Share(xp.data + (1 - mask) * encode(pad_val, x.frac_bits), x.frac_bits)
+        x = xp
+    win = x.unfold(2, kh, sh).unfold(3, kw, sw)  # N, C, OH, OW, kh, kw
+    win = win.reshape(*win.shape[:4], kh * kw)
+    return max_along(engine, win, -1)
+

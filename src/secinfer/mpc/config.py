@@ -1,0 +1,72 @@
+"""Typed configuration of the secret-sharing engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MPCConfig", "P0", "P1", "HELPER"]
+
+P0, P1, HELPER = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MPCConfig:
+    """Knobs of the 3-party engine, passed explicitly to :class:`~secinfer.mpc.engine.MPCEngine`.
+
+    frac_bits (default 12):
+        Fixed-point scale 2^-f. 12 bits give a resolution of 2.4e-4, ample for CNN activations,
+        and keep the products of two encoded values (2f = 24 fractional bits) small, which is what
+        bounds local truncation's failure probability: an element of magnitude below 2^(l_x - 2f)
+        is truncated wrongly with probability at most 2^(l_x + 1 - 64) (SecureML, Thm 1). With
+        |values| < 2^8 after a product that is 2^-31 per element. Transformers that need finer
+        resolution raise it (e.g. 16) at the price of a higher failure probability.
+    drelu_high_bits / drelu_low_bits (default 0 / 0: exact):
+        The approximate DReLU of Gorski & Avidan: the sign is read from bit ``63 - high`` and the
+        bits below ``low`` are ignored, so the bitwise comparison runs over ``63 - high - low``
+        bits instead of 63. Correct for every |x| < 2^(63 - high) (in ring units) except when
+        |x| < 2^low, where the sign may flip; :func:`check_drelu_window` verifies a data range.
+        The seed's constants map as COMPARISON_NUM_BITS_IGNORED = high + low and
+        NUM_OF_LSB_TO_IGNORE = low: its (48, 5) at f = 16 is high = 43, low = 5 here, i.e. a
+        15-bit comparison, exact for 2^-11 <= |x| < 16.
+    prime:
+        Modulus of the bitwise private comparison (SecureNN uses 67; must exceed bits + 2).
+    debug_reveal_insecure:
+        INSECURE debugging aid: compute parties reveal intermediates to each other to check them
+        against plaintext. Never enable it in production; the engine logs a loud warning.
+    """
+
+    frac_bits: int = 12
+    drelu_high_bits: int = 0
+    drelu_low_bits: int = 0
+    prime: int = 67
+    debug_reveal_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.frac_bits <= 24:
+            raise ValueError(f"frac_bits must be in 1..24, got {self.frac_bits}")
+        if self.drelu_high_bits < 0 or self.drelu_low_bits < 0:
+            raise ValueError("ignored DReLU bit counts must be >= 0")
+        if self.compare_bits < 1:
+            raise ValueError(
+                f"DReLU window is empty: 63 - {self.drelu_high_bits} - {self.drelu_low_bits} < 1"
+            )
+        if self.prime <= self.compare_bits + 2:
+            raise ValueError(f"prime {self.prime} too small for {self.compare_bits}-bit compares")
+
+    @property
+    def sign_bit(self) -> int:
+        return 63 - self.drelu_high_bits
+
+    @property
+    def compare_bits(self) -> int:
+        return 63 - self.drelu_high_bits - self.drelu_low_bits
+
+    @property
+    def scale(self) -> int:
+        return 1 << self.frac_bits
+
+    def drelu_valid_range(self) -> tuple[float, float]:
+        """(min |x|, max |x|) in real units for which the approximate DReLU is exact."""
+        lo = (1 << self.drelu_low_bits) / self.scale if self.drelu_low_bits else 0.0
+        hi = (1 << self.sign_bit) / self.scale
+        return lo, hi

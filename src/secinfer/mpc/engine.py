@@ -1,0 +1,340 @@
+"""The 3-party secret-sharing engine: seeds, inputs, outputs, products, truncation.
+
+Threat model (as in the Knapsack seed, Gorski & Avidan, and SecureNN, Wagh et al. 2019):
+semi-honest, non-colluding parties. P0 and P1 hold additive shares mod 2^64 of every activation
+and weight; the helper P2 deals correlated randomness and assists comparisons. No single party
+learns anything about a secret beyond its shape: every value a party receives is masked by
+randomness it does not know (checked statistically by the view tests). Collusion of the helper
+with either compute party reveals everything. A party that deviates is not detected by this
+engine (integrity is a separate layer).
+
+Randomness: three pairwise seeds agreed at set-up over the session's (TLS) channels: P0-P1,
+helper-P0 and helper-P1, each 16 bytes from the OS CSPRNG, fresh per session. Whatever a party
+can derive from a seed it shares with the helper is never sent ("seed compression"): the
+helper sends only P1's correction terms.
+
+All methods are SPMD: every party calls the same method with the same shapes in the same order;
+the party's role decides what it computes and sends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from ..net.session import Session
+from ..ring.ops import ring_conv2d, ring_matmul
+from .config import HELPER, P0, P1, MPCConfig
+from .prg import PRG, new_seed
+from .share import Share
+
+__all__ = ["MPCEngine", "PreparedWeight", "encode", "decode"]
+
+log = logging.getLogger(__name__)
+
+Bilinear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    """Fixed-point encode: round(x * 2^f) as int64; rejects NaN/inf and out-of-range values."""
+    x = x.detach().to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError("cannot encode NaN or infinite values")
+    bound = 2.0 ** (62 - frac_bits)
+    if x.numel() and x.abs().max().item() >= bound:
+        raise ValueError(f"value {x.abs().max().item():.3g} exceeds the fixed-point range "
+                         f"+-{bound:.3g} at {frac_bits} fractional bits")
+    return torch.round(x * (1 << frac_bits)).to(torch.int64)
+
+
+def decode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    return x.to(torch.float64) / (1 << frac_bits)
+
+
+class PreparedWeight:
+    """A secret weight whose Beaver mask was opened once: F = W - B is public to P0 and P1.
+
+    Re-using B across queries is safe because F never changes and B stays secret (it is the
+    one-time pad of a constant); each query still draws a fresh mask A for the activation.
+    Per query, only the activation's masked value is exchanged.
+    """
+
+    def __init__(self, opened: torch.Tensor | None, b_share: torch.Tensor | None,
+                 b_full: torch.Tensor | None, shape: torch.Size, frac_bits: int) -> None:
+        self.opened = opened      # F at P0/P1
+        self.b_share = b_share    # B_i at P0/P1
+        self.b_full = b_full      # B at the helper
+        self.shape = shape
+        self.frac_bits = frac_bits
+
+
+class MPCEngine:
+    """One party's engine over a :class:`Session` with parties ``P0=0, P1=1, HELPER=2``."""
+
+    def __init__(self, session: Session, config: MPCConfig | None = None) -> None:
+        self.session = session
+        self.config = config or MPCConfig()
+        self.role = session.party_id
+        if self.role not in (P0, P1, HELPER) or not {P0, P1, HELPER} <= {*session.peers,
+                                                                          self.role}:
+            raise ValueError("the MPC engine needs parties 0, 1 (compute) and 2 (helper)")
+        if self.config.debug_reveal_insecure:
+            log.warning("INSECURE DEBUG MODE: compute parties reveal intermediates to each other")
+        self._setup_seeds()
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_seeds(self) -> None:
+        """Agree the pairwise seeds (one round, 16 bytes per seed, over the encrypted links)."""
+        s = self.session
+        with s.op("setup"):
+            if self.role == HELPER:
+                h0, h1 = new_seed(), new_seed()
+                s.send(P0, torch.frombuffer(bytearray(h0), dtype=torch.uint8))
+                s.send(P1, torch.frombuffer(bytearray(h1), dtype=torch.uint8))
+                self.prg_h0, self.prg_h1 = PRG(h0), PRG(h1)
+            elif self.role == P0:
+                s01 = new_seed()
+                s.send(P1, torch.frombuffer(bytearray(s01), dtype=torch.uint8))
+                self.prg_h = PRG(bytes(s.recv(HELPER).tolist()))
+                self.prg_01 = PRG(s01)
+            else:
+                self.prg_h = PRG(bytes(s.recv(HELPER).tolist()))
+                self.prg_01 = PRG(bytes(s.recv(P0).tolist()))
+
+    @property
+    def is_helper(self) -> bool:
+        return self.role == HELPER
+
+    @property
+    def other(self) -> int:
+        """The other compute party (P0 <-> P1)."""
+        return P1 if self.role == P0 else P0
+
+    @property
+    def f(self) -> int:
+        return self.config.frac_bits
+
+    def placeholder(self, shape: torch.Size | tuple[int, ...], frac_bits: int) -> Share:
+        return Share(torch.empty(tuple(shape), dtype=torch.int64, device="meta"), frac_bits)
+
+    # ------------------------------------------------------------------ inputs and outputs
+    def share_input(self, x: torch.Tensor | None, owner: int, shape: tuple[int, ...],
+                    frac_bits: int | None = None) -> Share:
+        """Secret-share ``x`` held by ``owner`` (P0, P1 or an outside party such as a user).
+
+        Owner P0/P1: the other share is a P0-P1 PRG draw, nothing is sent. Another owner sends
+        ``enc(x) - r`` to P0 and ``r`` to P1 (r from the OS CSPRNG): 16 bytes per element.
+        """
+        f = self.f if frac_bits is None else frac_bits
+        shape = tuple(shape)
+        if self.is_helper:
+            return self.placeholder(shape, f)
+        if owner in (P0, P1):
+            r = self.prg_01.int64(shape)
+            if self.role == owner:
+                if x is None or tuple(x.shape) != shape:
+                    raise ValueError(f"input shape {None if x is None else tuple(x.shape)} "
+                                     f"does not match the plan's {shape}")
+                return Share(encode(x, f) - r, f)
+            return Share(r, f)
+        data = self.session.recv(owner)
+        if tuple(data.shape) != shape or data.dtype != torch.int64:
+            raise ValueError(f"party {owner} sent a share of shape {tuple(data.shape)} "
+                             f"{data.dtype}, expected {shape} int64")
+        return Share(data, f)
+
+    def reveal(self, x: Share, to: int | None = None) -> torch.Tensor | None:
+        """Open ``x`` to both compute parties (``to=None``) or to one party. Returns floats.
+
+        Cost: to both, one round and 8 bytes per element each way; to one party, 8 bytes per
+        element from each compute party that is not the recipient.
+        """
+        s = self.session
+        if to is None:
+            if self.is_helper:
+                return None
+            other = s.exchange({self.other: x.data})[self.other]
+            return decode(x.data + other, x.frac_bits)
+        if self.role in (P0, P1) and self.role != to:
+            s.send(to, x.data)
+        if self.role != to:
+            return None
+        total = x.data.clone() if self.role in (P0, P1) else torch.zeros(x.shape, dtype=torch.int64)
+        for p in (P0, P1):
+            if p != self.role:
+                total += s.recv(p)
+        return decode(total, x.frac_bits)
+
+    def send_share_to(self, x: Share, to: int) -> None:
+        if self.role in (P0, P1):
+            self.session.send(to, x.data)
+
+    # ------------------------------------------------------------------ public operands
+    def add_public(self, x: Share, c: torch.Tensor | float) -> Share:
+        if self.role != P0:
+            return x
+        enc = encode(torch.as_tensor(c, dtype=torch.float64), x.frac_bits)
+        return Share(x.data + enc, x.frac_bits)
+
+    def mul_public(self, x: Share, c: torch.Tensor | float, truncate: bool = True) -> Share:
+        """Multiply by a public real constant/tensor (encoded at f bits), then truncate."""
+        enc = encode(torch.as_tensor(c, dtype=torch.float64), self.f)
+        if self.is_helper:
+            y = self.placeholder(torch.broadcast_shapes(x.shape, enc.shape), x.frac_bits + self.f)
+        else:
+            y = Share(x.data * enc, x.frac_bits + self.f)
+        return self.truncate(y, self.f) if truncate else y
+
+    def public_const(self, c: torch.Tensor, frac_bits: int) -> Share:
+        """A public tensor as a share (P0 holds it, P1 holds zero)."""
+        enc = encode(c, frac_bits)
+        if self.is_helper:
+            return self.placeholder(enc.shape, frac_bits)
+        return Share(enc if self.role == P0 else torch.zeros_like(enc), frac_bits)
+
+    # ------------------------------------------------------------------ truncation
+    def truncate(self, x: Share, bits: int | None = None) -> Share:
+        """Local probabilistic truncation by ``bits`` (SecureML, Mohassel & Zhang 2017).
+
+        1. P0 computes ``x0 >> d``; 2. P1 computes ``-((-x1) >> d)``.
+        No communication. The result is off by at most one unit in the last place, except with
+        probability at most 2^(l_x + 1 - 64) per element when |x| < 2^l_x (ring units), where it
+        is off by about 2^(64 - d). See :class:`MPCConfig` for the resulting bounds.
+        """
+        d = self.f if bits is None else bits
+        if self.is_helper:
+            return self.placeholder(x.shape, x.frac_bits - d)
+        if self.role == P0:
+            return Share(x.data >> d, x.frac_bits - d)
+        return Share(-((-x.data) >> d), x.frac_bits - d)
+
+    # ------------------------------------------------------------------ products
+    def _open_masked(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Exchange masked shares with the other compute party (P1 first asks the helper)."""
+        flat = torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0].reshape(-1)
+        self.session.send(self.other, flat)
+        return self._split(flat, parts)
+
+    def _split(self, flat: torch.Tensor, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        out, i = [], 0
+        for p in parts:
+            out.append(flat[i : i + p.numel()].reshape(p.shape))
+            i += p.numel()
+        return out
+
+    def beaver(self, x: Share, y: Share, op: Bilinear) -> Share:
+        """``op(x, y)`` for a bilinear ``op`` on secret x and y, untruncated (scale f_x + f_y).
+
+        Beaver's multiplication triples (Beaver 1991) dealt by the helper:
+        1. helper: a = a0 + a1, b = b0 + b1 from its seeds with P0 and P1; c = op(a, b);
+           c0 from the P0 seed; sends c1 = c - c0 to P1;
+        2. P_i: sends e_i = x_i - a_i and f_i = y_i - b_i to the other compute party;
+        3. P_i: e = e0 + e1, f = f0 + f1; z_i = op(e, f + b_i) [P0] or op(e, b_i) [P1],
+           plus op(a_i, f) + c_i.
+        Cost: one round; each compute party sends 8 (|x| + |y|) bytes; the helper sends
+        8 |op(x, y)| bytes to P1.
+        """
+        fz = x.frac_bits + y.frac_bits
+        if self.is_helper:
+            a0, b0 = self.prg_h0.int64(x.shape), self.prg_h0.int64(y.shape)
+            a1, b1 = self.prg_h1.int64(x.shape), self.prg_h1.int64(y.shape)
+            c = op(a0 + a1, b0 + b1)
+            c0 = self.prg_h0.int64(c.shape)
+            self.session.send(P1, c - c0)
+            return self.placeholder(c.shape, fz)
+        a, b = self.prg_h.int64(x.shape), self.prg_h.int64(y.shape)
+        e_i, f_i = x.data - a, y.data - b
+        mine = [e_i, f_i]
+        self._open_masked(mine)
+        c1 = self.session.recv(HELPER) if self.role == P1 else None
+        e_o, f_o = self._split(self.session.recv(self.other), mine)
+        e, f = e_i + e_o, f_i + f_o
+        z = op(e, f + b) if self.role == P0 else op(e, b)
+        z = z + op(a, f)
+        c_i = self.prg_h.int64(z.shape) if self.role == P0 else c1
+        assert c_i is not None
+        return Share(z + c_i, fz)
+
+    def prepare_weight(self, w: Share) -> PreparedWeight:
+        """Open ``F = W - B`` once so that later products with ``W`` exchange only activations."""
+        if self.is_helper:
+            b = self.prg_h0.int64(w.shape) + self.prg_h1.int64(w.shape)
+            return PreparedWeight(None, None, b, w.shape, w.frac_bits)
+        b_i = self.prg_h.int64(w.shape)
+        f_i = w.data - b_i
+        opened = f_i + self.session.exchange({self.other: f_i})[self.other]
+        return PreparedWeight(opened, b_i, None, w.shape, w.frac_bits)
+
+    def beaver_fixed(self, x: Share, w: PreparedWeight, op: Bilinear) -> Share:
+        """``op(x, W)`` with a prepared weight: Beaver with B re-used, fresh A per call.
+
+        1. helper: a = a0 + a1 fresh; c = op(a, B); sends c1 = c - c0 to P1;
+        2. P_i: sends e_i = x_i - a_i; 3. z_i = op(e, F + B_i) [P0] / op(e, B_i) [P1]
+           + op(a_i, F) + c_i.
+        Cost: one round; each compute party sends 8 |x| bytes; the helper 8 |op(x, W)| to P1.
+        """
+        fz = x.frac_bits + w.frac_bits
+        if self.is_helper:
+            a = self.prg_h0.int64(x.shape) + self.prg_h1.int64(x.shape)
+            assert w.b_full is not None
+            c = op(a, w.b_full)
+            c0 = self.prg_h0.int64(c.shape)
+            self.session.send(P1, c - c0)
+            return self.placeholder(c.shape, fz)
+        assert w.opened is not None and w.b_share is not None
+        a = self.prg_h.int64(x.shape)
+        e_i = x.data - a
+        self.session.send(self.other, e_i)
+        c1 = self.session.recv(HELPER) if self.role == P1 else None
+        e = e_i + self.session.recv(self.other)
+        rhs = w.opened + w.b_share if self.role == P0 else w.b_share
+        z = op(e, rhs) + op(a, w.opened)
+        c_i = self.prg_h.int64(z.shape) if self.role == P0 else c1
+        assert c_i is not None
+        return Share(z + c_i, fz)
+
+    # ------------------------------------------------------------------ convenience products
+    def mul(self, x: Share, y: Share, truncate: bool = True) -> Share:
+        """Elementwise product (broadcast shapes must already agree)."""
+        z = self.beaver(x, y, torch.mul)
+        return self.truncate(z, min(x.frac_bits, y.frac_bits)) if truncate and min(
+            x.frac_bits, y.frac_bits) else z
+
+    def matmul(self, x: Share, y: Share, truncate: bool = True) -> Share:
+        z = self.beaver(x, y, ring_matmul)
+        return self.truncate(z, y.frac_bits) if truncate else z
+
+    def linear(self, x: Share, w: PreparedWeight, bias: Share | None = None) -> Share:
+        """x @ W^T + bias, with W prepared; bias at the activation's scale."""
+        z = self.beaver_fixed(x, w, lambda a, b: ring_matmul(a, b.transpose(-1, -2)))
+        z = self.truncate(z, w.frac_bits)
+        return z + bias if bias is not None else z
+
+    def conv2d(self, x: Share, w: PreparedWeight, bias: Share | None = None, stride=1,
+               padding=0, dilation=1, groups=1) -> Share:
+        def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return ring_conv2d(a, b, stride=stride, padding=padding, dilation=dilation,
+                               groups=groups)
+
+        z = self.truncate(self.beaver_fixed(x, w, op), w.frac_bits)
+        if bias is not None:
+            z = z + bias.reshape(1, -1, 1, 1).expand(*z.shape)
+        return z
+
+    # ------------------------------------------------------------------ debugging
+    def debug_check(self, name: str, x: Share, expect: torch.Tensor | None = None,
+                    tol: float = 1e-2) -> None:
+        """INSECURE (only with ``debug_reveal_insecure``): reveal and compare with plaintext."""
+        if not self.config.debug_reveal_insecure:
+            return
+        val = self.reveal(x)
+        if val is None:
+            return
+        bound = 2.0 ** (62 - 2 * self.f)
+        if val.abs().max() > bound:
+            log.warning("debug: %s overflows (max |x| = %.3g > %.3g)", name, val.abs().max(), bound)
+        if expect is not None and (val - expect).abs().max() > tol:
+            raise AssertionError(f"debug: {name} deviates from plaintext by "
+                                 f"{(val - expect).abs().max():.3g}")
