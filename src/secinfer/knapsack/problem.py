@@ -57,13 +57,14 @@ class LayerDistortion:
 def default_candidates(height: int, width: int) -> list[tuple[int, int]]:
     """Candidate block sizes for an activation of ``height x width``.
 
-    Squares 1..8, a few 1:2 / 1:3 / 2:3 rectangles, the whole channel as one patch, and the two
-    sentinels identity and zero (the seed lists a similar mix in ``parameters/block_sizes.py``;
-    ours is shorter so distortion extraction stays affordable on a CPU).
+    Squares 1..8, 10 and 14, a few 1:2 / 1:3 / 2:3 rectangles, the whole channel as one patch,
+    and the two sentinels identity and zero. The seed lists a similar mix in
+    ``parameters/block_sizes.py``; ours is shorter so distortion extraction stays affordable on
+    a CPU.
     """
     if height < 1 or width < 1:
         raise ValueError(f"activation size must be positive, got {height}x{width}")
-    shapes = [(s, s) for s in range(1, 9)]
+    shapes = [(s, s) for s in (*range(1, 9), 10, 14)]
     shapes += [(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2), (2, 4), (4, 2)]
     shapes += [(height, width)]
     out: list[tuple[int, int]] = []
