@@ -57,3 +57,12 @@ def gen() -> torch.Generator:
 def tiny(gen: torch.Generator) -> nn.Module:
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     return randomize_bn(TinyNet(), gen)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    # On a shared 2-core machine, torch's spinning worker threads make small ops 5x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,6 +20,8 @@ from typing import Any
 
 def register(sub: argparse._SubParsersAction) -> None:
     tee = sub.add_parser("tee", help="enclave-split inference of quantized CNNs (TSQP)")
+    tee.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads (1 is fastest on a shared, busy machine)")
     cmds = tee.add_subparsers(dest="tee_command", required=True, metavar="TEE_COMMAND")
 
     p = cmds.add_parser("train", help="train the float Fashion-MNIST CNN (short, CPU)")
@@ -86,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_steal)
 
 
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _dump(path: Path | None, data: Any) -> None:
     print(json.dumps(data, indent=1))
     if path is not None:
@@ -94,6 +103,7 @@ def _dump(path: Path | None, data: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _threads(args)
     from secinfer.tee.experiments import train_fmnist
 
     print(json.dumps(train_fmnist(args.out, args.epochs), indent=1))
@@ -101,6 +111,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
+    _threads(args)
     from secinfer.tee.experiments import provision_fmnist
 
     _dump(None, provision_fmnist(args.weights, args.out, args.reduce_range, args.qat_epochs,
@@ -109,6 +120,7 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _rsweep(args: argparse.Namespace) -> int:
+    _threads(args)
     from secinfer.tee.experiments import rsweep_fmnist
 
     values = [int(v) for v in args.values.split(",") if v.strip()]
@@ -124,6 +136,7 @@ def _rsweep(args: argparse.Namespace) -> int:
 
 
 def _party(args: argparse.Namespace) -> int:
+    _threads(args)
     from secinfer.net.programs import save_result
     from secinfer.net.session import Session
     from secinfer.net.topology import Topology
@@ -153,6 +166,7 @@ def _party(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    _threads(args)
     from secinfer.tee.experiments import run_split_fmnist
 
     _dump(args.json, run_split_fmnist(args.bundle_dir, args.limit, args.batch, args.triples,
@@ -161,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _faults(args: argparse.Namespace) -> int:
+    _threads(args)
     from secinfer.tee.experiments import fault_campaign
 
     _dump(args.json, fault_campaign(args.trials, args.batch, args.triples))
@@ -168,6 +183,7 @@ def _faults(args: argparse.Namespace) -> int:
 
 
 def _steal(args: argparse.Namespace) -> int:
+    _threads(args)
     from secinfer.tee.experiments import stealing_experiment
 
     _dump(args.json, stealing_experiment(args.weights, args.frac, args.thief_epochs,

@@ -64,8 +64,8 @@ def train_fmnist(out: Path, epochs: int = 2) -> dict[str, Any]:
 def provision_fmnist(weights: Path, out: Path, reduce_range: int = 0, qat_epochs: int = 0,
                      permute: bool = True) -> dict[str, Any]:
     """Quantize (PTQ, optionally then QAT) and write ``out/enclave.*`` and ``out/device.*``."""
-    x, y, xt, yt = _fmnist()
     m = _model(weights)
+    x, y, xt, yt = _fmnist()
     prog = capture(m)
     cfg = QuantConfig(reduce_range)
     calib = x[torch.randperm(len(x), generator=secure_generator())[:_CALIB]]
@@ -80,8 +80,8 @@ def provision_fmnist(weights: Path, out: Path, reduce_range: int = 0, qat_epochs
 
 
 def rsweep_fmnist(weights: Path, values: list[int]) -> list[dict[str, float]]:
-    x, _, xt, yt = _fmnist()
     prog = capture(_model(weights))
+    x, _, xt, yt = _fmnist()
     calib = x[torch.randperm(len(x), generator=secure_generator())[:_CALIB]]
     return sweep_reduce_range(prog, [calib], xt, yt, values)
 
@@ -127,7 +127,8 @@ def run_split_fmnist(bundle_dir: Path, limit: int | None = None, batch: int = 10
         "triples_failed": st[3], "alarms": st[4], "inline_keys": st[5],
         "online_s": float(res["seconds"][0]), "offline_s": float(res["seconds"][1]),
         "wall_s": round(wall, 2),
-        "enclave_bytes_sent": costs[0]["total"]["bytes_sent"] if "total" in costs[0] else None,
+        "enclave_bytes_sent": costs[0]["<total>"]["bytes_sent"],
+        "enclave_bytes_recv": costs[0]["<total>"]["bytes_recv"],
     }
 
 
@@ -159,9 +160,9 @@ def stealing_experiment(weights: Path, frac: float = 0.01, thief_epochs: int = 3
     """De-similarity training and fine-tuning attacks from each starting point (see desim.py)."""
     from .desim import desim_train, steal, thief_init
 
+    victim = _model(weights)
     x, y, xt, yt = _fmnist()
     gen = secure_generator()
-    victim = _model(weights)
     prog = capture(victim)
     calib = x[torch.randperm(len(x), generator=gen)[:_CALIB]]
     cfg = QuantConfig(0)

@@ -1,0 +1,234 @@
+"""Enclave split (TSQP): latency and bytes, integrity figures, Fashion-MNIST accuracy, stealing.
+
+Sections (default: all; pick with ``--sections``), each merged into benchmarks/results/tee.json:
+
+* ``latency``: VGG11, ResNet18, MobileNetV2 (zoo, CIFAR shape 3x32x32, random weights: timing
+  does not depend on them), batch 1 and 32. In one command:
+  (a) no protection: the float32 model on plaintext in one process (what an unprotected device
+      runs; real int8 kernels are at least as fast);
+  (b) all on the trusted side: the exact int8 model in one process (this host has no SGX, so the
+      enclave's own slowdown is not included: the ratio to (c) is a lower bound of TSQP's);
+  (c) the split, enclave and device as two OS processes over mutual TLS, with masks,
+      permutations and 2 fingerprint triples; online latency per batch (masks and decode keys
+      precomputed offline, reported separately), plus (c-perm) without permutations and (c-mon)
+      without the monitor, to show what each adds. Bytes: payload both ways.
+* ``faults``: the fault campaign (``secinfer tee faults``), ``--trials`` per class.
+* ``fmnist``: trains (if needed) and provisions the Fashion-MNIST CNN, the r-sweep, and the whole
+  test set (10,000 queries) through the split as two processes: accuracy, bit-identity, alarms.
+* ``steal``: de-similarity training and the stealing experiment (1% of the training data).
+
+    .venv/bin/python benchmarks/tee.py [--sections latency,faults,fmnist,steal] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from secinfer.models.zoo import build
+from secinfer.tee import calibrate, capture, provision
+from secinfer.tee.experiments import (
+    fault_campaign,
+    provision_fmnist,
+    rsweep_fmnist,
+    run_split_fmnist,
+    stealing_experiment,
+    train_fmnist,
+    two_party,
+)
+from secinfer.tee.mask import secure_generator
+
+RESULTS = Path(__file__).resolve().parent / "results" / "tee.json"
+MODELS = ("vgg11", "resnet18", "mobilenet_v2")
+ITEM = (3, 32, 32)
+
+
+def _median_time(fn: Any, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def _randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model.eval()
+
+
+def latency(reps: int, batches: list[int], models: list[str]) -> dict[str, Any]:
+    gen = secure_generator()
+    rows = []
+    for name in models:
+        model = _randomize_bn(build(name), gen)
+        prog = capture(model)
+        qm = calibrate(prog, [torch.randn(16, *ITEM, generator=gen)])
+        with tempfile.TemporaryDirectory(prefix="tee-bench-") as tmp:
+            paths = {}
+            for tag, perm in (("perm", True), ("noperm", False)):
+                b = provision(qm, permute=perm)
+                b.save(Path(tmp) / f"{tag}-enclave")
+                b.device_bundle().save(Path(tmp) / f"{tag}-device")
+                paths[tag] = (str(Path(tmp) / f"{tag}-enclave"), str(Path(tmp) / f"{tag}-device"))
+            variants = [(tag, b, t) for b in batches
+                        for tag, t in (("perm", 2), ("perm", 0), ("noperm", 2))]
+            enc_kw = {"bundles": [paths[v[0]][0] for v in variants],
+                      "batches": [v[1] for v in variants], "triples": [v[2] for v in variants],
+                      "item": list(ITEM), "reps": reps}
+            dev_kw = {"bundles": [paths[v[0]][1] for v in variants]}
+            res, costs, _ = two_party(("secinfer.tee.bench:enclave_bench", enc_kw),
+                                      ("secinfer.tee.bench:device_bench", dev_kw), timeout=3000)
+        for b in batches:
+            x = torch.randn(b, *ITEM, generator=gen)
+            with torch.no_grad():
+                t_plain = _median_time(lambda: model(x), reps)  # noqa: B023
+                t_trusted = _median_time(lambda: qm.forward(x), reps)  # noqa: B023
+            out_bytes = b * prog.layers[-1].out_channels * 4
+            io_bytes = x.numel() * 4 + out_bytes
+            row: dict[str, Any] = {"model": name, "batch": b, "no_protection_s": t_plain,
+                                   "all_trusted_s": t_trusted, "plain_bytes": io_bytes}
+            for k, (tag, vb, t) in enumerate(variants):
+                if vb != b:
+                    continue
+                key = {("perm", 2): "split", ("perm", 0): "split_no_monitor",
+                       ("noperm", 2): "split_no_perm"}[(tag, t)]
+                c = costs[0][f"v{k}"]
+                # bytes over reps + 1 passes; report per batch
+                row[f"{key}_s"] = float(res["online"][k])
+                row[f"{key}_offline_s"] = float(res["offline"][k])
+                row[f"{key}_bytes"] = (c["bytes_sent"] + c["bytes_recv"]) // (reps + 1)
+                row[f"{key}_bit_identical"] = bool(res["bit_identical"][k])
+            rows.append(row)
+    _print_latency(rows)
+    return {"rows": rows, "reps": reps, "threads": torch.get_num_threads()}
+
+
+def _print_latency(rows: list[dict[str, Any]]) -> None:
+    head = (f"{'model':<13}{'batch':>6}{'(a) plain s':>12}{'(b) TEE s':>11}{'(c) split s':>12}"
+            f"{'offline s':>10}{'no-perm s':>10}{'no-mon s':>9}{'(a) KB':>9}{'(c) KB':>10}"
+            f"{'exact':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['model']:<13}{r['batch']:>6}{r['no_protection_s']:>12.4f}"
+              f"{r['all_trusted_s']:>11.4f}{r['split_s']:>12.4f}{r['split_offline_s']:>10.4f}"
+              f"{r['split_no_perm_s']:>10.4f}{r['split_no_monitor_s']:>9.4f}"
+              f"{r['plain_bytes'] / 1e3:>9.1f}{r['split_bytes'] / 1e3:>10.1f}"
+              f"{'yes' if r['split_bit_identical'] else 'NO':>6}")
+    for r in rows:
+        tag = f"{r['model']} b{r['batch']}"
+        print(f"{tag} split/all-trusted latency ratio: {r['split_s'] / r['all_trusted_s']:.3f}")
+        print(f"{tag} split/no-protection latency ratio: "
+              f"{r['split_s'] / r['no_protection_s']:.3f}")
+        print(f"{tag} permutation overhead ratio: {r['split_s'] / r['split_no_perm_s']:.3f}")
+        print(f"{tag} monitor overhead ratio: {r['split_s'] / r['split_no_monitor_s']:.3f}")
+        print(f"{tag} split/no-protection bytes ratio: "
+              f"{r['split_bytes'] / r['plain_bytes']:.1f}")
+
+
+def faults(trials: int) -> dict[str, Any]:
+    res = fault_campaign(trials)
+    g = res["guarantee"]
+    print(f"fault campaign: batch {res['batch']}, {res['triples']} triples, "
+          f"guarantee {g:.4f} per altered layer batch")
+    print(f"{'fault':<9}{'target':>7}{'trials':>8}{'altered':>8}{'alarms':>8}{'false':>6}"
+          f"{'detect':>8}{'undetected real':>16}")
+    for r in res["rows"]:
+        rate = "-" if r["detection_rate"] is None else f"{r['detection_rate']:.4f}"
+        print(f"{r['fault']:<9}{r['target']:>7}{r['trials']:>8}{r['altered']:>8}{r['alarms']:>8}"
+              f"{r['false_alarms']:>6}{rate:>8}{r['undetected_real_corruptions']:>16}")
+    for r in res["rows"]:
+        if r["detection_rate"] is not None:
+            print(f"{r['fault']}-{r['target']} detection/guarantee ratio: "
+                  f"{r['detection_rate'] / g:.4f}")
+    return res
+
+
+def fmnist(workdir: Path, limit: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not (workdir / "float.safetensors").is_file():
+        out["train"] = train_fmnist(workdir, epochs=2)
+    weights = workdir / "float.safetensors"
+    out["provision"] = provision_fmnist(weights, workdir)
+    out["rsweep"] = rsweep_fmnist(weights, [0, 32, 64, 96, 128, 160, 192, 224])
+    out["split"] = run_split_fmnist(workdir, limit=limit, batch=100, triples=2)
+    p, s = out["provision"], out["split"]
+    print(f"fashion-mnist: float {p['float_accuracy']:.2f}%, int8 {p['int8_accuracy']:.2f}%, "
+          f"split {s['split_accuracy']:.2f}% on {s['queries']} queries; bit-identical "
+          f"{s['bit_identical']}; alarms {s['alarms']} over {s['triples_checked']} triples")
+    for r in out["rsweep"]:
+        print(f"  r={int(r['reduce_range']):>4}  accuracy {r['accuracy']:.2f}%")
+    print(f"int8/float accuracy ratio: {p['int8_accuracy'] / p['float_accuracy']:.4f}")
+    return out
+
+
+def steal(workdir: Path) -> dict[str, Any]:
+    res = stealing_experiment(workdir / "float.safetensors")
+    for k, v in res["stolen_accuracy"].items():
+        print(f"  thief from {k:<28} {v:6.2f}%")
+    sa = res["stolen_accuracy"]
+    print(f"stolen accuracy ratio (device int8 / scratch): "
+          f"{sa['device_int8_no_perm'] / sa['scratch']:.3f}")
+    print(f"stolen accuracy ratio (device int8 + perm / scratch): "
+          f"{sa['device_int8_perm'] / sa['scratch']:.3f}")
+    print(f"stolen accuracy ratio (desim + perm / scratch): "
+          f"{sa['desim_device_int8_perm'] / sa['scratch']:.3f}")
+    print(f"stolen accuracy ratio (white-box int8 / scratch): "
+          f"{sa['white_box_int8'] / sa['scratch']:.3f}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default="latency,faults,fmnist,steal")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--trials", type=int, default=10000)
+    ap.add_argument("--limit", type=int, default=None, help="Fashion-MNIST test queries")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "secinfer-tee")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the party processes too
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results["host"] = {"python": platform.python_version(), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "machine": platform.machine()}
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    for s in sections:
+        t0 = time.perf_counter()
+        if s == "latency":
+            results[s] = latency(args.reps, [int(b) for b in args.batches.split(",")],
+                                 args.models.split(","))
+        elif s == "faults":
+            results[s] = faults(args.trials)
+        elif s == "fmnist":
+            results[s] = fmnist(args.workdir, args.limit)
+        elif s == "steal":
+            results[s] = steal(args.workdir)
+        else:
+            raise SystemExit(f"unknown section {s!r}")
+        results[s]["section_seconds"] = round(time.perf_counter() - t0, 1)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

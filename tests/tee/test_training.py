@@ -1,0 +1,65 @@
+"""QAT, the r-sweep and de-similarity on a real (tiny) data set: scikit-learn digits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from secinfer.data.digits import load_digits
+from secinfer.tee import QuantConfig, calibrate, capture, sweep_reduce_range
+from secinfer.tee.desim import desim_train, thief_init
+from secinfer.tee.qat import FakeQuantProgram, accuracy, qat, train_classifier
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _data(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    x, y = load_digits()
+    idx = torch.randperm(len(x), generator=gen)
+    tr, te = idx[:1300], idx[1300:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def test_ptq_qat_and_sweep_keep_accuracy(gen: torch.Generator) -> None:
+    x, y, xt, yt = _data(gen)
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    model = train_classifier(_net(), x, y, epochs=8, lr=3e-3, gen=gen)
+    prog = capture(model)
+    fl = accuracy(lambda t: prog.run(t.double()), xt, yt)
+    assert fl > 85.0
+    ptq = calibrate(prog, [x], QuantConfig(0))
+    assert accuracy(ptq.forward, xt, yt) >= fl - 2.0
+    fq = FakeQuantProgram(prog, QuantConfig(192))
+    qm = qat(prog, x, y, QuantConfig(192), epochs=1, lr=5e-4, gen=gen)
+    # the exported int8 model computes what the fake-quantized network trained on
+    assert qm.config.qmax == 63 and len(qm.w_q) == len(fq.weights)
+    assert accuracy(qm.forward, xt, yt) >= fl - 4.0
+    rows = sweep_reduce_range(prog, [x], xt, yt, [0, 240])
+    assert rows[0]["reduce_range"] == -1 and abs(rows[0]["accuracy"] - fl) < 1e-9
+    assert rows[1]["accuracy"] >= rows[2]["accuracy"] - 1.0  # 256 levels vs 16 levels
+
+
+def test_desim_keeps_true_accuracy_and_hides_it_from_the_device_view(
+    gen: torch.Generator,
+) -> None:
+    x, y, xt, yt = _data(gen)
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    model = train_classifier(_net(), x, y, epochs=8, lr=3e-3, gen=gen)
+    prog = capture(model)
+    d = desim_train(prog, x, y, gen, epochs=6, lam=1.0, lr=2e-3)
+    qm = d.export(x, QuantConfig(0))
+    with torch.no_grad():
+        true_acc = accuracy(qm.forward, xt, yt)
+        thief_acc = accuracy(lambda t: d(t, thief=True), xt, yt)
+        # the int8 export and the float parametrisation agree
+        assert (qm.forward(xt[:50]).argmax(1) == d(xt[:50]).argmax(1)).float().mean() > 0.9
+    assert true_acc > 80.0
+    assert thief_acc < true_acc - 30.0
+    # the device's tensors are the exported int8 rows; negative scales carry the secret signs
+    assert any((s < 0).any() for s in qm.w_scale)
+    thief = thief_init(_net(), qm, None)
+    first = next(m for m in thief.modules() if isinstance(m, nn.Conv2d))
+    assert first.bias is not None and (first.bias == 0).all()
