@@ -12,8 +12,9 @@ extra rounds:
    ignored high bits; ignored low bits are dropped from both). P0 and P1 evaluate SecureNN's
    PrivateCompare terms ``c_j = B_j - A_j + 1 + sum_{i>j} (A_i xor B_i)`` on the bit-shares,
    with the operands swapped (and z + 1 used) when a common random bit beta is 1, multiply
-   each term by a common random non-zero s_j, apply a common random permutation, and send
-   them to the helper (``k + 1`` bytes per element each);
+   each term by a common random non-zero s_j, rotate the terms by a common random offset
+   (at most one term is zero, so a uniform rotation hides its position as well as SecureNN's
+   full permutation), and send them to the helper (``k + 1`` bytes per element each);
 4. helper: gamma = [some term is 0] = borrow xor beta; it shares delta = gamma xor r_k (P0's
    share from the seed, P1's sent: 8 bytes per element);
 5. P_i: sign = z_k xor beta xor delta, linear in delta's shares; DReLU = 1 - sign.
@@ -37,13 +38,19 @@ from .share import Share, cat
 __all__ = ["drelu", "relu", "relu6", "max_along", "argmax_along", "maxpool2d",
            "drelu_bytes", "check_drelu_window"]
 
-_CHUNK = 1 << 16  # elements per vectorised chunk (bounds the k-fold bit tensors' memory)
+_CHUNK = 1 << 13  # elements per chunk: keeps the (chunk, bits) temporaries in cache
 
 
 def _bits(v: torch.Tensor, width: int) -> torch.Tensor:
-    """Little-endian bits [..., width] of non-negative int64 values."""
-    shifts = torch.arange(width, dtype=torch.int64)
-    return (v.unsqueeze(-1) >> shifts) & 1
+    """Little-endian bits [..., width] (uint8) of int64 values, unpacked bytewise."""
+    by = v.contiguous().view(torch.uint8).reshape(*v.shape, 8)
+    bits = (by.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    return bits.reshape(*v.shape, 64)[..., :width]
+
+
+def _mask(bits: int) -> torch.Tensor:
+    # a 0-d tensor: int64 `& python_int` is ~25x slower than `& tensor` in torch 2.13
+    return torch.tensor((1 << bits) - 1, dtype=torch.int64)
 
 
 def drelu_bytes(n: int, compare_bits: int) -> dict[str, int]:
@@ -74,58 +81,67 @@ def drelu(engine: MPCEngine, x: Share) -> Share:
     n = x.numel()
     s = engine.session
     if engine.is_helper:
-        r = (engine.prg_h0.int64((n,)) + engine.prg_h1.int64((n,)))
-        rbits = _bits((r >> low) & ((1 << nbits) - 1), nbits)
-        share0 = engine.prg_h0.mod((n, nbits), p)
+        r = engine.prg_h0.int64((n,)) + engine.prg_h1.int64((n,))
+        rbits = _bits((r >> low) & _mask(nbits), nbits).to(torch.int16)
+        share0 = _mod_small(engine.prg_h0, (n, nbits), p)
         s.send(P1, torch.remainder(rbits - share0, p).to(torch.uint8))
-        t0 = s.recv(P0).to(torch.int64).reshape(n, w)
-        t1 = s.recv(P1).to(torch.int64).reshape(n, w)
+        t0 = s.recv(P0).reshape(n, w).to(torch.int16)
+        t1 = s.recv(P1).reshape(n, w).to(torch.int16)
         gamma = (torch.remainder(t0 + t1, p) == 0).any(dim=1).to(torch.int64)
-        delta = gamma ^ ((r >> k) & 1)
+        delta = gamma ^ ((r >> k) & _mask(1))
         d0 = engine.prg_h0.int64((n,))
         s.send(P1, delta - d0)
         return engine.placeholder(shape, 0)
 
+    is0 = engine.role == P0
     r_i = engine.prg_h.int64((n,))
-    if engine.role == P0:
-        rb = engine.prg_h.mod((n, nbits), p)
     z_i = x.data.reshape(-1) + r_i
     s.send(engine.other, z_i)
-    if engine.role == P1:
-        rb = s.recv(HELPER).to(torch.int64).reshape(n, nbits)
+    rb_all = torch.empty(0) if is0 else s.recv(HELPER).reshape(n, nbits)
     z = z_i + s.recv(engine.other)
     beta = engine.prg_01.bits((n,))
-    mult = engine.prg_01.mod((n, w), p - 1) + 1
-    perm = engine.prg_01.permutations(n, w)
-    is0 = engine.role == P0
-    terms = torch.empty((n, w), dtype=torch.int64)
-    mask = (1 << nbits) - 1
-    zp = (z >> low) & mask
+    zp = (z >> low) & _mask(nbits)
+    terms = torch.empty((n, w), dtype=torch.uint8)
+    cols = torch.arange(w, dtype=torch.int64)
+    # cache-sized chunks; every PRG is drawn in the same order at both parties and the helper
     for lo_i in range(0, n, _CHUNK):
         sl = slice(lo_i, min(n, lo_i + _CHUNK))
-        b = beta[sl].unsqueeze(1)
-        # operand bits over w = nbits + 1 positions (top position is 0 for r', carry for z'+1)
-        r_sh = torch.nn.functional.pad(rb[sl], (0, 1))                 # shared bits of r'
-        z_pub = _bits(zp[sl], w)                                        # public bits of z'
-        z1_pub = _bits(zp[sl] + 1, w)                                   # public bits of z'+1
-        # beta = 0: A = r' (shared), B = z'  -> [r' > z']
-        # beta = 1: A = z'+1 (public), B = r' -> [z'+1 > r'] = 1 - [r' > z']
-        a_pub = z1_pub * b                                              # public part of A
-        a_sh = r_sh * (1 - b)                                           # shared part of A
-        b_pub = z_pub * (1 - b)
-        b_sh = r_sh * b
-        # xor of (public u, shared v): u + v - 2uv, public constants at P0 only
-        xor = (a_pub + b_pub) * int(is0) + a_sh + b_sh - 2 * (a_pub * b_sh + b_pub * a_sh)
-        suffix = torch.flip(torch.cumsum(torch.flip(xor, [1]), 1), [1]) - xor
-        c = b_sh - a_sh + suffix + (b_pub - a_pub + 1) * int(is0)
-        c = torch.remainder(c * mult[sl], p)
-        terms[sl] = torch.gather(c, 1, perm[sl])
-    s.send(HELPER, terms.to(torch.uint8))
+        m = sl.stop - sl.start
+        rb = (_mod_small(engine.prg_h, (m, nbits), p) if is0 else rb_all[sl]).to(torch.int16)
+        mult = _mod_small(engine.prg_01, (m, w), p - 1) + 1
+        shift = _mod_small(engine.prg_01, (m, 1), w).to(torch.int64)
+        b = beta[sl].unsqueeze(1).to(torch.int16)
+        # public operand bits u: z' (beta = 0) or z' + 1 (beta = 1), over w positions
+        u = _bits(zp[sl] + beta[sl], w).to(torch.int16)
+        r_sh = torch.nn.functional.pad(rb, (0, 1))  # r' has a 0 in the top position
+        sgn = 2 * b - 1  # c_j = sgn * (r_j - u_j) + 1 + sum_{i>j} (u_i xor r_i)
+        xor = r_sh * (1 - 2 * u) + (u if is0 else 0)
+        suffix = torch.flip(torch.cumsum(torch.flip(xor, [1]), 1, dtype=torch.int16), [1]) - xor
+        c = sgn * r_sh + suffix + ((1 - sgn * u) if is0 else 0)
+        c = torch.remainder(c.to(torch.int32) * mult, p)
+        # one uniform rotation per element hides where the (at most one) zero term sits; the
+        # other terms are uniform non-zero after the random multipliers
+        idx = cols + shift
+        idx -= w * (idx >= w)
+        terms[sl] = torch.gather(c, 1, idx).to(torch.uint8)
+    s.send(HELPER, terms)
     delta_i = engine.prg_h.int64((n,)) if is0 else s.recv(HELPER)
-    u = ((z >> k) & 1) ^ beta                                           # public to P0 and P1
-    sign_i = delta_i * (1 - 2 * u) + (u if is0 else 0)
+    v = ((z >> k) & _mask(1)) ^ beta                                           # public to P0 and P1
+    sign_i = delta_i * (1 - 2 * v) + (v if is0 else 0)
     d = (int(is0) - sign_i).reshape(shape)
     return Share(d, 0)
+
+
+def _mod_small(prg, shape: tuple[int, ...], m: int) -> torch.Tensor:
+    """Uniform values in [0, m) as int32 by Lemire's multiply-shift on 32-bit draws.
+
+    Bias is below m / 2^32 per value; no division on the hot path.
+    """
+    n = 1
+    for d in shape:
+        n *= d
+    raw = prg.bytes(8 * n).view(torch.int64) & _mask(32)
+    return ((raw * m) >> 32).to(torch.int32).reshape(shape)
 
 
 def relu(engine: MPCEngine, x: Share) -> Share:

@@ -29,15 +29,19 @@ class PRG:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
         self._enc = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        self._zeros = b""
         self.drawn = 0
 
     def bytes(self, n: int) -> torch.Tensor:
-        """``n`` random bytes as a uint8 tensor."""
+        """``n`` random bytes as a uint8 tensor (the CTR keystream, encrypted in place)."""
         self.drawn += n
         if n == 0:
             return torch.empty(0, dtype=torch.uint8)
-        raw = self._enc.update(bytes(n))
-        return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        if len(self._zeros) < n:
+            self._zeros = bytes(max(n, 2 * len(self._zeros)))
+        out = torch.empty(n + 15, dtype=torch.uint8)  # update_into needs a block of slack
+        self._enc.update_into(memoryview(self._zeros)[:n], out.numpy().data.cast("B"))
+        return out[:n]
 
     def int64(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform elements of Z_{2^64} (as int64, two's complement)."""
@@ -53,7 +57,7 @@ class PRG:
 
     def bits(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform bits as int64 0/1."""
-        return self.int64(shape) & 1
+        return self.int64(shape) & torch.tensor(1, dtype=torch.int64)
 
     def permutations(self, rows: int, width: int) -> torch.Tensor:
         """``rows`` independent uniform permutations of ``range(width)`` (int64 [rows, width])."""

@@ -58,6 +58,18 @@ class PartyProcess:
             self.proc.kill()
 
 
+def _party_env() -> dict[str, str]:
+    """Environment of a local party: parties share this machine's cores, so one compute thread
+    each (unless the caller set one), and a malloc that keeps big buffers instead of faulting
+    fresh pages in for every tensor."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
+    return env
+
+
 @dataclass
 class LocalCluster:
     topology_path: Path
@@ -100,12 +112,27 @@ class LocalCluster:
                 fh.flush()
                 proc = subprocess.Popen(
                     cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env=_party_env(),
                 )
             pp = PartyProcess(pid, proc, log, out)
             self.procs.append(pp)
             started.append(pp)
         return started
+
+    def spawn(self, party_id: int, args: Sequence[str], tag: str = "") -> PartyProcess:
+        """Start ``python -m secinfer <args>`` as party ``party_id`` with its log file."""
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "logs" / f"party{party_id}{tag}.log"
+        cmd = [sys.executable, "-m", "secinfer", *args]
+        with open(log, "ab") as fh:
+            fh.write(f"\n=== {' '.join(cmd)}\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    env=_party_env())
+        pp = PartyProcess(party_id, proc, log, self.workdir / f"party{party_id}.none")
+        self.procs.append(pp)
+        return pp
 
     def wait(self, procs: list[PartyProcess], timeout: float) -> dict[int, dict[str, torch.Tensor]]:
         deadline = time.monotonic() + timeout
@@ -128,7 +155,7 @@ class LocalCluster:
                 for p in bad
             )
             raise PartyFailed(f"{len(bad)} of {len(procs)} parties failed:\n{detail}")
-        return {p.party_id: load_file(str(p.out)) for p in procs}
+        return {p.party_id: load_file(str(p.out)) if p.out.is_file() else {} for p in procs}
 
     def run(
         self,

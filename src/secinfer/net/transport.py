@@ -174,6 +174,7 @@ class Listener:
         self.sock = socket.create_server((me.host, me.port), reuse_port=False, backlog=64)
         self.sock.settimeout(0.2)
         self._arrivals: queue.Queue[_Incoming] = queue.Queue()
+        self._held: dict[int, _Incoming] = {}  # arrived early, for a later session
         self.rejections: list[str] = []
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
@@ -217,6 +218,9 @@ class Listener:
 
     def wait_for(self, peers: list[int], deadline: float) -> dict[int, _Incoming]:
         got: dict[int, _Incoming] = {}
+        for p in peers:
+            if p in self._held:
+                got[p] = self._held.pop(p)
         while len(got) < len(peers):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -229,7 +233,10 @@ class Listener:
             except queue.Empty:
                 continue
             if inc.peer not in peers:
-                inc.sock.close()
+                stale = self._held.pop(inc.peer, None)
+                if stale is not None:
+                    stale.sock.close()
+                self._held[inc.peer] = inc
                 continue
             if inc.peer in got:  # a reconnect supersedes a stale link
                 got[inc.peer].sock.close()
@@ -238,6 +245,8 @@ class Listener:
 
     def close(self) -> None:
         self._closed.set()
+        for inc in self._held.values():
+            inc.sock.close()
         try:
             self.sock.close()
         except OSError:

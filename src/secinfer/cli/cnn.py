@@ -1,0 +1,141 @@
+"""CNN commands: ``compile``, ``serve``, ``infer``, ``eval``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile", help="capture a model and write one bundle per party")
+    p.add_argument("--model", required=True,
+                   help="'zoo:NAME' or a Python factory 'module:function'")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="safetensors (or torch state dict, loaded weights_only) file")
+    p.add_argument("--input-shape", required=True, help="e.g. 1,28,28 (no batch dimension)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--frac-bits", type=int, default=12)
+    p.add_argument("--relu-spec", type=Path, default=None, help="block ReLU spec (JSON)")
+    p.set_defaults(handler=_compile)
+
+    p = sub.add_parser("serve", help="run a long-lived server (P0, P1) or helper (P2)")
+    p.add_argument("--topology", required=True, type=Path)
+    p.add_argument("--id", required=True, type=int)
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--max-clients", type=int, default=None)
+    p.add_argument("--report", type=Path, default=None, help="JSON cost report per user")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("infer", help="secure inference of one input file as the user")
+    p.add_argument("--topology", required=True, type=Path)
+    p.add_argument("--input", required=True, type=Path, help="safetensors file with tensor 'x'")
+    p.add_argument("--out", type=Path, default=None, help="write logits (safetensors 'y')")
+    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
+    p.set_defaults(handler=_infer)
+
+    for name, helptext in (("eval", "plaintext vs secure accuracy on a data set"),
+                           ("demo", "the main job: secure inference of the shipped CNN")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", default="zoo:fmnist_cnn")
+        p.add_argument("--weights", type=Path, default=None)
+        p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist"])
+        p.add_argument("-n", type=int, default=1000 if name == "demo" else 10000)
+        p.add_argument("--batch", type=int, default=250)
+        p.add_argument("--relu-spec", type=Path, default=None)
+        p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
+        p.set_defaults(handler=_eval)
+
+
+def load_model(spec: str, weights: Path | None):
+    import torch
+
+    if spec.startswith("zoo:"):
+        from secinfer.models import zoo
+
+        name = spec[4:]
+        if weights is None:
+            return zoo.pretrained(name)
+        model = zoo.build(name)
+    else:
+        mod, _, fn = spec.partition(":")
+        if not fn:
+            raise ValueError(f"--model must be 'zoo:NAME' or 'module:function', got {spec!r}")
+        model = getattr(importlib.import_module(mod), fn)()
+    if weights is not None:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"--input-shape must be comma-separated integers, got {text!r}") from e
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from secinfer.models.bundle import compile_model
+
+    spec = json.loads(args.relu_spec.read_text()) if args.relu_spec else None
+    if spec is not None and "layers" in spec:
+        spec = spec["layers"]
+    dirs = compile_model(load_model(args.model, args.weights), _shape(args.input_shape),
+                         args.out, frac_bits=args.frac_bits, relu_spec=spec)
+    for d in dirs:
+        print(f"wrote {d}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from secinfer.net import Topology
+    from secinfer.serve.server import serve
+
+    serve(Topology.load(args.topology), args.id, args.bundle, max_clients=args.max_clients,
+          report=args.report)
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file, save_file
+
+    from secinfer.net import Topology
+    from secinfer.serve.client import Client
+
+    x = load_file(str(args.input)).get("x")
+    if x is None:
+        raise ValueError(f"{args.input} has no tensor named 'x'")
+    with Client(Topology.load(args.topology), args.id) as client:
+        y = client.predict(x)
+    print("prediction:", y.argmax(-1).tolist())
+    if args.out:
+        save_file({"y": y.contiguous()}, str(args.out))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from secinfer.data import fashion_mnist
+    from secinfer.serve.local import layer_table, secure_eval
+
+    model = load_model(args.model, args.weights)
+    images, labels = fashion_mnist.load("test", limit=args.n)
+    spec = json.loads(args.relu_spec.read_text()) if args.relu_spec else None
+    if spec is not None and "layers" in spec:
+        spec = spec["layers"]
+    print(f"secure 3-party inference of {args.model} on {len(images)} Fashion-MNIST test "
+          "images: three server processes over mutual TLS, the user here", flush=True)
+    res = secure_eval(model, tuple(images.shape[1:]), images, labels, batch=args.batch,
+                      relu_spec=spec)
+    print(layer_table(res.costs))
+    print(res.summary())
+    if args.json:
+        args.json.write_text(json.dumps({k: v for k, v in res.__dict__.items()
+                                         if k != "costs"}, indent=2))
+    return 0

@@ -1,0 +1,144 @@
+"""Model-owner side: compile a model into one bundle per party, and load bundles safely.
+
+Layout of ``<out>/party<N>/``:
+
+* ``plan.json``           the public plan (every party);
+* ``weights.safetensors`` this party's additive shares of the weights (P0 and P1 only);
+* ``manifest.json``       format, party, role, fixed point, input shape, and the SHA-256 of
+                          every file above. Loading verifies each checksum.
+
+The owner draws P1's shares from a fresh AES-CTR stream keyed by the OS CSPRNG and sets P0's
+to ``enc(w) - share1``; each file alone is uniformly random. The helper's bundle holds the plan
+only: no secret. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..mpc.engine import encode
+from ..mpc.prg import PRG, new_seed
+from .capture import capture
+from .plan import Plan
+
+__all__ = ["BundleError", "compile_model", "load_bundle", "apply_relu_spec", "FORMAT"]
+
+FORMAT = "secinfer-bundle-v1"
+ROLES = {0: "server", 1: "server", 2: "helper"}
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt, tampered with, or for another party."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def apply_relu_spec(plan: Plan, spec: dict[str, list[list[int]]]) -> Plan:
+    """Turn the ReLUs named in ``spec`` (layer -> per-channel [h, w]) into block ReLUs."""
+    remaining = dict(spec)
+    for op in plan.ops:
+        key = next((k for k in (op.name, op.name.replace("_", ".")) if k in remaining), None)
+        if key is None:
+            continue
+        if op.kind != "relu":
+            raise BundleError(f"relu spec names layer {key!r}, which is a {op.kind}, not a ReLU")
+        sizes = [[int(a), int(b)] for a, b in remaining.pop(key)]
+        op.kind = "block_relu"
+        op.params = {"block_sizes": sizes, "drelus": None}
+    if remaining:
+        raise BundleError(f"relu spec names layers the model does not have: "
+                          f"{', '.join(sorted(remaining))}")
+    return plan
+
+
+def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str | Path,
+                  frac_bits: int = 12, relu_spec: dict[str, list[list[int]]] | None = None,
+                  ) -> list[Path]:
+    """Capture ``model`` and write the three party bundles under ``out``; returns their dirs."""
+    plan, weights = capture(model, input_shape, frac_bits=frac_bits)
+    if relu_spec:
+        plan = apply_relu_spec(plan, relu_spec)
+        _recount_block_drelus(plan, model, input_shape)
+    out = Path(out)
+    prg = PRG(new_seed())
+    share0: dict[str, torch.Tensor] = {}
+    share1: dict[str, torch.Tensor] = {}
+    for name, w in weights.items():
+        enc = encode(w, frac_bits)
+        r = prg.int64(enc.shape)
+        share0[name], share1[name] = (enc - r).contiguous(), r.contiguous()
+    dirs = []
+    for party, shares in ((0, share0), (1, share1), (2, None)):
+        d = out / f"party{party}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "plan.json").write_text(plan.to_json())
+        files = {"plan.json": _sha256(d / "plan.json")}
+        if shares is not None:
+            save_file(shares, str(d / "weights.safetensors"))
+            files["weights.safetensors"] = _sha256(d / "weights.safetensors")
+        manifest = {"format": FORMAT, "party": party, "role": ROLES[party],
+                    "frac_bits": frac_bits, "input_shape": list(input_shape), "files": files}
+        (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        dirs.append(d)
+    return dirs
+
+
+def _recount_block_drelus(plan: Plan, model: torch.nn.Module, input_shape) -> None:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = torch.fx.symbolic_trace(model.eval())
+    ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    shapes = {n.name: n.meta["tensor_meta"].shape for n in gm.graph.nodes
+              if "tensor_meta" in n.meta}
+    for op in plan.ops:
+        if op.kind == "block_relu":
+            _, _, h, w = shapes[op.name]
+            op.params["drelus"] = sum(-(-h // bh) * -(-w // bw)
+                                      for bh, bw in op.params["block_sizes"] if bh and bw)
+
+
+def load_bundle(path: str | Path, expect_party: int | None = None,
+                ) -> tuple[Plan, dict[str, torch.Tensor] | None, dict]:
+    """Verify and load a party bundle: (plan, weight shares or None, manifest)."""
+    d = Path(path)
+    mpath = d / "manifest.json"
+    if not mpath.is_file():
+        raise BundleError(f"{d} is not a bundle: manifest.json is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mpath} is corrupt: {e}") from e
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{d}: unknown bundle format {manifest.get('format')!r}")
+    if expect_party is not None and manifest.get("party") != expect_party:
+        raise BundleError(f"{d} is the bundle of party {manifest.get('party')}, "
+                          f"not of party {expect_party}")
+    for name, digest in manifest.get("files", {}).items():
+        f = d / name
+        if not f.is_file():
+            raise BundleError(f"{d}: file {name} listed in the manifest is missing")
+        if _sha256(f) != digest:
+            raise BundleError(f"{d}: checksum mismatch for {name}: the bundle is corrupt or "
+                              "was tampered with")
+    plan = Plan.from_json((d / "plan.json").read_text())
+    shares = None
+    if "weights.safetensors" in manifest["files"]:
+        try:
+            shares = load_file(str(d / "weights.safetensors"))
+        except (SafetensorError, OSError) as e:
+            raise BundleError(f"{d}: weights.safetensors is unreadable: {e}") from e
+    elif manifest.get("party") in (0, 1):
+        raise BundleError(f"{d}: a compute party's bundle must hold weight shares")
+    return plan, shares, manifest
