@@ -60,11 +60,12 @@ CLOUD, USER = 1, 2
 
 @contextmanager
 def cloud_process(topo_path: Path, model_dir: Path, log: Path) -> Iterator[None]:
-    """P2 as its own process, serving until this context ends."""
+    """P2 as its own process (with this process's thread count), serving until the end."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "secinfer", "stip", "serve", "--topology", str(topo_path),
-             "--model", str(model_dir)], stdout=fh, stderr=subprocess.STDOUT)
+             "--model", str(model_dir)], stdout=fh, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 600
             while "stip serve:" not in log.read_text(errors="replace"):  # model loaded
@@ -317,7 +318,12 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--ab-reps", type=int, default=11,
                     help="same-process compute comparisons (alternating order)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process; 1 keeps a shared, busy machine from "
+                         "thrashing (two threads on an oversubscribed pair of cores ran ~10x "
+                         "slower here)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "reps": args.reps}
     with tempfile.TemporaryDirectory(prefix="stip-bench-") as d:
         tmp = Path(d)

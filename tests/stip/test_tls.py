@@ -43,7 +43,8 @@ def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
             server = subprocess.Popen(
                 [sys.executable, "-m", "secinfer", "stip", "serve", "--topology",
                  str(topo_path), "--model", str(tmp_path / "p2"), "--sessions", "2"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
         try:
             ids = torch.randint(3, 150, (1, 6))
             with Session.connect(cluster.topology, 2, peers=[1]) as s:
@@ -60,7 +61,8 @@ def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
                 [sys.executable, "-m", "secinfer", "stip", "query", "--topology", str(topo_path),
                  "--key", str(tmp_path / "p3"), "--input-ids", ",".join(map(str, ids[0].tolist())),
                  "--generate", "5"],
-                capture_output=True, text=True, timeout=120)
+                capture_output=True, text=True, timeout=120,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
             assert q.returncode == 0, q.stderr
             assert json.loads(q.stdout.strip().splitlines()[-1])["tokens"] == toks[0, :5].tolist()
             assert server.wait(timeout=60) == 0

@@ -30,7 +30,14 @@ from typing import Any, Protocol
 
 import torch
 
-from secinfer.net import Listener, PeerDisconnected, PeerTimeout, Session, Topology
+from secinfer.net import (
+    Listener,
+    PeerDisconnected,
+    PeerTimeout,
+    SecinferNetError,
+    Session,
+    Topology,
+)
 
 from .cloud import CloudModel
 
@@ -251,13 +258,16 @@ def serve(
             try:
                 session = Session.connect(topology, cloud_id, peers=[user_id], listener=listener)
             except PeerTimeout:
+                continue  # nobody came yet: keep listening
+            except SecinferNetError as e:  # e.g. a failed handshake: refuse it, keep serving
+                log(f"stip serve: connection refused: {e}")
                 continue
             with session:
                 log(f"stip serve: session {session.session_id.hex()} with party {user_id}")
                 try:
                     n = serve_session(session, user_id, cloud)
                     log(f"stip serve: session ended after {n} requests")
-                except (PeerTimeout, PeerDisconnected, StipError) as e:
+                except (SecinferNetError, StipError) as e:  # timeouts, drops, bad frames
                     log(f"stip serve: session aborted: {e}")
             sessions += 1
     finally:

@@ -71,6 +71,8 @@ def recv_folder(session: Any, peer: int, out: Path, kind: str, timeout: float = 
                 or name.startswith(".")):
             raise ValueError(f"the owner sent a bad file name {name!r}")
         size, chunks = (int(v) for v in session.recv(peer, timeout=timeout))
+        if size < 0 or chunks != max(1, -(-size // _CHUNK)):
+            raise ValueError(f"{name}: bad size {size} / chunk count {chunks}")
         got = 0
         with open(out / name, "wb") as fh:
             for _ in range(chunks):
