@@ -28,17 +28,26 @@ def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
     write_key(tmp_path / "p1" / "key", key)
     with local_cluster(roles=["owner", "cloud", "user"], workdir=tmp_path / "run",
                        timeout=60.0) as cluster:
-        got = cluster.run("secinfer.stip.provision:run", party_kwargs={
-            0: {"cloud_dir": str(tmp_path / "p1" / "cloud"),
-                "key_dir": str(tmp_path / "p1" / "key")},
-            1: {"out_dir": str(tmp_path / "p2")},
-            2: {"out_dir": str(tmp_path / "p3")},
-        }, timeout=120)
-        sent = got[0]["bytes"].tolist()
-        assert sent == [int(got[1]["bytes"][0]), int(got[2]["bytes"][0])]
-        assert not (tmp_path / "p2" / "perms.safetensors").exists()  # the cloud has no key
-
+        # P1 -> P2 / P3 through the CLI, one process per party
         topo_path = cluster.topology_path
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        base = [sys.executable, "-m", "secinfer", "stip", "provision", "--topology",
+                str(topo_path), "--id"]
+        procs = [
+            subprocess.Popen(base + ["0", "--cloud-dir", str(tmp_path / "p1" / "cloud"),
+                                     "--key-dir", str(tmp_path / "p1" / "key")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env),
+            subprocess.Popen(base + ["1", "--out", str(tmp_path / "p2")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env),
+            subprocess.Popen(base + ["2", "--out", str(tmp_path / "p3")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env),
+        ]
+        outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        assert "provisioned" in outs[0]
+        assert not (tmp_path / "p2" / "perms.safetensors").exists()  # the cloud has no key
+        assert (tmp_path / "p3" / "perms.safetensors").exists()
+
         with open(tmp_path / "serve.log", "wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "secinfer", "stip", "serve", "--topology",
