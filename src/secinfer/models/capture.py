@@ -101,7 +101,7 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
             raise UnsupportedOpError(node.op, node.name)
     plan = Plan(input_name=input_name, input_shape=[int(d) for d in input_shape], ops=ops,
                 output=output, frac_bits=frac_bits)
-    return plan, weights
+    return plan.optimize(), weights
 
 
 def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> None:

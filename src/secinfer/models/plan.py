@@ -51,6 +51,34 @@ class Plan:
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"malformed plan: {e}") from e
 
+    def consumers(self, name: str) -> list[PlanOp]:
+        return [op for op in self.ops if name in op.inputs]
+
+    def optimize(self) -> Plan:
+        """Exact rewrites that save comparisons; returns ``self``.
+
+        ReLU followed only by a max pool becomes max pool then ReLU: both are monotone, so
+        ``maxpool(relu(x)) == relu(maxpool(x))``, and the ReLU then runs on the pooled (k^2
+        times smaller) tensor. Padded pools are left alone.
+        """
+        for i, op in enumerate(list(self.ops)):
+            if op.kind != "relu" or op.name == self.output:
+                continue
+            users = self.consumers(op.name)
+            if len(users) != 1 or users[0].kind != "maxpool2d" or any(users[0].params["padding"]):
+                continue
+            pool = users[0]
+            k = pool.params["kernel"][0] * pool.params["kernel"][1]
+            j = self.ops.index(pool)
+            for later in self.ops[j + 1 :]:
+                later.inputs = [op.name if n == pool.name else n for n in later.inputs]
+            if self.output == pool.name:
+                self.output = op.name
+            pool.inputs, op.inputs = list(op.inputs), [pool.name]
+            op.params["drelus"] = int(op.params["drelus"]) // k
+            self.ops[i], self.ops[j] = pool, op
+        return self
+
     def weight_names(self) -> list[str]:
         return [f"{op.name}.{k}" for op in self.ops for k in op.weights]
 

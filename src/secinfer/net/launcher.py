@@ -194,6 +194,7 @@ def local_cluster(
     workdir: str | Path | None = None,
     timeout: float = 30.0,
     topology: str | Path | None = None,
+    connect_timeout: float = 30.0,
 ) -> Iterator[LocalCluster]:
     """A fresh loopback topology with new certificates (or an existing ``topology`` file)."""
     tmp = None
@@ -202,7 +203,8 @@ def local_cluster(
         workdir = tmp.name
     workdir = Path(workdir)
     if topology is None:
-        topology_path = write_local_topology(workdir, list(roles), timeout=timeout)
+        topology_path = write_local_topology(workdir, list(roles), timeout=timeout,
+                                             connect_timeout=connect_timeout)
         make_certs(Topology.load(topology_path), overwrite=True)
     else:
         topology_path = Path(topology).resolve()

@@ -158,6 +158,7 @@ def write_local_topology(
     timeout: float = 30.0,
     host: str = "127.0.0.1",
     ports: list[int] | None = None,
+    connect_timeout: float = 30.0,
 ) -> Path:
     """Write ``topology.toml`` for ``len(roles)`` parties on loopback; returns its path.
 
@@ -170,7 +171,7 @@ def write_local_topology(
     lines = [
         "[session]",
         f"timeout = {float(timeout)}",
-        "connect_timeout = 30.0",
+        f"connect_timeout = {float(connect_timeout)}",
         "",
         "[tls]",
         'ca_cert = "certs/ca.pem"',

@@ -1,0 +1,75 @@
+"""Bundles, servers and the user's client over real processes and mutual TLS."""
+
+import time
+
+import pytest
+import torch
+
+from secinfer.data import fashion_mnist
+from secinfer.models import zoo
+from secinfer.models.bundle import BundleError, compile_model, load_bundle
+from secinfer.net import PartyFailed, Topology, local_cluster
+from secinfer.serve.local import secure_eval
+from secinfer.serve.server import serve
+
+pytestmark = pytest.mark.network
+
+
+def test_bundles_hold_shares_and_detect_tampering(tmp_path):
+    model = zoo.build("fmnist_cnn").eval()
+    dirs = compile_model(model, (1, 28, 28), tmp_path / "b")
+    plan0, s0, m0 = load_bundle(dirs[0], expect_party=0)
+    _, s1, _ = load_bundle(dirs[1], expect_party=1)
+    plan2, s2, m2 = load_bundle(dirs[2], expect_party=2)
+    assert s2 is None and not (dirs[2] / "weights.safetensors").exists()
+    assert m2["role"] == "helper" and plan2.to_json() == plan0.to_json()
+    w = model.conv1.weight.detach().double()
+    enc = s0["conv1.w"] + s1["conv1.w"]
+    assert torch.allclose(enc.double() / 2**12, w, atol=2**-12)
+    assert not torch.equal(s0["conv1.w"], s1["conv1.w"])
+    # a flipped byte in a share is caught by the manifest's checksum
+    f = dirs[1] / "weights.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-5] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="checksum mismatch for weights.safetensors"):
+        load_bundle(dirs[1])
+    with pytest.raises(BundleError, match="bundle of party 0, not of party 2"):
+        load_bundle(dirs[0], expect_party=2)
+    (dirs[2] / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="corrupt"):
+        load_bundle(dirs[2])
+
+
+def test_secure_inference_on_fashion_mnist_subset():
+    model = zoo.pretrained("fmnist_cnn")
+    x, y = fashion_mnist.load("test", limit=60)
+    res = secure_eval(model, (1, 28, 28), x, y, batch=30)
+    assert res.agreement >= 59 / 60
+    assert abs(res.secure_accuracy - res.plain_accuracy) <= 1 / 60 + 1e-9
+    assert res.max_abs_logit_error < 0.05
+    p0 = res.costs[0]["servers"]
+    assert p0["conv1"]["bytes_sent"] > 0 and p0["relu1"]["rounds"] >= 1
+
+
+def test_missing_party_fails_fast_naming_it(tmp_path):
+    dirs = compile_model(zoo.build("lenet").eval(), (1, 28, 28), tmp_path / "b")
+    with local_cluster(roles=["server", "server", "helper", "user"], workdir=tmp_path,
+                       timeout=5, connect_timeout=4) as cluster:
+        procs = [cluster.spawn(i, ["serve", "--topology", str(cluster.topology_path),
+                                   "--id", str(i), "--bundle", str(dirs[i])]) for i in (0, 1)]
+        t0 = time.monotonic()
+        with pytest.raises(PartyFailed) as info:
+            cluster.wait(procs, timeout=40)
+        assert time.monotonic() - t0 < 30
+    assert "party 2 (helper" in str(info.value)
+
+
+def test_wrong_topology_or_role_is_a_clear_error(tmp_path):
+    dirs = compile_model(zoo.build("lenet").eval(), (1, 28, 28), tmp_path / "b")
+    with local_cluster(roles=["server", "server", "helper"], workdir=tmp_path) as cluster:
+        topo = Topology.load(cluster.topology_path)
+        with pytest.raises(ValueError, match="no party with role 'user'"):
+            serve(topo, 0, dirs[0])
+        with pytest.raises(BundleError, match="bundle of party 1, not of party 0"):
+            serve(topo, 0, dirs[1])
