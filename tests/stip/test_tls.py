@@ -1,5 +1,6 @@
 """End to end over mutual TLS with real processes: P1 provisions P2 and P3, a long-lived P2
-serves two user sessions (one generating with the KV cache on P2, one from the CLI)."""
+serves three user sessions: one that vanishes mid-request, one generating with the KV cache on
+P2, one from the CLI."""
 
 from __future__ import annotations
 
@@ -51,11 +52,16 @@ def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
         with open(tmp_path / "serve.log", "wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "secinfer", "stip", "serve", "--topology",
-                 str(topo_path), "--model", str(tmp_path / "p2"), "--sessions", "2"],
+                 str(topo_path), "--model", str(tmp_path / "p2"), "--sessions", "3"],
                 stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
         try:
             ids = torch.randint(3, 150, (1, 6))
+            # a user that vanishes mid-session (no bye) must not take the server down
+            with Session.connect(cluster.topology, 2, peers=[1]) as s:
+                SessionLink(s, 1).call("lm_start", [torch.zeros(1, 2, 48),
+                                                    torch.ones(1, 2, dtype=torch.int64)])
+                s.send(1, torch.tensor([3, 2], dtype=torch.int64))  # a request cut short
             with Session.connect(cluster.topology, 2, peers=[1]) as s:
                 link = SessionLink(s, 1)
                 toks = StipUser(load_key(tmp_path / "p3"), link).generate(ids, 32)
@@ -81,3 +87,4 @@ def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
                 server.wait()
     text = (tmp_path / "serve.log").read_text()
     assert text.count("session ended after") == 2, text
+    assert text.count("session aborted") == 1, text
