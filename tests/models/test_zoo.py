@@ -74,3 +74,24 @@ def test_unknown_model_and_bad_arguments_are_clear_errors():
         zoo.resnet18(stem="tiny")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="depth"):
         zoo.vgg(depth=12)
+
+
+@pytest.mark.parametrize(("name", "min_acc"), [("fmnist_cnn", 0.88), ("fmnist_resnet", 0.88)])
+def test_shipped_weights_classify_fashion_mnist(name, min_acc):
+    import json
+
+    from secinfer.data import load
+
+    model = zoo.pretrained(name)
+    meta = json.loads(zoo.asset_path(name).with_suffix(".json").read_text())
+    x, y = load("test", limit=2000)
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    # 2,000 images: a 95% interval of about +-1.3 points around the recorded full-set accuracy.
+    assert acc >= min_acc
+    assert abs(acc - meta["test_accuracy"]) < 0.03
+
+
+def test_pretrained_missing_weights_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="scripts/train_fmnist.py"):
+        zoo.pretrained("resnet50")
