@@ -82,11 +82,10 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from secinfer.knapsack.spec import load_spec
     from secinfer.models.bundle import compile_model
 
-    spec = json.loads(args.relu_spec.read_text()) if args.relu_spec else None
-    if spec is not None and "layers" in spec:
-        spec = spec["layers"]
+    spec = load_spec(args.relu_spec) if args.relu_spec else None
     dirs = compile_model(load_model(args.model, args.weights), _shape(args.input_shape),
                          args.out, frac_bits=args.frac_bits, relu_spec=spec)
     for d in dirs:
@@ -126,9 +125,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, args.weights)
     images, labels = fashion_mnist.load("test", limit=args.n)
-    spec = json.loads(args.relu_spec.read_text()) if args.relu_spec else None
-    if spec is not None and "layers" in spec:
-        spec = spec["layers"]
+    spec = None
+    if args.relu_spec:
+        from secinfer.knapsack.spec import load_spec
+
+        spec = load_spec(args.relu_spec)
     print(f"secure 3-party inference of {args.model} on {len(images)} Fashion-MNIST test "
           "images: three server processes over mutual TLS, the user here", flush=True)
     res = secure_eval(model, tuple(images.shape[1:]), images, labels, batch=args.batch,

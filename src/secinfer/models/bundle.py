@@ -14,8 +14,10 @@ only: no secret. Nothing is pickled.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -27,7 +29,7 @@ from ..mpc.prg import PRG, new_seed
 from .capture import capture
 from .plan import Plan
 
-__all__ = ["BundleError", "compile_model", "load_bundle", "apply_relu_spec", "FORMAT"]
+__all__ = ["BundleError", "compile_model", "load_bundle", "FORMAT"]
 
 FORMAT = "secinfer-bundle-v1"
 ROLES = {0: "server", 1: "server", 2: "helper"}
@@ -45,32 +47,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def apply_relu_spec(plan: Plan, spec: dict[str, list[list[int]]]) -> Plan:
-    """Turn the ReLUs named in ``spec`` (layer -> per-channel [h, w]) into block ReLUs."""
-    remaining = dict(spec)
-    for op in plan.ops:
-        key = next((k for k in (op.name, op.name.replace("_", ".")) if k in remaining), None)
-        if key is None:
-            continue
-        if op.kind != "relu":
-            raise BundleError(f"relu spec names layer {key!r}, which is a {op.kind}, not a ReLU")
-        sizes = [[int(a), int(b)] for a, b in remaining.pop(key)]
-        op.kind = "block_relu"
-        op.params = {"block_sizes": sizes, "drelus": None}
-    if remaining:
-        raise BundleError(f"relu spec names layers the model does not have: "
-                          f"{', '.join(sorted(remaining))}")
-    return plan
-
-
 def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str | Path,
-                  frac_bits: int = 12, relu_spec: dict[str, list[list[int]]] | None = None,
+                  frac_bits: int = 12, relu_spec: Mapping[str, torch.Tensor] | None = None,
                   ) -> list[Path]:
-    """Capture ``model`` and write the three party bundles under ``out``; returns their dirs."""
-    plan, weights = capture(model, input_shape, frac_bits=frac_bits)
+    """Capture ``model`` and write the three party bundles under ``out``; returns their dirs.
+
+    ``relu_spec`` (layer -> int [C, 2] block sizes, see :mod:`secinfer.knapsack.spec`) turns
+    the named ReLUs into block ReLUs first; the caller's model is not modified.
+    """
     if relu_spec:
-        plan = apply_relu_spec(plan, relu_spec)
-        _recount_block_drelus(plan, model, input_shape)
+        from ..knapsack.spec import apply_spec
+
+        model = apply_spec(copy.deepcopy(model), relu_spec)
+    plan, weights = capture(model, input_shape, frac_bits=frac_bits)
     out = Path(out)
     prg = PRG(new_seed())
     share0: dict[str, torch.Tensor] = {}
@@ -93,20 +82,6 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
         dirs.append(d)
     return dirs
-
-
-def _recount_block_drelus(plan: Plan, model: torch.nn.Module, input_shape) -> None:
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    gm = torch.fx.symbolic_trace(model.eval())
-    ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
-    shapes = {n.name: n.meta["tensor_meta"].shape for n in gm.graph.nodes
-              if "tensor_meta" in n.meta}
-    for op in plan.ops:
-        if op.kind == "block_relu":
-            _, _, h, w = shapes[op.name]
-            op.params["drelus"] = sum(-(-h // bh) * -(-w // bw)
-                                      for bh, bw in op.params["block_sizes"] if bh and bw)
 
 
 def load_bundle(path: str | Path, expect_party: int | None = None,

@@ -31,6 +31,15 @@ class UnsupportedOpError(NotImplementedError):
         self.node = node
 
 
+class _Tracer(torch.fx.Tracer):
+    """Keeps block ReLUs (from :mod:`secinfer.knapsack`) as leaves: they map to one plan op."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if type(m).__name__ == "BlockReLU" and hasattr(m, "block_sizes"):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
 def _pair(v: int | tuple[int, ...]) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
 
@@ -52,7 +61,7 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
     """
     model = model.eval()
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
     except Exception as e:  # fx raises many types on untraceable code
         raise UnsupportedOpError(f"(model is not torch.fx-traceable: {e})", "<trace>") from e
     param = next(model.parameters(), None)

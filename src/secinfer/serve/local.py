@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,8 @@ class EvalResult:
 
 def secure_eval(model: torch.nn.Module, input_shape: tuple[int, ...], images: torch.Tensor,
                 labels: torch.Tensor, batch: int = 100, frac_bits: int = 12,
-                relu_spec: dict | None = None, workdir: str | Path | None = None,
+                relu_spec: Mapping[str, torch.Tensor] | None = None,
+                workdir: str | Path | None = None,
                 timeout: float = 60.0) -> EvalResult:
     model = model.eval()
     with tempfile.TemporaryDirectory(prefix="secinfer-eval-") as tmp:
