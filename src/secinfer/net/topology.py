@@ -24,6 +24,7 @@ issued to party 1 cannot be used to impersonate party 2.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -138,17 +139,29 @@ class Topology:
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports the OS reports free now (a best effort: another process may take one later)."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct ports that are bindable now, below Linux's ephemeral range.
+
+    Ports handed out by the OS (bind to 0) come from the ephemeral range that outgoing
+    connections also draw from, so another process could take one before the party binds it;
+    random ports in 20000-32767 avoid that race. Still a best effort.
+    """
+    rng = secrets.SystemRandom()
+    ports: list[int] = []
+    for _ in range(50 * n):
+        if len(ports) == n:
+            break
+        port = rng.randrange(20000, 32768)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) < n:
+        raise TopologyError(f"could not find {n} free ports on {host}")
     return ports
 
 
