@@ -87,3 +87,15 @@ def test_matches_direct_computation_and_resumes(tmp_path):
         extract(ref, x, out, layers=layers[:1], candidates=_few, progress=False)
     with pytest.raises(ValueError, match="samples"):
         extract(ref, x + 1, out, layers=layers, candidates=_few, progress=False)
+
+
+def test_default_layers_skip_relus_after_linear_layers(tmp_path):
+    ref = ModelRef("lenet", None, {"input_size": 16})
+    path = extract(ref, torch.randn(3, 1, 16, 16), tmp_path / "d", candidates=_few, copies=4,
+                   progress=False)
+    table, _ = load_distortion(path)
+    assert [t.name for t in table] == ["relu1", "relu2"]  # relu3/relu4 follow nn.Linear
+    assert [t.shape for t in table] == [(6, 12, 12), (16, 2, 2)]
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        extract(ref, torch.randn(3, 1, 16, 16), tmp_path / "e", layers=["relu3"],
+                progress=False)

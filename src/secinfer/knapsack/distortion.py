@@ -188,7 +188,7 @@ def extract(
     ref: ModelRef,
     x: torch.Tensor,
     out: Path | str,
-    layers: list[str] | None = None,
+    layers: list[str] | None = None,  # default: every ReLU on a [C, H, W] activation
     candidates: Callable[[int, int], list[tuple[int, int]]] = default_candidates,
     workers: int = 1,
     threads: int = 1,
@@ -204,8 +204,13 @@ def extract(
     names = relu_layers(model) if layers is None else list(layers)
     shapes = activation_shapes(model, tuple(x.shape[1:]), names)
     flat = [n for n, s in shapes.items() if len(s) != 3]
-    if flat:
+    if flat and layers is not None:
         raise ValueError(f"block ReLU needs [C, H, W] activations; not so for {flat}")
+    # By default, ReLUs after linear layers (no spatial patches) stay ordinary ReLUs.
+    names = [n for n in names if n not in flat]
+    shapes = {n: shapes[n] for n in names}
+    if not names:
+        raise ValueError("the model has no ReLU on a [C, H, W] activation")
     cands = {n: candidates(shapes[n][1], shapes[n][2]) for n in names}
     _prepare(out, ref, x, names, cands, shapes)
 
