@@ -1,0 +1,133 @@
+"""Block ReLU chosen by knapsack, and approximate DReLU: comparisons, bytes, rounds, latency.
+
+For each model, in one run: distortion on a few samples, the knapsack at 6% and 12% DReLU
+budgets, then secure 3-party inference (three processes over mutual TLS, batch 1) with
+(a) ordinary ReLU, (b) block ReLU at 6%, (c) at 12%, (d) block ReLU 6% + approximate DReLU.
+The approximate DReLU window is set from the largest pre-activation seen on the samples, with
+16x headroom. ResNet18 (CIFAR shape) has random weights and random inputs: its figures are
+costs only (no accuracy is claimed for it).
+
+    .venv/bin/python benchmarks/knapsack.py [--models fmnist_cnn,fmnist_resnet,resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from secinfer.knapsack.distortion import ModelRef, extract
+from secinfer.knapsack.problem import load_distortion
+from secinfer.knapsack.solve import resolve_budget, solve
+from secinfer.models import zoo
+from secinfer.models.bundle import compile_model
+from secinfer.models.capture import capture
+from secinfer.net import local_cluster
+
+RESULTS = Path(__file__).resolve().parent / "results" / "knapsack.json"
+F_BITS = 12
+
+
+def _few_candidates(h: int, w: int) -> list[tuple[int, int]]:
+    sizes = [(1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (8, 8), (h, w), (0, 1), (1, 0)]
+    return sorted({(min(a, h), min(b, w)) if a else (a, b) for a, b in sizes})
+
+
+def _samples(name: str, n: int) -> tuple[ModelRef, torch.Tensor, tuple[int, ...]]:
+    if name.startswith("fmnist_"):
+        from secinfer.data import fashion_mnist
+
+        x, _ = fashion_mnist.load("train", limit=n)
+        return ModelRef(name, str(zoo.asset_path(name))), x, (1, 28, 28)
+    torch.manual_seed(0)
+    return ModelRef("resnet18", None, {"num_classes": 10}), torch.randn(n, 3, 32, 32), (3, 32, 32)
+
+
+def _approx_bits(model: torch.nn.Module, shape, x: torch.Tensor) -> tuple[int, int]:
+    """(high, low) ignored bits whose window covers 16x the largest pre-activation seen."""
+    hooks = [m.register_forward_hook(lambda _m, inp, _o: _track(inp[0]))
+             for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    seen: list[float] = []
+
+    def _track(t: torch.Tensor) -> None:
+        seen.append(t.abs().max().item())
+
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    peak = max(seen) if seen else 1.0
+    sign_bit = F_BITS + max(1, math.ceil(math.log2(16 * peak)))
+    return 63 - sign_bit, 4
+
+
+def _secure(model, shape, spec, high: int, low: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        compile_model(model, shape, Path(tmp) / "b", frac_bits=F_BITS, relu_spec=spec)
+        with local_cluster(roles=["server", "server", "helper"], workdir=tmp,
+                           timeout=600) as cluster:
+            out = cluster.run("secinfer.serve.programs:plan_latency",
+                              kwargs={"bundle_root": str(Path(tmp) / "b"), "reps": 1,
+                                      "drelu_high_bits": high, "drelu_low_bits": low},
+                              timeout=3600)
+    return {"seconds": statistics.median(out[0]["seconds"].tolist()),
+            "bytes": sum(int(out[p]["bytes_sent"]) for p in out),
+            "rounds": int(out[1]["rounds"])}
+
+
+def _drelus(model, shape, spec) -> int:
+    from secinfer.knapsack.spec import apply_spec
+
+    m = apply_spec(__import__("copy").deepcopy(model), spec) if spec else model
+    plan, _ = capture(m, shape)
+    return plan.relu_count()
+
+
+def run_model(name: str, n_samples: int) -> list[dict]:
+    ref, x, shape = _samples(name, n_samples)
+    model = ref.build()
+    with tempfile.TemporaryDirectory() as tmp:
+        dist = extract(ref, x, Path(tmp) / "d", candidates=_few_candidates, progress=False)
+        layers, _ = load_distortion(dist)
+    full = sum(layer.full_cost for layer in layers)
+    specs = {r: solve(layers, resolve_budget(full, ratio=r)).spec for r in (0.06, 0.12)}
+    high, low = _approx_bits(model, shape, x)
+    rows = []
+    for label, spec, hb, lb in (("ReLU", None, 0, 0), ("block ReLU 6%", specs[0.06], 0, 0),
+                                ("block ReLU 12%", specs[0.12], 0, 0),
+                                (f"block 6% + approx DReLU ({63 - high - low} bits)",
+                                 specs[0.06], high, low)):
+        sec = _secure(model, shape, spec, hb, lb)
+        rows.append({"model": name, "config": label, "drelus": _drelus(model, shape, spec),
+                     **sec})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default="fmnist_cnn,fmnist_resnet,resnet18")
+    ap.add_argument("--samples", type=int, default=8)
+    args = ap.parse_args()
+    rows = [r for m in args.models.split(",") for r in run_model(m, args.samples)]
+    print(f"{'model':<11} {'config':<36} {'DReLUs':>8} {'MB':>9} {'rounds':>7} {'secs':>7}")
+    for r in rows:
+        print(f"{r['model']:<11} {r['config']:<36} {r['drelus']:>8} {r['bytes'] / 1e6:>9.2f} "
+              f"{r['rounds']:>7} {r['seconds']:>7.2f}")
+    for m in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == m]
+        base = mine[0]
+        for r in mine[1:]:
+            print(f"{m} {r['config']} bytes reduction ratio: {base['bytes'] / r['bytes']:.2f}")
+            print(f"{m} {r['config']} latency reduction ratio: "
+                  f"{base['seconds'] / r['seconds']:.2f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
