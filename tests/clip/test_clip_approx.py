@@ -120,3 +120,13 @@ def test_config_rejects_bad_values(kwargs: dict[str, object], match: str) -> Non
 def test_public_api() -> None:
     for name in A.__all__:
         assert hasattr(A, name), name
+
+
+def test_public_api_of_every_clip_module() -> None:
+    import importlib
+
+    for mod in ("patch", "tasks", "zeroshot", "fewshot", "finetune", "tinyclip", "experiments"):
+        m = importlib.import_module(f"secinfer.clip.{mod}")
+        assert m.__all__, mod
+        for name in m.__all__:
+            assert hasattr(m, name), f"{mod}.{name}"

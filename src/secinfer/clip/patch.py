@@ -193,8 +193,9 @@ def patch_model(model: nn.Module, cfg: ApproxConfig) -> nn.Module:
                 native = native_or_none
             setattr(mod, attr, ApproxActivation(native, cfg))
             n_act += 1
-        if type(mod).__name__.endswith("Attention") and hasattr(mod, "config") or \
-                type(mod).__name__.endswith("SelfAttention"):
+        cls_name = type(mod).__name__
+        if (cls_name.endswith("Attention") and hasattr(mod, "config")) or \
+                cls_name.endswith("SelfAttention"):
             setattr(mod, _CFG_ATTR, cfg)
             n_attn += 1
         if cfg.emulate_mpc:

@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +278,3 @@ def load_clip(folder: Path | str) -> ClipBundle:
 
     return ClipBundle(model, tokenize)
 
-
-def spec_json(spec: TinyClipSpec) -> str:
-    """The spec as JSON (for reports)."""
-    return json.dumps(asdict(spec))
