@@ -6,7 +6,15 @@ import torch.nn as nn
 
 from secinfer.models.capture import capture
 from secinfer.models.secure import SecureModel, run_plain
-from secinfer.models.zoo import fmnist_cnn, fmnist_resnet, lenet, mobilenet_v2, resnet18, vgg
+from secinfer.models.zoo import (
+    fmnist_cnn,
+    fmnist_resnet,
+    lenet,
+    mobilenet_v2,
+    resnet18,
+    resnet50,
+    vgg,
+)
 from secinfer.mpc import MPCConfig, MPCEngine
 from secinfer.mpc.engine import encode
 from secinfer.net import run_in_memory
@@ -42,6 +50,7 @@ def secure_logits(model, shape, x, f=12):
     ("resnet18", lambda: resnet18(10), (3, 16, 16)),
     ("mobilenet_v2", lambda: mobilenet_v2(10), (3, 16, 16)),
     ("vgg11", lambda: vgg(11, 10), (3, 32, 32)),
+    ("resnet50", lambda: resnet50(10, stem="cifar"), (3, 8, 8)),
 ])
 def test_zoo_secure_matches_plaintext(name, factory, shape):
     torch.manual_seed(0)
@@ -57,3 +66,21 @@ def test_zoo_secure_matches_plaintext(name, factory, shape):
     # layer that grow with depth; 1% of the logit range is the stated bound
     assert (out - ref).abs().max().item() <= 0.01 * scale, name
     assert out.argmax(-1).item() == ref.argmax(-1).item()
+
+
+def _debug_program(s, plan, shares, x):
+    eng = MPCEngine(s, MPCConfig(frac_bits=plan.frac_bits, debug_reveal_insecure=True))
+    model = SecureModel(eng, plan, shares[eng.role] if eng.role < 2 else None)
+    xs = eng.share_input(x if eng.role == 0 else None, 0, tuple(x.shape))
+    model.forward(xs)
+    return model.debug_log
+
+
+def test_insecure_debug_mode_checks_every_op_against_plaintext():
+    model = lenet().eval()
+    plan, weights = capture(model, (1, 28, 28))
+    shares = _shares(weights, 12, torch.Generator().manual_seed(2))
+    logs = run_in_memory(3, _debug_program, plan, shares, torch.randn(1, 1, 28, 28))
+    assert [e["op"] for e in logs[0]] == [op.name for op in plan.ops]
+    assert all(e["max_abs_error"] < 0.05 and not e["overflow"] for e in logs[0])
+    assert logs[2] == []  # the helper opens nothing

@@ -131,3 +131,29 @@ def test_encode_rejects_nan_and_overflow():
         encode(torch.tensor([float("nan")]), 12)
     with pytest.raises(ValueError, match="exceeds"):
         encode(torch.tensor([2.0**55]), 12)
+
+
+def test_conv_known_cost():
+    from secinfer.net import run_in_memory
+
+    x = torch.randn(2, 3, 8, 8)
+    w = torch.randn(5, 3, 3, 3)
+
+    def prog(s):
+        eng = MPCEngine(s, MPCConfig())
+        xs = eng.share_input(x if eng.role == 0 else None, 0, tuple(x.shape))
+        ws = eng.share_input(w if eng.role == 1 else None, 1, tuple(w.shape))
+        with s.op("prep"):
+            pw = eng.prepare_weight(ws)
+        with s.op("conv"):
+            eng.conv2d(xs, pw, stride=1, padding=1)
+        return s.report()
+
+    r0, r1, r2 = run_in_memory(3, prog)
+    # preparation opens W - B once: 8 |W| bytes each way, one round
+    assert r0["prep"]["bytes_sent"] == r1["prep"]["bytes_sent"] == 8 * w.numel()
+    assert r0["prep"]["rounds"] == 1
+    # per inference: 8 |x| bytes from each compute party, 8 |y| from the helper to P1
+    assert r0["conv"]["bytes_sent"] == r1["conv"]["bytes_sent"] == 8 * x.numel()
+    assert r2["conv"]["bytes_sent"] == 8 * 2 * 5 * 8 * 8
+    assert r0["conv"]["rounds"] == r1["conv"]["rounds"] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +13,8 @@ from ..mpc.engine import encode
 from .plan import Plan, PlanOp
 
 __all__ = ["SecureModel", "run_plain"]
+
+log = logging.getLogger(__name__)
 
 
 def _avg_window_sum(x: torch.Tensor, k: list[int], s: list[int], p: list[int]) -> torch.Tensor:
@@ -32,6 +36,8 @@ class SecureModel:
                              f"runs {engine.f}")
         self.engine, self.plan = engine, plan
         self.weights: dict[str, PreparedWeight] = {}
+        self.debug_log: list[dict[str, object]] = []
+        self._weight_shares: dict[str, Share] = {}
         self.biases: dict[str, Share] = {}
         f = plan.frac_bits
         with engine.session.op("prepare_weights"):
@@ -49,14 +55,50 @@ class SecureModel:
                     self.biases[op.name] = Share(_get(weight_shares, f"{op.name}.b", bshape), f)
                     w = Share(w_data, f)
                 self.weights[op.name] = engine.prepare_weight(w)
+                if engine.config.debug_reveal_insecure:
+                    self._weight_shares[op.name] = w
 
     def forward(self, x: Share) -> Share:
         env: dict[str, Share] = {self.plan.input_name: x}
         sess = self.engine.session
+        debug = self.engine.config.debug_reveal_insecure
         for op in self.plan.ops:
             with sess.op(op.name):
                 env[op.name] = self._run(op, [env[i] for i in op.inputs])
+            if debug:
+                self._debug_check(op, env)
         return env[self.plan.output]
+
+    def _debug_check(self, op: PlanOp, env: dict[str, Share]) -> None:
+        """INSECURE debug mode: open the op's inputs, weights and output to P0 and P1, recompute
+        the op in float64 and report its deviation and any fixed-point overflow."""
+        e = self.engine
+        opened = {name: e.reveal(env[name]) for name in (*op.inputs, op.name)}
+        weights: dict[str, torch.Tensor] = {}
+        if op.name in self.weights:
+            for key, share in (("w", self._weight_shares.get(op.name)),
+                               ("b", self.biases[op.name])):
+                if share is not None:
+                    val = e.reveal(share)
+                    if val is not None:
+                        weights[f"{op.name}.{key}"] = val
+        if e.is_helper:
+            return
+        sub = Plan(input_name="__in0", input_shape=[], output=op.name, frac_bits=self.plan.frac_bits,
+                   ops=[PlanOp(op.kind, op.name, [f"__in{i}" for i in range(len(op.inputs))],
+                               op.params, op.weights)])
+        ins = [opened[n] for n in op.inputs]
+        env_plain = {f"__in{i}": t for i, t in enumerate(ins) if t is not None}
+        ref = run_plain(sub, weights, env_plain["__in0"], extra_inputs=env_plain)
+        got = opened[op.name]
+        assert got is not None
+        err = (got - ref).abs().max().item() if got.numel() else 0.0
+        bound = 2.0 ** (62 - 2 * self.plan.frac_bits)
+        self.debug_log.append({"op": op.name, "kind": op.kind, "max_abs_error": err,
+                               "max_abs_value": got.abs().max().item() if got.numel() else 0.0,
+                               "overflow": bool(got.numel() and got.abs().max().item() > bound)})
+        log.warning("INSECURE debug: %s (%s) max |secure - plaintext| = %.3g", op.name, op.kind,
+                    err)
 
     def _run(self, op: PlanOp, xs: list[Share]) -> Share:
         e, p = self.engine, op.params
@@ -106,13 +148,15 @@ def _get(shares: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> t
 
 
 def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
-              fixed_point: bool = False) -> torch.Tensor:
+              fixed_point: bool = False,
+              extra_inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Evaluate a plan in float64 (optionally rounding weights to the plan's fixed point)."""
     def wt(key: str) -> torch.Tensor:
         t = weights[key].double()
         return encode(t, plan.frac_bits).double() / 2**plan.frac_bits if fixed_point else t
 
     env = {plan.input_name: x.double()}
+    env.update({k: v.double() for k, v in (extra_inputs or {}).items()})
     for op in plan.ops:
         xs = [env[i] for i in op.inputs]
         a, p = xs[0], op.params
