@@ -1,0 +1,144 @@
+"""A BERT encoder layer on secret shares (SecLMM-style secure transformer inference).
+
+Protocol of one layer (x: shares [B, S, H]; keep: the public attention mask [B, S]):
+  1. q, k, v = x W_qkv^T + b_qkv: one product with a prepared weight (Beaver with the weight's
+     mask re-used; the 1/sqrt(d_head) scale was folded into W_q by the owner);
+  2. scores = q k^T per head: a Beaver product of two secret tensors;
+  3. probs = softmax(scores) over keys, masked (exp form or SecLMM's I-BERT ``quant`` form);
+  4. ctx = probs v (Beaver, two secrets); attn = ctx W_o^T + b_o (prepared);
+  5. h1 = LayerNorm(attn + x) (mean, variance, Newton rsqrt, gamma as a prepared weight);
+  6. h2 = act(h1 W_1^T + b_1) W_2^T + b_2, act = GELU (tanh form) or SecLMM ``sig``
+     (x sig(1.702 x), the piecewise-polynomial sigmoid); 7. out = LayerNorm(h2 + h1).
+
+Paper followed: SecLMM (seeds-study section 1) for the activation switches, PUMA (Dong et al.
+2023) for the softmax and LayerNorm structure, the 3-party engine of :mod:`secinfer.mpc`.
+
+Threat model: semi-honest, non-colluding P0, P1 and helper P2 (see :mod:`secinfer.mpc.engine`).
+The servers learn the shapes (batch, sequence length, model sizes) and the attention mask
+(which positions are padding), nothing else; weights are shared by their owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..mpc.config import MPCConfig
+from ..mpc.engine import MPCEngine, PreparedWeight
+from ..mpc.nonlinear import NonlinearConfig, gelu, quick_gelu_sig
+from ..mpc.nonlinear_norm import layer_norm, softmax, softmax_quant
+from ..mpc.share import Share
+from .weights import HiddenAct, LayerWeights, SoftmaxAct
+
+__all__ = ["SecureTransformerConfig", "SecureLayer", "share_layer", "layer_shapes"]
+
+
+@dataclass(frozen=True)
+class SecureTransformerConfig:
+    """Knobs of a secure encoder.
+
+    hidden_act: ``"gelu"`` (tanh-form GELU on shares, 4e-3 from erf GELU) or ``"sig"``
+        (SecLMM's x sig(1.702 x)); softmax_act: ``"softmax"`` or ``"quant"`` (I-BERT exp).
+    frac_bits (16): see :mod:`secinfer.mpc.nonlinear` for why 16 and not the CNNs' 12.
+    drelu_high_bits (0): the approximate DReLU's ignored high bits (exact when 0). With
+        f = 16 and |values| < 2^15 (masked scores are pushed to -1e4), 32 is safe and halves
+        the comparison traffic.
+    nonlinear: the approximations' knobs.
+    """
+
+    hidden_act: HiddenAct = "gelu"
+    softmax_act: SoftmaxAct = "softmax"
+    frac_bits: int = 16
+    drelu_high_bits: int = 0
+    nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
+
+    def __post_init__(self) -> None:
+        if self.hidden_act not in ("gelu", "sig"):
+            raise ValueError(f"hidden_act must be 'gelu' or 'sig', got {self.hidden_act!r}")
+        if self.softmax_act not in ("softmax", "quant"):
+            raise ValueError(f"softmax_act must be 'softmax' or 'quant', got {self.softmax_act!r}")
+        if self.frac_bits < 14:
+            raise ValueError(f"transformers need frac_bits >= 14, got {self.frac_bits}")
+        if self.drelu_high_bits > 63 - self.frac_bits - 15:
+            raise ValueError(f"drelu_high_bits {self.drelu_high_bits} leaves a window below "
+                             "2^15, too small for masked attention scores")
+
+    def mpc_config(self) -> MPCConfig:
+        return MPCConfig(frac_bits=self.frac_bits, drelu_high_bits=self.drelu_high_bits)
+
+
+_PREPARED = ("qkv_w", "out_w", "ln1_w", "ff1_w", "ff2_w", "ln2_w")
+
+
+def layer_shapes(hidden: int, ffn: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of a layer's tensors, in sharing order (every party must know them)."""
+    return {"qkv_w": (3 * hidden, hidden), "qkv_b": (3 * hidden,), "out_w": (hidden, hidden),
+            "out_b": (hidden,), "ln1_w": (hidden,), "ln1_b": (hidden,),
+            "ff1_w": (ffn, hidden), "ff1_b": (ffn,), "ff2_w": (hidden, ffn),
+            "ff2_b": (hidden,), "ln2_w": (hidden,), "ln2_b": (hidden,)}
+
+
+@dataclass
+class SecureLayer:
+    """One layer's shares: prepared weights (masks opened once) and bias shares."""
+
+    prepared: dict[str, PreparedWeight]
+    biases: dict[str, Share]
+    heads: int
+    eps: float
+
+
+def share_layer(engine: MPCEngine, w: LayerWeights | None, owner: int, hidden: int, ffn: int,
+                heads: int, eps: float) -> SecureLayer:
+    """Secret-share a layer from ``owner`` (who passes ``w``; the others pass None) and
+    prepare its weights: each weight's mask is opened once (8 bytes per element per compute
+    party), after which queries exchange only activations."""
+    tensors = w.tensors() if w is not None else {}
+    prepared: dict[str, PreparedWeight] = {}
+    biases: dict[str, Share] = {}
+    for name, shape in layer_shapes(hidden, ffn).items():
+        x = tensors.get(name)
+        if x is not None and tuple(x.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
+        sh = engine.share_input(x, owner, shape)
+        if name in _PREPARED:
+            prepared[name] = engine.prepare_weight(sh)
+        else:
+            biases[name] = sh
+    return SecureLayer(prepared, biases, heads, eps)
+
+
+def _heads(x: Share, b: int, s: int, heads: int) -> Share:
+    return x.reshape(b, s, heads, -1).permute(0, 2, 1, 3).contiguous()
+
+
+def secure_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: torch.Tensor,
+                         cfg: SecureTransformerConfig) -> Share:
+    """Steps 1-7 of the module docstring. x: shares [B, S, H]; keep: public [B, S] of 0/1."""
+    b, s, h = x.shape
+    if tuple(keep.shape) != (b, s):
+        raise ValueError(f"attention mask shape {tuple(keep.shape)} != (batch, seq) {(b, s)}")
+    p, bs, nl = lyr.prepared, lyr.biases, cfg.nonlinear
+    with engine.session.op("qkv"):
+        qkv = engine.linear(x, p["qkv_w"], bs["qkv_b"])
+        q, k, v = (_heads(qkv[..., i * h : (i + 1) * h], b, s, lyr.heads) for i in range(3))
+    with engine.session.op("scores"):
+        scores = engine.matmul(q, k.transpose(-1, -2).contiguous())
+    km = keep.to(torch.float64).reshape(b, 1, 1, s)
+    with engine.session.op("softmax"):
+        sm = softmax_quant if cfg.softmax_act == "quant" else softmax
+        probs = sm(engine, scores, km, nl)
+    with engine.session.op("context"):
+        ctx = engine.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, s, h)
+        attn = engine.linear(ctx, p["out_w"], bs["out_b"])
+    with engine.session.op("layernorm"):
+        h1 = layer_norm(engine, attn + x, p["ln1_w"], bs["ln1_b"], lyr.eps, nl)
+    with engine.session.op("ffn"):
+        ff = engine.linear(h1, p["ff1_w"], bs["ff1_b"])
+    with engine.session.op("activation"):
+        act = quick_gelu_sig(engine, ff) if cfg.hidden_act == "sig" else gelu(engine, ff, nl)
+    with engine.session.op("ffn"):
+        h2 = engine.linear(act, p["ff2_w"], bs["ff2_b"])
+    with engine.session.op("layernorm"):
+        return layer_norm(engine, h2 + h1, p["ln2_w"], bs["ln2_b"], lyr.eps, nl)

