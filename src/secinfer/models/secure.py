@@ -84,9 +84,10 @@ class SecureModel:
                         weights[f"{op.name}.{key}"] = val
         if e.is_helper:
             return
-        sub = Plan(input_name="__in0", input_shape=[], output=op.name, frac_bits=self.plan.frac_bits,
-                   ops=[PlanOp(op.kind, op.name, [f"__in{i}" for i in range(len(op.inputs))],
-                               op.params, op.weights)])
+        names = [f"__in{i}" for i in range(len(op.inputs))]
+        sub = Plan(input_name="__in0", input_shape=[], output=op.name,
+                   frac_bits=self.plan.frac_bits,
+                   ops=[PlanOp(op.kind, op.name, names, op.params, op.weights)])
         ins = [opened[n] for n in op.inputs]
         env_plain = {f"__in{i}": t for i, t in enumerate(ins) if t is not None}
         ref = run_plain(sub, weights, env_plain["__in0"], extra_inputs=env_plain)
