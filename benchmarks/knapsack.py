@@ -77,6 +77,7 @@ def _secure(model, shape, spec, high: int, low: int) -> dict:
                               timeout=3600)
     return {"seconds": statistics.median(out[0]["seconds"].tolist()),
             "bytes": sum(int(out[p]["bytes_sent"]) for p in out),
+            "drelu_bytes": sum(int(out[p]["drelu_bytes_sent"]) for p in out),
             "rounds": int(out[1]["rounds"])}
 
 
@@ -114,15 +115,18 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     args = ap.parse_args()
     rows = [r for m in args.models.split(",") for r in run_model(m, args.samples)]
-    print(f"{'model':<11} {'config':<36} {'DReLUs':>8} {'MB':>9} {'rounds':>7} {'secs':>7}")
+    print(f"{'model':<13} {'config':<36} {'DReLUs':>8} {'MB':>9} {'cmp MB':>9} {'rounds':>7} "
+          f"{'secs':>7}")
     for r in rows:
-        print(f"{r['model']:<11} {r['config']:<36} {r['drelus']:>8} {r['bytes'] / 1e6:>9.2f} "
-              f"{r['rounds']:>7} {r['seconds']:>7.2f}")
+        print(f"{r['model']:<13} {r['config']:<36} {r['drelus']:>8} {r['bytes'] / 1e6:>9.2f} "
+              f"{r['drelu_bytes'] / 1e6:>9.2f} {r['rounds']:>7} {r['seconds']:>7.2f}")
     for m in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == m]
         base = mine[0]
         for r in mine[1:]:
             print(f"{m} {r['config']} bytes reduction ratio: {base['bytes'] / r['bytes']:.2f}")
+            print(f"{m} {r['config']} comparison traffic reduction ratio: "
+                  f"{base['drelu_bytes'] / r['drelu_bytes']:.2f}")
             print(f"{m} {r['config']} latency reduction ratio: "
                   f"{base['seconds'] / r['seconds']:.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,16 @@ def check_drelu_window(engine: MPCEngine, max_abs: float, min_abs: float = 0.0) 
 
 
 def drelu(engine: MPCEngine, x: Share) -> Share:
-    """Shares (scale 0) of 1[x >= 0]. Ties at exactly 0 give 1."""
+    """Shares (scale 0) of 1[x >= 0]. Ties at exactly 0 give 1.
+
+    Its traffic is charged to a nested op ``drelu`` so that cost reports separate comparison
+    traffic from the products around it.
+    """
+    with engine.session.op("drelu"):
+        return _drelu(engine, x)
+
+
+def _drelu(engine: MPCEngine, x: Share) -> Share:
     cfg = engine.config
     k, low = cfg.sign_bit, cfg.drelu_low_bits
     nbits = cfg.compare_bits

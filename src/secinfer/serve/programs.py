@@ -35,7 +35,12 @@ def plan_latency(session, bundle_root: str, batch: int = 1, reps: int = 1,
             xs = engine.share_input(x, 0, shape)
             model.forward(xs)
         times.append(time.perf_counter() - t0)
-    total = session.report()["inference"]
+    report = session.report()
+    total = report["inference"]
+    # comparison traffic: every op's nested "drelu" entry (innermost only, no double count)
+    drelu_bytes = sum(int(v["bytes_sent"]) for k, v in report.items()
+                      if k.endswith("/drelu") and "/drelu/" not in k)
     return {"seconds": torch.tensor(times, dtype=torch.float64),
             "bytes_sent": torch.tensor(int(total["bytes_sent"])),
+            "drelu_bytes_sent": torch.tensor(drelu_bytes),
             "rounds": torch.tensor(int(total["rounds"]))}
