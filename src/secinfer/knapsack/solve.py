@@ -122,9 +122,9 @@ def _step(dp: torch.Tensor, opts: tuple[list[int], list[float], list[int]], size
         if arg is None:
             torch.maximum(tail, cand, out=tail)
         else:
-            better = cand > tail  # strict: on ties the cheaper option (earlier j) stays
-            torch.where(better, cand, tail, out=tail)
-            arg[c:c + m].masked_fill_(better, j)
+            # strict: on ties the cheaper option (earlier j) stays
+            arg[c:c + m].masked_fill_(cand > tail, j)
+            torch.maximum(tail, cand, out=tail)
         if c + m < size:  # the flat part of dp
             flat = dp[old - 1:old] + v
             rest = new[c + m:]
