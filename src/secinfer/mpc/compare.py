@@ -91,12 +91,20 @@ def _drelu(engine: MPCEngine, x: Share) -> Share:
     s = engine.session
     if engine.is_helper:
         r = engine.prg_h0.int64((n,)) + engine.prg_h1.int64((n,))
-        rbits = _bits((r >> low) & _mask(nbits), nbits).to(torch.int16)
-        share0 = _mod_small(engine.prg_h0, (n, nbits), p)
-        s.send(P1, torch.remainder(rbits - share0, p).to(torch.uint8))
-        t0 = s.recv(P0).reshape(n, w).to(torch.int16)
-        t1 = s.recv(P1).reshape(n, w).to(torch.int16)
-        gamma = (torch.remainder(t0 + t1, p) == 0).any(dim=1).to(torch.int64)
+        rp = (r >> low) & _mask(nbits)
+        share1 = torch.empty((n, nbits), dtype=torch.uint8)
+        for lo_i in range(0, n, _CHUNK):  # same chunking as P0's draws of its bit-shares
+            sl = slice(lo_i, min(n, lo_i + _CHUNK))
+            share0 = _mod_small(engine.prg_h0, (sl.stop - sl.start, nbits), p)
+            share1[sl] = torch.remainder(_bits(rp[sl], nbits).to(torch.int32) - share0, p)
+        s.send(P1, share1)
+        del share1
+        t0, t1 = s.recv(P0).reshape(n, w), s.recv(P1).reshape(n, w)
+        gamma = torch.empty(n, dtype=torch.int64)
+        for lo_i in range(0, n, _CHUNK):
+            sl = slice(lo_i, min(n, lo_i + _CHUNK))
+            tot = torch.remainder(t0[sl].to(torch.int16) + t1[sl].to(torch.int16), p)
+            gamma[sl] = (tot == 0).any(dim=1).to(torch.int64)
         delta = gamma ^ ((r >> k) & _mask(1))
         d0 = engine.prg_h0.int64((n,))
         s.send(P1, delta - d0)
