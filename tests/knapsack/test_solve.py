@@ -165,3 +165,21 @@ def test_spec_errors_name_the_problem(tmp_path):
         apply_spec(model, {"nope": torch.ones(1, 2, dtype=torch.int32)})
     with pytest.raises(ValueError, match="not a ReLU"):
         apply_spec(model, {"conv1": torch.ones(1, 2, dtype=torch.int32)})
+
+
+@pytest.mark.parametrize("model_name", ["fmnist_cnn", "fmnist_resnet"])
+@pytest.mark.parametrize("percent", [6, 12])
+def test_shipped_specs_fit_their_models_and_budgets(model_name, percent):
+    from secinfer.models.zoo import asset_path, build
+
+    path = asset_path(model_name).with_name(f"{model_name}_spec{percent}.json")
+    spec = load_spec(path)
+    model = build(model_name)
+    shapes = activation_shapes(model, (1, 28, 28), list(spec))
+    drelus = sum(drelu_counts(spec, shapes).values())
+    full = sum(c * h * w for c, h, w in shapes.values())
+    assert drelus <= percent / 100 * full
+    assert spec_meta(path)["drelus"] == drelus
+    apply_spec(model, spec)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
