@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from pathlib import Path
 
 
@@ -132,8 +133,11 @@ def _eval(args: argparse.Namespace) -> int:
         spec = load_spec(args.relu_spec)
     print(f"secure 3-party inference of {args.model} on {len(images)} Fashion-MNIST test "
           "images: three server processes over mutual TLS, the user here", flush=True)
+    def progress(done: int, total: int, seconds: float) -> None:
+        print(f"  {done}/{total} images, {seconds:.0f} s", file=sys.stderr, flush=True)
+
     res = secure_eval(model, tuple(images.shape[1:]), images, labels, batch=args.batch,
-                      relu_spec=spec)
+                      relu_spec=spec, progress=progress)
     print(layer_table(res.costs))
     print(res.summary())
     if args.json:

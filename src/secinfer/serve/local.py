@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +44,8 @@ class EvalResult:
 def secure_eval(model: torch.nn.Module, input_shape: tuple[int, ...], images: torch.Tensor,
                 labels: torch.Tensor, batch: int = 100, frac_bits: int = 12,
                 relu_spec: Mapping[str, torch.Tensor] | None = None,
-                workdir: str | Path | None = None,
-                timeout: float = 60.0) -> EvalResult:
+                workdir: str | Path | None = None, timeout: float = 60.0,
+                progress: Callable[[int, int, float], None] | None = None) -> EvalResult:
     model = model.eval()
     with tempfile.TemporaryDirectory(prefix="secinfer-eval-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
@@ -64,6 +64,8 @@ def secure_eval(model: torch.nn.Module, input_shape: tuple[int, ...], images: to
             with Client(topo) as client:
                 for i in range(0, len(images), batch):
                     outs.append(client.predict(images[i : i + batch]))
+                    if progress is not None:
+                        progress(i + len(outs[-1]), len(images), time.perf_counter() - t0)
             seconds = time.perf_counter() - t0
             cluster.wait(servers, timeout=timeout + 30)
             costs = {i: json.loads((wd / f"report{i}.json").read_text()) for i in range(3)}
