@@ -159,7 +159,7 @@ def faults(trials: int) -> dict[str, Any]:
     return res
 
 
-def fmnist(workdir: Path, limit: int | None) -> dict[str, Any]:
+def fmnist(workdir: Path, limit: int | None, tampered_queries: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not (workdir / "float.safetensors").is_file():
         out["train"] = train_fmnist(workdir, epochs=2)
@@ -167,13 +167,25 @@ def fmnist(workdir: Path, limit: int | None) -> dict[str, Any]:
     out["provision"] = provision_fmnist(weights, workdir)
     out["rsweep"] = rsweep_fmnist(weights, [0, 32, 64, 96, 128, 160, 192, 224])
     out["split"] = run_split_fmnist(workdir, limit=limit, batch=100, triples=2)
+    # A device that changes one element of one item at every layer call, one query per batch:
+    # per query it escapes only if it hits the real item at all 4 layers: (1/7)^4.
+    tq = min(limit or 10000, tampered_queries)
+    out["tampered"] = run_split_fmnist(workdir, limit=tq, batch=1, triples=2, fault="element")
+    layers = out["tampered"]["layer_calls"] // max(1, out["tampered"]["batches"])
+    out["tampered"]["guarantee_per_query"] = 1.0 - (1.0 / 7.0) ** layers
     p, s = out["provision"], out["split"]
     print(f"fashion-mnist: float {p['float_accuracy']:.2f}%, int8 {p['int8_accuracy']:.2f}%, "
           f"split {s['split_accuracy']:.2f}% on {s['queries']} queries; bit-identical "
           f"{s['bit_identical']}; alarms {s['alarms']} over {s['triples_checked']} triples")
     for r in out["rsweep"]:
-        print(f"  r={int(r['reduce_range']):>4}  accuracy {r['accuracy']:.2f}%")
+        tag = "float " if r["reduce_range"] < 0 else f"r={int(r['reduce_range']):>4}"
+        print(f"  {tag}  accuracy {r['accuracy']:.2f}%")
+    t = out["tampered"]
+    rate = t["alarms"] / t["batches"]
+    print(f"tampering device (one element, every layer): {t['alarms']} alarms over "
+          f"{t['batches']} single-query batches; guarantee {t['guarantee_per_query']:.5f}")
     print(f"int8/float accuracy ratio: {p['int8_accuracy'] / p['float_accuracy']:.4f}")
+    print(f"tampered-query detection/guarantee ratio: {rate / t['guarantee_per_query']:.4f}")
     return out
 
 
@@ -201,6 +213,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--trials", type=int, default=10000)
     ap.add_argument("--limit", type=int, default=None, help="Fashion-MNIST test queries")
+    ap.add_argument("--tampered-queries", type=int, default=2000)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "secinfer-tee")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -219,14 +232,17 @@ def main() -> None:
         elif s == "faults":
             results[s] = faults(args.trials)
         elif s == "fmnist":
-            results[s] = fmnist(args.workdir, args.limit)
+            results[s] = fmnist(args.workdir, args.limit, args.tampered_queries)
         elif s == "steal":
             results[s] = steal(args.workdir)
         else:
             raise SystemExit(f"unknown section {s!r}")
         results[s]["section_seconds"] = round(time.perf_counter() - t0, 1)
+        # re-read before writing: another invocation may have stored other sections meanwhile
+        merged = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        merged.update({"host": results["host"], s: results[s]})
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1))
+        RESULTS.write_text(json.dumps(merged, indent=1))
     print(f"wrote {RESULTS}")
 
 
