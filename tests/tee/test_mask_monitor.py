@@ -111,3 +111,21 @@ def test_fingerprints_and_check(gen: torch.Generator) -> None:
     assert check(y, 6, 4).all()
     y[6 + 3 * 2 + 1, 0, 0, 0] += 1  # one element of the second member of triple 2
     assert check(y, 6, 4).tolist() == [True, True, False, True]
+
+
+def test_masked_fingerprints_look_like_masked_real_items(gen: torch.Generator) -> None:
+    from scipy.stats import ks_2samp
+
+    # Extreme real inputs (all at the top of the range) against fingerprints near the middle:
+    # after the pad, both are uniform on the ring and a two-sample test cannot separate them.
+    real = torch.full((400, 2, 3, 3), 255, dtype=torch.int64)
+    fps = draw_fingerprints(torch.randint(0, 100, (8, 2, 3, 3), generator=gen), 134, 0, 255, gen)
+    mixed = mix(real, fps, gen)
+    u = wrap(mixed.items + ring_random(tuple(mixed.items.shape), gen))
+    is_fp = mixed.order >= 400
+    a, b = u[is_fp].flatten().double(), u[~is_fp].flatten().double()
+    assert ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-4
+    # without the pad the two groups are trivially separable
+    raw = mixed.items
+    assert ks_2samp(raw[is_fp].flatten().double().numpy(),
+                    raw[~is_fp].flatten().double().numpy()).pvalue < 1e-10
