@@ -66,3 +66,20 @@ def test_config_errors():
         SecureTransformerConfig(hidden_act="relu")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="window"):
         SecureTransformerConfig(drelu_high_bits=40)
+
+
+def test_benchmark_program_reports_costs_and_output():
+    """The benchmark's party program on a tiny random encoder: costs and a correct output."""
+    from secinfer.transformer.programs import encoder_latency, random_input
+
+    kw = {"n_layers": 1, "hidden": 16, "heads": 2, "ffn": 32, "seq": 6, "weight_seed": 5,
+          "input_seed": 6, "reps": 2, "drelu_high_bits": 32}
+    outs = run_in_memory(3, encoder_latency, timeout=120.0, **kw)
+    for o in outs:
+        assert o["seconds"].shape == (2,) and int(o["rounds"]) > 0
+    assert int(outs[0]["rounds"]) > 30
+    assert int(outs[0]["bytes_sent"]) > 0 and int(outs[0]["setup_bytes"]) > 0
+    enc = random_encoder(1, 16, 2, 32, torch.Generator().manual_seed(5))
+    x = random_input(1, 6, 16, 6)
+    ref = plain_encoder(enc, x, torch.ones(1, 6, dtype=torch.int64))
+    assert (outs[1]["output"] - ref).abs().max() <= 1.5e-2
