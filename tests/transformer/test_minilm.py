@@ -5,14 +5,12 @@ import os
 import pytest
 import torch
 
-from secinfer.net import run_in_memory
 from secinfer.transformer import (
-    EncoderDims,
     SecureTransformerConfig,
     capture_bert,
     mean_pool,
     plain_encoder,
-    sentence_embedding_program,
+    secure_sentence_embeddings,
 )
 
 SENTENCES = ["The central bank raised interest rates again.",
@@ -31,11 +29,11 @@ def minilm():
     batch = tok(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
         hf = model(**batch).last_hidden_state.double()
-    return model, batch, hf
+    return model, tok, batch, hf
 
 
 def test_capture_matches_transformers(minilm):
-    model, batch, hf = minilm
+    model, _, batch, hf = minilm
     emb, enc = capture_bert(model)
     keep = batch["attention_mask"]
     x = emb(batch["input_ids"], batch["token_type_ids"])
@@ -45,15 +43,9 @@ def test_capture_matches_transformers(minilm):
 
 @pytest.mark.slow
 def test_secure_minilm_sentence_embeddings(minilm):
-    model, batch, hf = minilm
-    emb, enc = capture_bert(model)
-    keep = batch["attention_mask"]
-    x = emb(batch["input_ids"], batch["token_type_ids"])
-    b, s = keep.shape
-    party_args = [(enc, None, None), (None, None, None), (None, None, None), (None, x, keep)]
-    out = run_in_memory(4, sentence_embedding_program, EncoderDims.of(enc),
-                        SecureTransformerConfig(), (b, s), party_args=party_args,
-                        timeout=300.0)[3]
-    ref = mean_pool(hf, keep)
+    model, tok, batch, hf = minilm
+    out = secure_sentence_embeddings(model, tok, SENTENCES, SecureTransformerConfig(),
+                                     timeout=300.0)
+    ref = mean_pool(hf, batch["attention_mask"])
     cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
     assert (cos >= 0.99).all(), cos

@@ -11,6 +11,7 @@ from .model import (
     sentence_embedding_program,
     share_encoder,
 )
+from .runner import secure_sentence_embeddings
 from .weights import (
     Embeddings,
     EncoderWeights,
@@ -26,6 +27,6 @@ __all__ = [
     "Embeddings", "EncoderDims", "EncoderWeights", "LayerWeights", "SecureEncoder",
     "SecureLayer", "SecureTransformerConfig", "capture_bert", "encoder_forward", "mean_pool",
     "plain_encoder", "plain_layer", "pool_normalise", "random_encoder", "receive_output",
-    "secure_layer_forward", "send_shares", "sentence_embedding_program", "share_encoder",
-    "share_layer",
+    "secure_layer_forward", "secure_sentence_embeddings", "send_shares",
+    "sentence_embedding_program", "share_encoder", "share_layer",
 ]
