@@ -82,7 +82,7 @@ def main() -> None:
                      "plaintext_s": plain, "secure_s": sec["seconds"],
                      "secure_bytes": sec["bytes"], "secure_rounds": sec["rounds"],
                      "secure_over_plaintext": sec["seconds"] / plain,
-                     "spu": "installed" if spu_available() else "not installable here"})
+                     "spu": "installed" if spu_available() else "not in this venv"})
     print(f"{'model':<34} {'input':<16} {'plain ms':>9} {'secure s':>9} {'MB':>10} "
           f"{'rounds':>7} {'ratio':>8}")
     for r in rows:
@@ -93,8 +93,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['model']} secure/plaintext latency ratio: {r['secure_over_plaintext']:.1f}")
     if not spu_available():
-        print("SPU: `import spu` fails here (no wheel for this platform/registry); "
-              "no SPU column was measured")
+        print("SPU: not importable in this virtualenv (it needs JAX; `make spu-venv` builds a "
+              "separate one, compared in benchmarks/peer_spu.py); no SPU column here")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=2))
 
