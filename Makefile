@@ -39,3 +39,11 @@ bench: $(STAMP) data
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# SecretFlow SPU for benchmarks/peer_spu.py, in its own venv (it needs JAX; .venv keeps torch only).
+.PHONY: spu-venv
+spu-venv: .venv-spu/.installed
+.venv-spu/.installed:
+	test -x .venv-spu/bin/python || $(PYTHON) -m venv .venv-spu
+	.venv-spu/bin/python -m pip install -q 'spu==0.9.5' numpy safetensors
+	touch $@
