@@ -106,3 +106,27 @@ def test_config_and_mask_errors():
 
     with pytest.raises(ValueError, match="at least one unmasked"):
         run_in_memory(3, prog, timeout=30.0)
+
+
+def _rounds_prog(s, n):
+    eng = MPCEngine(s, MPCConfig(frac_bits=16))
+    x = eng.share_input(torch.randn(n, 8) if eng.role == 0 else None, 0, (n, 8))
+    s.acct.reset()
+    ops = {"sig": sig_seclmm, "sigmoid": sigmoid, "exp": lambda e, v: exp(e, -v),
+           "softmax": softmax, "ln": lambda e, v: layer_norm(e, v, None, None)}
+    for name, fn in ops.items():
+        with s.op(name):
+            fn(eng, x)
+    return {k: v["rounds"] for k, v in s.report().items() if "/" not in k}
+
+
+def test_comparisons_are_batched():
+    """Rounds do not grow with the number of elements, and the helper (one round per DReLU
+    call) sees exactly one comparison batch per step: 1 for sig/sigmoid/exp/LayerNorm, and
+    for softmax over 8 keys 3 max levels + the exp clamp + the reciprocal's range split."""
+    small = run_in_memory(3, _rounds_prog, 3, timeout=60.0)
+    large = run_in_memory(3, _rounds_prog, 300, timeout=60.0)
+    assert small == large
+    helper = small[2]
+    assert (helper["sig"], helper["sigmoid"], helper["exp"], helper["ln"]) == (1, 1, 1, 1)
+    assert helper["softmax"] == 5
