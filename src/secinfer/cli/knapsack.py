@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--temperature", type=float, default=4.0)
     f.add_argument("--train-limit", type=int, default=None, help="use the first N train images")
     f.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N")
-    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--threads", type=int, default=1,
+                   help="torch threads (more than one is slower on a busy machine)")
     f.set_defaults(handler=_finetune)
 
 

@@ -14,11 +14,13 @@ Algorithm:
    steps keep the optimum exact and shrink the inner loop.
 2. ``dp[w]`` is the best value with total cost ``<= w``, for ``w = 0..B`` (float64). Channel by
    channel: ``dp'[w] = max_k dp[w - W_k] + P_k`` — one vectorised shift-add-max per option.
-3. Backtracking needs the argmax of every step. A full ``channels x (B + 1)`` table is too large
-   for ResNet50 (22,720 channels x 550k budget = 12 GB), so the forward pass keeps ``dp`` only at
-   the start of segments of ``S ~ sqrt(8 n)`` channels; backtracking recomputes one segment at a
-   time with its argmax table (uint8), last segment first. Memory is ``O(sqrt(n) * B)`` and time
-   at most three times the forward pass. Small problems keep the whole table in one pass.
+3. Backtracking walks the rows from the last channel: the option chosen for channel ``i`` at
+   cost ``w`` is the one with ``dp_{i-1}[w - W_k] + P_k == dp_i[w]`` (the same float64 addition
+   as the forward pass, so equality is exact). Keeping every row is too large for ResNet50
+   (22,720 channels x 577k budget x 8 bytes = 105 GB), so the forward pass keeps ``dp`` only at
+   the start of segments of ``S = sqrt(n)`` channels, and backtracking recomputes one segment's
+   rows at a time, last segment first. Memory is ``O(sqrt(n) * B)`` and time twice the
+   forward pass. Small problems keep all rows in one pass.
 4. Layers with cheap options go first and every row stops at the largest total cost reachable so
    far (``dp`` is flat beyond it), which shortens the early rows.
 
@@ -105,7 +107,7 @@ class _Channels:
 
 
 def _step(dp: torch.Tensor, opts: tuple[list[int], list[float], list[int]], size: int,
-          buf: torch.Tensor, arg: torch.Tensor | None) -> torch.Tensor:
+          buf: torch.Tensor) -> torch.Tensor:
     """One channel: ``new[w] = max_j dp[min(w - c_j, len(dp) - 1)] + v_j`` for ``w < size``.
 
     ``dp`` is non-decreasing and flat beyond its end (no cost above its length is reachable), so
@@ -113,25 +115,30 @@ def _step(dp: torch.Tensor, opts: tuple[list[int], list[float], list[int]], size
     """
     old = dp.shape[0]
     new = torch.full((size,), -math.inf, dtype=dp.dtype)
-    for j, (c, v) in enumerate(zip(opts[0], opts[1], strict=True)):
+    for c, v in zip(opts[0], opts[1], strict=True):
         if c >= size:
             break  # options are sorted by cost
         m = min(size - c, old)
-        cand = torch.add(dp[:m], v, out=buf[:m])
         tail = new[c:c + m]
-        if arg is None:
-            torch.maximum(tail, cand, out=tail)
-        else:
-            # strict: on ties the cheaper option (earlier j) stays
-            arg[c:c + m].masked_fill_(cand > tail, j)
-            torch.maximum(tail, cand, out=tail)
+        torch.maximum(tail, torch.add(dp[:m], v, out=buf[:m]), out=tail)
         if c + m < size:  # the flat part of dp
-            flat = dp[old - 1:old] + v
             rest = new[c + m:]
-            if arg is not None:
-                arg[c + m:size].masked_fill_(rest < flat, j)
-            torch.maximum(rest, flat, out=rest)
+            torch.maximum(rest, dp[old - 1:old] + v, out=rest)
     return new
+
+
+def _which(prev: torch.Tensor, row: torch.Tensor, w: int,
+           opts: tuple[list[int], list[float], list[int]]) -> int:
+    """The option that produced ``row[w]`` from ``prev``: the same float64 addition as in
+    :func:`_step`, so the maximum equals one candidate bit for bit. The cheapest match wins."""
+    target = row[w]
+    for j, (c, v) in enumerate(zip(opts[0], opts[1], strict=True)):
+        if c > w:
+            break
+        pw = min(w - c, prev.shape[0] - 1)
+        if bool(prev[pw:pw + 1] + v == target):
+            return j
+    raise RuntimeError(f"backtracking found no option for cost {w}")
 
 
 def solve(
@@ -181,9 +188,9 @@ def _solve(
         reach += o[0][-1]
         sizes.append(min(budget, reach) + 1)
     size = sizes[-1]
-    max_opts = max(len(o[0]) for o in ch.opts)
-    arg_dtype = torch.uint8 if max_opts <= 255 else torch.int16
-    seg = n if n * size <= full_table_bytes else max(1, int(math.sqrt(8 * n)))
+    # Rows of one segment are kept for backtracking; beyond the memory cap, segments of
+    # sqrt(n) channels are recomputed from checkpoints (rows are float64).
+    seg = n if 8 * n * size <= full_table_bytes else max(1, math.isqrt(n))
     total_steps = n if seg >= n else 2 * n
     done = 0
 
@@ -199,8 +206,8 @@ def _solve(
     if seg < n:
         for i in range(n):
             if i % seg == 0:
-                checkpoints.append(dp.clone())
-            dp = _step(dp, ch.opts[i], sizes[i], buf, None)
+                checkpoints.append(dp)
+            dp = _step(dp, ch.opts[i], sizes[i], buf)
             tick()
     else:
         checkpoints.append(dp)
@@ -209,19 +216,17 @@ def _solve(
     best = None
     for s in reversed(range(len(checkpoints))):
         lo, hi = s * seg, min(n, (s + 1) * seg)
-        table = torch.zeros((hi - lo, size), dtype=arg_dtype)
-        d = checkpoints[s]
+        rows = [checkpoints.pop()]
         for i in range(lo, hi):
-            d = _step(d, ch.opts[i], sizes[i], buf, table[i - lo])
+            rows.append(_step(rows[-1], ch.opts[i], sizes[i], buf))
             tick()
         if best is None:
-            best = float(d[w])
+            best = float(rows[-1][w])
         for i in reversed(range(lo, hi)):
             w = min(w, sizes[i] - 1)  # beyond a row's end the row is flat
-            j = int(table[i - lo, w])
-            choice[i] = j
-            w -= ch.opts[i][0][j]
-        checkpoints.pop()
+            choice[i] = _which(rows[i - lo], rows[i - lo + 1], w, ch.opts[i])
+            w -= ch.opts[i][0][choice[i]]
+        del rows
     assert w >= 0 and best is not None
 
     position = {}
