@@ -92,14 +92,14 @@ def pool_normalise(engine: MPCEngine, x: Share, keep: torch.Tensor,
                    cfg: NonlinearConfig | None = None) -> Share:
     """Mean over kept tokens, then x / ||x||: [B, S, H] -> [B, H].
 
-    The squared norm must lie in [2^-8, 2^16) (sentence embeddings before normalisation have
+    The squared norm must lie in [2^-8, 2^14) (sentence embeddings before normalisation have
     norms of a few units).
     """
     km = keep.to(torch.int64)
     summed = (x if engine.is_helper else x.mul_int(km.unsqueeze(-1))).sum(1)
     pooled = mul_const(engine, summed, 1.0 / km.sum(1, keepdim=True).to(torch.float64))
     ss = engine.mul(pooled, pooled).sum(-1, keepdim=True)
-    return engine.mul(pooled, rsqrt(engine, ss, -8, 16, cfg))
+    return engine.mul(pooled, rsqrt(engine, ss, -8, 14, cfg))
 
 
 def send_shares(session: Session, x: torch.Tensor, frac_bits: int) -> None:
