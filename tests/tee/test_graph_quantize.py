@@ -66,10 +66,13 @@ def test_int8_model_close_to_float(tiny: nn.Module, gen: torch.Generator) -> Non
     qm = calibrate(prog, [calib])
     x = torch.randn(32, 2, 8, 8, generator=gen)
     ref, got = prog.run(x.double()), qm.forward(x)
-    # 8-bit activations and weights through 5 layers: a few percent of the output range.
-    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+    # 8-bit activations and weights through 5 layers of a random net. Bounds set from 200
+    # fresh draws (worst seen: mean 1.6 %, max 18 % of the largest output), with margin.
+    assert (got - ref).abs().mean() <= 0.04 * ref.abs().mean()
+    assert (got - ref).abs().max() <= 0.3 * ref.abs().max()
     coarse = calibrate(prog, [calib], QuantConfig(reduce_range=224))  # 32 levels
-    assert (coarse.forward(x) - ref).abs().max() > (got - ref).abs().max()
+    # 8x coarser activation steps: the mean error grows (at least 2.4x in 200 draws)
+    assert (coarse.forward(x) - ref).abs().mean() > 1.5 * (got - ref).abs().mean()
 
 
 def test_reduced_range_bounds_and_errors(gen: torch.Generator) -> None:
