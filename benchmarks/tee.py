@@ -12,6 +12,8 @@ Sections (default: all; pick with ``--sections``), each merged into benchmarks/r
       permutations and 2 fingerprint triples; online latency per batch (masks and decode keys
       precomputed offline, reported separately), plus (c-perm) without permutations and (c-mon)
       without the monitor, to show what each adds. Bytes: payload both ways.
+* ``perm``: the enclave-side cost of the secret permutations alone (index gathers of one
+  forward pass), in-process, as a fraction of the split latency stored by ``latency``.
 * ``faults``: the fault campaign (``secinfer tee faults``), ``--trials`` per class.
 * ``fmnist``: trains (if needed) and provisions the Fashion-MNIST CNN, the r-sweep, and the whole
   test set (10,000 queries) through the split as two processes: accuracy, bit-identity, alarms.
@@ -141,6 +143,53 @@ def _print_latency(rows: list[dict[str, Any]]) -> None:
               f"{r['split_bytes'] / r['plain_bytes']:.1f}")
 
 
+def perm(reps: int, batches: list[int], models: list[str]) -> dict[str, Any]:
+    """In-process cost of the permutation gathers of one split forward pass (enclave side)."""
+    from secinfer.tee.enclave import Enclave
+    from secinfer.tee.mask import permute_input, unpermute_output
+
+    gen = secure_generator()
+    prior = json.loads(RESULTS.read_text()).get("latency", {}) if RESULTS.is_file() else {}
+    split_s = {(r["model"], r["batch"]): r["split_s"] for r in prior.get("rows", [])}
+    rows = []
+    for name in models:
+        model = _randomize_bn(build(name), gen)
+        prog = capture(model)
+        qm = calibrate(prog, [torch.randn(4, *ITEM, generator=gen)])
+        enc = Enclave(provision(qm))
+        shapes = enc.input_shapes(ITEM)
+        outs: list[tuple[int, ...]] = []
+
+        def record(i: int, t: torch.Tensor, p: Any = prog,
+                   acc: list[tuple[int, ...]] = outs) -> torch.Tensor:
+            y = p.layers[i].forward(t)
+            acc.append(tuple(y.shape[1:]))
+            return y
+
+        prog.run(torch.zeros(1, *ITEM, dtype=torch.float64), record)
+        for b in batches:
+            n = b + 6  # 2 triples
+            ins = [torch.zeros((n, *s), dtype=torch.int64) for s in shapes]
+            ys = [torch.zeros((n, *o), dtype=torch.int64) for o in outs]
+            secs = enc.bundle.secrets
+
+            def gathers() -> None:
+                for x, y, sec in zip(ins, ys, secs, strict=True):  # noqa: B023
+                    permute_input(x, sec)
+                    unpermute_output(y, sec)
+
+            t = _median_time(gathers, reps)
+            row = {"model": name, "batch": b, "perm_gathers_s": t}
+            if (name, b) in split_s:
+                row["fraction_of_split"] = t / split_s[(name, b)]
+            rows.append(row)
+            print(f"{name} b{b}: permutation gathers {t * 1e3:.2f} ms per forward pass")
+            if "fraction_of_split" in row:
+                print(f"{name} b{b} permutation/split latency ratio: "
+                      f"{row['fraction_of_split']:.4f}")
+    return {"rows": rows}
+
+
 def faults(trials: int) -> dict[str, Any]:
     res = fault_campaign(trials)
     g = res["guarantee"]
@@ -229,6 +278,9 @@ def main() -> None:
         if s == "latency":
             results[s] = latency(args.reps, [int(b) for b in args.batches.split(",")],
                                  args.models.split(","))
+        elif s == "perm":
+            results[s] = perm(max(args.reps, 5), [int(b) for b in args.batches.split(",")],
+                              args.models.split(","))
         elif s == "faults":
             results[s] = faults(args.trials)
         elif s == "fmnist":
