@@ -7,18 +7,20 @@ weights (``fmnist_cnn``, ``src/secinfer/assets/fmnist_cnn.safetensors``):
 2. secinfer: ``secinfer.serve.local.secure_eval`` (three server processes over mutual TLS, the
    user's client in this process), bytes summed over the three servers' accounting reports;
 3. SPU (``.venv-spu``, made by ``make spu-venv``): ``benchmarks/spu_worker.py`` runs a JAX copy of
-   the network in SPU's 3-party simulation, once per configuration PROTOCOL:FIELD:FRAC_BITS, in
-   its own process; bytes are the sum of the three parties' ``Link details: total send bytes``
-   lines that SPU's profiler logs.
+   the network with SPU's 3 parties, once per configuration PROTOCOL:FIELD:FRAC_BITS[:LINKS], in
+   its own process; LINKS is ``brpc`` (three party processes over TCP on 127.0.0.1) or ``mem``
+   (SPU's simulation: three threads, in-memory links). Bytes are the sum of the three parties'
+   ``Link details: total send bytes`` lines that SPU's profiler logs.
 
 Weights and images go to the worker as safetensors and logits come back the same way (no pickle).
 
     .venv/bin/python benchmarks/peer_spu.py [--n 50] [--batch 50] \
-        [--configs ABY3:FM64:18,ABY3:FM64:12,SEMI2K:FM64:18,SEMI2K:FM128:26]
+        [--configs ABY3:FM64:18:brpc,ABY3:FM64:18,ABY3:FM64:12,SEMI2K:FM64:18,SEMI2K:FM128:26]
 
-Prints a table and ``<what> ratio: <number>`` lines (the headline pair is SPU ABY3/FM64 over
-secinfer), and writes benchmarks/results/peer_spu.json. Without ``.venv-spu`` it says so and exits
-0 without measuring anything (``make bench`` runs every benchmark with the main venv only).
+Prints a table and ``<what> ratio: <number>`` lines (the headline pair is SPU ABY3/FM64, f=18,
+three processes over brpc, over secinfer), and writes benchmarks/results/peer_spu.json. Without
+``.venv-spu`` it says so and exits 0 without measuring anything (``make bench`` runs every
+benchmark with the main venv only).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ SPU_PY = ROOT / ".venv-spu" / "bin" / "python"
 WORKER = HERE / "spu_worker.py"
 LINK_RE = re.compile(r"Link details: total send bytes (\d+), recv bytes (\d+), "
                      r"send actions (\d+), recv actions (\d+)")
-HEADLINE = "ABY3:FM64:18"
+HEADLINE = "ABY3:FM64:18:brpc"
 
 
 def compare(logits: torch.Tensor, plain: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -61,9 +63,10 @@ def compare(logits: torch.Tensor, plain: torch.Tensor, labels: torch.Tensor) -> 
 
 def run_spu(spec: str, data: Path, out: Path, timeout: float) -> tuple[torch.Tensor, dict]:
     """One worker process per configuration, so every ``Link details`` line in its log is ours."""
-    cmd = [str(SPU_PY), str(WORKER), "--data", str(data), "--out", str(out), "--configs", spec]
+    cmd = [str(SPU_PY), str(WORKER), "--data", str(data), "--out", str(out), "--configs", spec,
+           "--timeout", str(timeout)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 120)
     process_s = time.perf_counter() - t0
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -86,9 +89,11 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=50, help="test images (the first N)")
     ap.add_argument("--batch", type=int, default=50, help="secinfer batch (SPU runs all N at once)")
     ap.add_argument("--frac-bits", type=int, default=12, help="secinfer fixed-point fraction bits")
-    ap.add_argument("--configs", default="ABY3:FM64:18,ABY3:FM64:12,SEMI2K:FM64:18,SEMI2K:FM128:26",
-                    help="SPU PROTOCOL:FIELD:FRAC_BITS list (SPU's defaults: 18 bits on FM64, "
-                         "26 on FM128; 12 is secinfer's default)")
+    ap.add_argument("--configs",
+                    default="ABY3:FM64:18:brpc,ABY3:FM64:18,ABY3:FM64:12,SEMI2K:FM64:18,"
+                            "SEMI2K:FM128:26",
+                    help="SPU PROTOCOL:FIELD:FRAC_BITS[:brpc|:mem] list (SPU's defaults: 18 "
+                         "bits on FM64, 26 on FM128; 12 is secinfer's default; mem if omitted)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per secure run")
     args = ap.parse_args()
     if args.n <= 0 or args.batch <= 0:
@@ -128,12 +133,12 @@ def main() -> int:
     print(f"fmnist_cnn on {args.n} Fashion-MNIST test images; plaintext accuracy "
           f"{100 * (plain.argmax(1) == labels).double().mean().item():.1f}%, "
           f"plaintext PyTorch {1000 * plain_s:.1f} ms")
-    head = (f"{'framework':<9} {'config':<28} {'batch':>5} {'seconds':>8} {'MB sent':>9} "
+    head = (f"{'framework':<9} {'config':<30} {'batch':>5} {'seconds':>8} {'MB sent':>9} "
             f"{'acc %':>6} {'agree %':>7} {'max |err|':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['framework']:<9} {r['config']:<28} {r['batch']:>5} {r['seconds']:>8.2f} "
+        print(f"{r['framework']:<9} {r['config']:<30} {r['batch']:>5} {r['seconds']:>8.2f} "
               f"{r['bytes_sent'] / 1e6:>9.2f} {100 * r['accuracy']:>6.1f} "
               f"{100 * r['agreement']:>7.1f} {r['max_abs_logit_error']:>10.2e}")
     ref = rows[0]
@@ -151,9 +156,10 @@ def main() -> int:
     RESULTS.write_text(json.dumps({
         "model": "fmnist_cnn", "n": args.n, "plaintext_seconds": plain_s,
         "plaintext_accuracy": res.plain_accuracy, "headline_spu_config": head_row["config"],
-        "notes": "secinfer: 3 processes over mutual TLS, time of Client.predict calls; SPU: "
-                 "3 threads with in-memory links in one process, time of one run (input "
-                 "sharing to output reconstruction), compile time excluded for both",
+        "notes": "secinfer: 3 processes over mutual TLS, time of Client.predict calls; SPU "
+                 ":brpc: 3 processes over plain TCP, :mem: 3 threads with in-memory links; SPU "
+                 "time: input sharing to output reconstruction (brpc: slowest party after a "
+                 "barrier); compile time excluded for both",
         "rows": rows}, indent=2))
     return 0
 

@@ -12,10 +12,13 @@ For every requested configuration (protocol, field, fraction bits) it
 
 1. compiles the JAX function once with SPU's frontend (weights and images both secret inputs,
    as in secinfer, where the model owner's weights are shared too),
-2. runs it the way SPU's 3-party ``Simulator`` does (one thread per party, in-memory links; the
-   0.9.5 wheel ships no multi-process launcher), timing the whole call, which includes
-   secret-sharing the inputs and reconstructing the outputs; each party logs its link totals
-   (``Link details: total send bytes ...``), which ``peer_spu.py`` sums,
+2. runs it either (``:mem``) the way SPU's 3-party ``Simulator`` does (one thread per party,
+   in-memory links; the 0.9.5 wheel ships no multi-process launcher), or (``:brpc``) as three
+   party processes of this script linked by SPU's brpc transport over TCP on 127.0.0.1 (no TLS),
+   the shares and the compiled executable handed over as raw protobuf/bytes files. The time
+   covers secret-sharing the inputs, the run, and reconstructing the outputs (for ``:brpc``, the
+   slowest party's run after a barrier, so process start-up and connecting are excluded). Each
+   party logs its link totals (``Link details: total send bytes ...``), which ``peer_spu.py`` sums,
 3. stores the reconstructed logits.
 
 Threat model of what is measured: SPU's ABY3 is 3-party replicated sharing, semi-honest, honest
@@ -23,7 +26,7 @@ majority; SEMI2K is additive sharing, semi-honest, with a trusted dealer for Bea
 (SPU's default ``TrustedFirstParty``), i.e. weaker than ABY3's.
 
     .venv-spu/bin/python benchmarks/spu_worker.py --data D.safetensors --out DIR \
-        --configs ABY3:FM64:18,SEMI2K:FM64:18
+        --configs ABY3:FM64:18:brpc,SEMI2K:FM64:18
 """
 
 from __future__ import annotations
@@ -102,7 +105,119 @@ def _simulate(config: Any, executable: Any, args: list[Any]) -> Any:
             for i in range(len(executable.output_names))]
 
 
-def _run_config(protocol: str, field: str, frac_bits: int, args: list[Any]) -> tuple[Any, dict]:
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sk in socks:
+            sk.bind(("127.0.0.1", 0))
+        return [sk.getsockname()[1] for sk in socks]
+    finally:
+        for sk in socks:
+            sk.close()
+
+
+def _write_share(folder: Path, name: str, share: Any) -> None:
+    """A share as raw bytes: ``NAME.meta`` (SPU's ValueMeta proto) and ``NAME.K`` per chunk."""
+    (folder / f"{name}.meta").write_bytes(share.meta)
+    for k, chunk in enumerate(share.share_chunks):
+        (folder / f"{name}.{k}").write_bytes(chunk)
+    (folder / f"{name}.chunks").write_text(str(len(share.share_chunks)))
+
+
+def _read_share(folder: Path, name: str) -> Any:
+    from spu import libspu
+
+    share = libspu.Share()
+    share.meta = (folder / f"{name}.meta").read_bytes()
+    count = int((folder / f"{name}.chunks").read_text())
+    share.share_chunks = [(folder / f"{name}.{k}").read_bytes() for k in range(count)]
+    return share
+
+
+def _party(job: Path, rank: int) -> int:
+    """One SPU party in its own process over brpc (TCP on 127.0.0.1, no TLS)."""
+    import spu.api as spu_api
+    from spu import libspu
+
+    spec = json.loads((job / "job.json").read_text())
+    config = libspu.RuntimeConfig()
+    config.ParseFromString((job / "config.bin").read_bytes())
+    executable = libspu.Executable()
+    executable.ParseFromString((job / "executable.bin").read_bytes())
+    desc = libspu.link.Desc()
+    desc.id = "peer_spu"
+    desc.recv_timeout_ms = int(spec["timeout_s"] * 1000)
+    desc.connect_retry_times = 120
+    desc.connect_retry_interval_ms = 500
+    for r, port in enumerate(spec["ports"]):
+        desc.add_party(f"party{r}", f"127.0.0.1:{port}")
+    lctx = libspu.link.create_brpc(desc, rank)
+    mine = job / f"rank{rank}"
+    shares = [_read_share(mine, n) for n in executable.input_names]
+    rt = spu_api.Runtime(lctx, config)
+    lctx.barrier()  # all three are connected and loaded: start the clock together
+    t0 = time.perf_counter()
+    for name, share in zip(executable.input_names, shares, strict=True):
+        rt.set_var(name, share)
+    rt.run(executable)
+    outs = [rt.get_var(n) for n in executable.output_names]
+    seconds = time.perf_counter() - t0
+    for name, share in zip(executable.output_names, outs, strict=True):
+        _write_share(mine, name, share)
+    (mine / "seconds.json").write_text(json.dumps(seconds))
+    lctx.barrier()
+    lctx.stop_link()
+    return 0
+
+
+def _multiprocess(config: Any, executable: Any, args: list[Any],
+                  timeout: float) -> tuple[list[Any], float]:
+    """Three party processes over brpc links; returns the outputs and the seconds from sharing the
+    inputs to reconstructing the outputs (slowest party's run, parties' start-up excluded)."""
+    import subprocess
+    import tempfile
+
+    import spu.api as spu_api
+    from spu import libspu
+
+    with tempfile.TemporaryDirectory(prefix="spu-brpc-") as tmp:
+        job = Path(tmp)
+        t0 = time.perf_counter()
+        io = spu_api.Io(3, config)
+        shares = [io.make_shares(a, libspu.Visibility.VIS_SECRET) for a in args]
+        share_s = time.perf_counter() - t0
+        for rank in range(3):
+            (job / f"rank{rank}").mkdir()
+            for name, share in zip(executable.input_names, shares, strict=True):
+                _write_share(job / f"rank{rank}", name, share[rank])
+        (job / "config.bin").write_bytes(config.SerializeToString())
+        (job / "executable.bin").write_bytes(executable.SerializeToString())
+        (job / "job.json").write_text(json.dumps({"ports": _free_ports(3), "timeout_s": timeout}))
+        procs = [subprocess.Popen([sys.executable, __file__, "--party", str(r), "--job", str(job)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for r in range(3)]
+        try:
+            logs = [p.communicate(timeout=timeout)[0] for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        for rank, (p, log) in enumerate(zip(procs, logs, strict=True)):
+            print(log, end="", flush=True)  # SPU's per-party link statistics go to the caller
+            if p.returncode != 0:
+                raise RuntimeError(f"SPU party {rank} exited with {p.returncode}:\n{log[-2000:]}")
+        run_s = max(json.loads((job / f"rank{r}" / "seconds.json").read_text()) for r in range(3))
+        t0 = time.perf_counter()
+        outs = [io.reconstruct([_read_share(job / f"rank{r}", n) for r in range(3)])
+                for n in executable.output_names]
+        return outs, share_s + run_s + time.perf_counter() - t0
+
+
+def _run_config(protocol: str, field: str, frac_bits: int, links: str, args: list[Any],
+                timeout: float) -> tuple[Any, dict]:
     import spu.utils.frontend as spu_fe
     from spu import libspu
 
@@ -117,10 +232,13 @@ def _run_config(protocol: str, field: str, frac_bits: int, args: list[Any]) -> t
         spu_fe.Kind.JAX, _forward, args, {}, names,
         [libspu.Visibility.VIS_SECRET] * len(args), lambda out: ["out0"])
     compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    (logits,) = _simulate(config, executable, args)
-    seconds = time.perf_counter() - t0
-    return logits, {"protocol": protocol, "field": field, "frac_bits": frac_bits,
+    if links == "brpc":
+        (logits,), seconds = _multiprocess(config, executable, args, timeout)
+    else:
+        t0 = time.perf_counter()
+        (logits,) = _simulate(config, executable, args)
+        seconds = time.perf_counter() - t0
+    return logits, {"protocol": protocol, "field": field, "frac_bits": frac_bits, "links": links,
                     "compile_seconds": compile_s, "seconds": seconds}
 
 
@@ -130,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, help="safetensors with 'images' and the weights")
     ap.add_argument("--out", type=Path, help="folder for logits.safetensors and manifest.json")
     ap.add_argument("--configs", default="ABY3:FM64:18",
-                    help="comma-separated PROTOCOL:FIELD:FRAC_BITS")
+                    help="comma-separated PROTOCOL:FIELD:FRAC_BITS[:mem|:brpc] (default mem)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per SPU run")
+    ap.add_argument("--party", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     ns = ap.parse_args(argv)
+    if ns.party is not None and ns.job is not None:
+        return _party(ns.job, ns.party)
     if ns.data is None or ns.out is None:
         # `make bench` runs every benchmarks/*.py; this one is only peer_spu.py's helper.
         print("spu_worker.py is started by benchmarks/peer_spu.py inside .venv-spu; "
@@ -150,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     runs, logits = [], {}
     for spec in ns.configs.split(","):
         parts = spec.split(":")
-        if len(parts) != 3 or not parts[2].isdigit():
-            raise SystemExit(f"bad config {spec!r}; expected PROTOCOL:FIELD:FRAC_BITS, "
-                             "e.g. ABY3:FM64:18")
-        out, info = _run_config(parts[0], parts[1], int(parts[2]), args)
-        key = f"{parts[0]}_{parts[1]}_{parts[2]}"
+        links = parts[3] if len(parts) == 4 else "mem"
+        if len(parts) not in (3, 4) or not parts[2].isdigit() or links not in ("mem", "brpc"):
+            raise SystemExit(f"bad config {spec!r}; expected PROTOCOL:FIELD:FRAC_BITS[:mem|:brpc],"
+                             " e.g. ABY3:FM64:18:brpc")
+        out, info = _run_config(parts[0], parts[1], int(parts[2]), links, args, ns.timeout)
+        key = "_".join(parts)
         logits[key] = np.asarray(out, dtype=np.float64)
         info["key"] = key
         runs.append(info)
