@@ -144,7 +144,10 @@ def main() -> None:
             print(f"{m} {r['config']} latency reduction ratio: "
                   f"{base['seconds'] / r['seconds']:.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2))
+    # keep rows of models not run this time, so models can be measured in separate commands
+    ran = {r["model"] for r in rows}
+    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    RESULTS.write_text(json.dumps([r for r in old if r["model"] not in ran] + rows, indent=2))
 
 
 if __name__ == "__main__":
