@@ -17,7 +17,7 @@ float64 plaintext reference with the same approximations. SecretFlow SPU: compar
 OS CSPRNG; indices saved) on shares and in plaintext, all truncated to ``--seq`` tokens, and
 reports per-article cosines and the linear probe's accuracy (trained on plaintext embeddings
 of the 70/30 split's training part at the same truncation) on plaintext vs secure embeddings.
-Each mode updates its own key of the results JSON.
+Each mode updates its own key of the results JSON (``bbc_<N>x<seq>`` for this one).
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def main() -> None:
               f"{r['probe_acc_plain_full_test']:.4f}); secure {r['secure_s']:.0f} s, "
               f"{r['secure_bytes'] / 1e9:.2f} GB")
         print(f"secure/plaintext prediction agreement ratio: {r['prediction_agreement']:.4f}")
-        _save("bbc", r)
+        _save(f"bbc_{len(r['articles'])}x{r['seq']}", r)
         return
     rows = [run_row(k, args.seq, args.reps) for k in args.rows.split(",")]
     print(f"{'setting':<40} {'seq':>4} {'plain ms':>9} {'secure s':>9} {'MB':>8} "
