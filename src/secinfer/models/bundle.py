@@ -15,7 +15,6 @@ only: no secret. Nothing is pickled.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..files import sha256_file
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from .capture import capture
@@ -37,14 +37,6 @@ ROLES = {0: "server", 1: "server", 2: "helper"}
 
 class BundleError(ValueError):
     """A bundle is missing, corrupt, tampered with, or for another party."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str | Path,
@@ -73,10 +65,10 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         d = out / f"party{party}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "plan.json").write_text(plan.to_json())
-        files = {"plan.json": _sha256(d / "plan.json")}
+        files = {"plan.json": sha256_file(d / "plan.json")}
         if shares is not None:
             save_file(shares, str(d / "weights.safetensors"))
-            files["weights.safetensors"] = _sha256(d / "weights.safetensors")
+            files["weights.safetensors"] = sha256_file(d / "weights.safetensors")
         manifest = {"format": FORMAT, "party": party, "role": ROLES[party],
                     "frac_bits": frac_bits, "input_shape": list(input_shape), "files": files}
         (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -104,7 +96,7 @@ def load_bundle(path: str | Path, expect_party: int | None = None,
         f = d / name
         if not f.is_file():
             raise BundleError(f"{d}: file {name} listed in the manifest is missing")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise BundleError(f"{d}: checksum mismatch for {name}: the bundle is corrupt or "
                               "was tampered with")
     plan = Plan.from_json((d / "plan.json").read_text())

@@ -10,13 +10,14 @@ neither is ever pickled and a corrupted or swapped file is caught before it is u
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..files import sha256_file
 
 __all__ = ["ArtifactError", "sha256_file", "write_artifact", "read_manifest", "read_artifact"]
 
@@ -25,14 +26,6 @@ MANIFEST = "manifest.json"
 
 class ArtifactError(ValueError):
     """An artifact folder is missing, incomplete, of the wrong kind or fails its checksums."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_artifact(
