@@ -49,21 +49,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=_eval)
 
 
-def load_model(spec: str, weights: Path | None):
+def load_model(spec: str, weights: Path | None, relu_spec=None):
+    """Build a model; a block-ReLU spec is applied before loading weights fine-tuned with it."""
     import torch
 
     if spec.startswith("zoo:"):
         from secinfer.models import zoo
 
         name = spec[4:]
-        if weights is None:
+        if weights is None and relu_spec is None:
             return zoo.pretrained(name)
-        model = zoo.build(name)
+        model = zoo.pretrained(name) if weights is None else zoo.build(name)
     else:
         mod, _, fn = spec.partition(":")
         if not fn:
             raise ValueError(f"--model must be 'zoo:NAME' or 'module:function', got {spec!r}")
         model = getattr(importlib.import_module(mod), fn)()
+    if relu_spec is not None:
+        from secinfer.knapsack.spec import apply_spec
+
+        model = apply_spec(model, relu_spec)
     if weights is not None:
         if weights.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -87,7 +92,7 @@ def _compile(args: argparse.Namespace) -> int:
     from secinfer.models.bundle import compile_model
 
     spec = load_spec(args.relu_spec) if args.relu_spec else None
-    dirs = compile_model(load_model(args.model, args.weights), _shape(args.input_shape),
+    dirs = compile_model(load_model(args.model, args.weights, spec), _shape(args.input_shape),
                          args.out, frac_bits=args.frac_bits, relu_spec=spec)
     for d in dirs:
         print(f"wrote {d}")
@@ -124,13 +129,13 @@ def _eval(args: argparse.Namespace) -> int:
     from secinfer.data import fashion_mnist
     from secinfer.serve.local import layer_table, secure_eval
 
-    model = load_model(args.model, args.weights)
-    images, labels = fashion_mnist.load("test", limit=args.n)
     spec = None
     if args.relu_spec:
         from secinfer.knapsack.spec import load_spec
 
         spec = load_spec(args.relu_spec)
+    model = load_model(args.model, args.weights, spec)
+    images, labels = fashion_mnist.load("test", limit=args.n)
     print(f"secure 3-party inference of {args.model} on {len(images)} Fashion-MNIST test "
           "images: three server processes over mutual TLS, the user here", flush=True)
     def progress(done: int, total: int, seconds: float) -> None:

@@ -7,7 +7,8 @@ identity (no comparison), (1, 0) outputs zero.
 
 1. group channels by patch size; zero-pad each group to a multiple of its patch;
 2. P_i sums its shares over each patch (local);
-3. one batched DReLU over all patches of all groups (see :func:`secinfer.mpc.compare.drelu`);
+3. one batched DReLU over the negated sums of all patches of all groups, gate = 1 - DReLU(-s)
+   = 1[s > 0] (see :func:`secinfer.mpc.compare.drelu`);
 4. one Beaver product ``x * expand(sign)`` whose opened sign mask has one entry per patch, so
    the product costs 8 bytes per element plus 8 per patch from each compute party.
 """
@@ -35,7 +36,7 @@ def _patch_sums(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
 
 
 def block_relu_plain(x: torch.Tensor, block_sizes: list[list[int]]) -> torch.Tensor:
-    """Plaintext reference with exactly the secure version's semantics (ties at 0 pass)."""
+    """Plaintext reference with exactly the secure version's semantics (a zero sum gates 0)."""
     out = torch.zeros_like(x)
     sizes = torch.tensor(block_sizes).reshape(-1, 2)
     h, w = x.shape[-2:]
@@ -47,7 +48,7 @@ def block_relu_plain(x: torch.Tensor, block_sizes: list[list[int]]) -> torch.Ten
         elif bh == 0 or bw == 0:
             continue
         else:
-            sign = (_patch_sums(xs, bh, bw) >= 0).to(x.dtype)
+            sign = (_patch_sums(xs, bh, bw) > 0).to(x.dtype)
             out[:, idx] = xs * _expand(sign, bh, bw, h, w)
     return out
 
@@ -69,7 +70,11 @@ def block_relu(engine: MPCEngine, x: Share, block_sizes: list[list[int]]) -> Sha
     out = torch.zeros(x.shape, dtype=torch.int64, device=x.data.device)
     if sums:
         flat = torch.cat(sums)
-        signs = drelu(engine, Share(flat, x.frac_bits))
+        # gate = 1[sum > 0] = 1 - DReLU(-sum): a patch summing to exactly 0 is gated off, as in
+        # the plaintext BlockReLU of secinfer.knapsack
+        neg = drelu(engine, Share(-flat, x.frac_bits))
+        signs = Share(-neg.data + (1 if engine.role == 0 else 0), 0) if not engine.is_helper \
+            else neg
         xs_all, ss_all, i = [], [], 0
         for (_bh, _bw), chans, shp in layout:
             k = int(torch.Size(shp).numel())
