@@ -37,3 +37,32 @@ def test_silent_peer_times_out_naming_it():
 
     with pytest.raises(PeerTimeout, match="party 0"):
         run_in_memory(2, prog, timeout=0.5)
+
+
+def _failing(s):
+    if s.party_id == 1:
+        raise ValueError("secret value 42 must not leave the party")
+    return s.recv(1, timeout=20)
+
+
+def test_a_failing_party_aborts_its_peers_fast_without_leaking():
+    import time
+
+    from secinfer.net import PeerAborted, run_tls_threads
+
+    for runner in (run_in_memory, run_tls_threads):
+        seen = {}
+
+        def prog(s, seen=seen):
+            try:
+                return _failing(s)
+            except PeerAborted as e:
+                seen[s.party_id] = str(e)
+                raise
+
+        t0 = time.monotonic()
+        with pytest.raises(ValueError):
+            runner(2, prog, timeout=20)
+        assert time.monotonic() - t0 < 10
+        assert "party 1" in seen[0] and "failed with ValueError" in seen[0]
+        assert "42" not in seen[0]

@@ -4,6 +4,7 @@ from .accounting import CostAccountant, OpCost, format_table
 from .errors import (
     FrameError,
     HandshakeError,
+    PeerAborted,
     PeerDisconnected,
     PeerTimeout,
     SecinferNetError,
@@ -17,7 +18,8 @@ from .transport import InMemoryHub, InMemoryTransport, Listener, TlsTransport, T
 
 __all__ = [
     "CostAccountant", "OpCost", "format_table",
-    "FrameError", "HandshakeError", "PeerDisconnected", "PeerTimeout", "SecinferNetError",
+    "FrameError", "HandshakeError", "PeerAborted", "PeerDisconnected", "PeerTimeout",
+    "SecinferNetError",
     "TopologyError",
     "LocalCluster", "PartyFailed", "local_cluster",
     "Session", "run_in_memory", "run_tls_threads",

@@ -6,6 +6,7 @@ __all__ = [
     "SecinferNetError",
     "PeerTimeout",
     "PeerDisconnected",
+    "PeerAborted",
     "FrameError",
     "HandshakeError",
     "TopologyError",
@@ -38,6 +39,15 @@ class PeerDisconnected(SecinferNetError, ConnectionError):
             msg += f": {detail}"
         super().__init__(msg)
         self.peer = peer
+
+
+class PeerAborted(SecinferNetError, ConnectionError):
+    """A peer gave up (its own peer failed, or its program raised) and said why."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"{peer} aborted: {reason}")
+        self.peer = peer
+        self.reason = reason
 
 
 class FrameError(SecinferNetError, ValueError):

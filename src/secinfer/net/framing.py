@@ -12,6 +12,9 @@ Every message between two parties is one frame (little-endian)::
     38     8*ndim shape (i64 each)
     ...    n     payload: the tensor's raw bytes, C order
 
+dtype code 0 marks a control frame: an abort whose uint8 payload is a UTF-8 reason, sent by a
+party that gives up so that its peers fail with the root cause instead of a bare disconnect.
+
 So a frame costs ``HEADER_FIXED + 8 * ndim`` header bytes plus the payload. Nothing is pickled:
 the receiver allocates an empty tensor of the announced dtype and shape and reads the payload
 straight into it. A frame whose payload length disagrees with dtype and shape, whose ndim or
@@ -42,6 +45,8 @@ __all__ = [
     "tensor_payload",
     "frame_bytes",
     "FrameDecoder",
+    "CONTROL_CODE",
+    "abort_frame",
 ]
 
 MAGIC = b"SIF1"
@@ -68,6 +73,14 @@ DTYPE_CODES: dict[torch.dtype, int] = {
     torch.uint64: 15,
 }
 _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+CONTROL_CODE = 0
+
+
+def abort_frame(session: bytes, counter: int, reason: str) -> bytes:
+    """A control frame telling the peer that this party gives up, and why."""
+    text = reason.encode("utf-8", "replace")[:4096]
+    h = FrameHeader(torch.uint8, (len(text),), session, counter, len(text), control=True)
+    return encode_header(h) + text
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class FrameHeader:
     session: bytes
     counter: int
     nbytes: int
+    control: bool = False
 
 
 def header_size(ndim: int) -> int:
@@ -84,6 +98,9 @@ def header_size(ndim: int) -> int:
 
 
 def encode_header(h: FrameHeader) -> bytes:
+    if h.control:
+        fixed = _FIXED.pack(MAGIC, CONTROL_CODE, 1, h.session, h.counter, h.nbytes)
+        return fixed + struct.pack("<q", h.nbytes)
     if h.dtype not in DTYPE_CODES:
         raise FrameError(f"dtype {h.dtype} is not supported on the wire")
     if len(h.shape) > MAX_NDIM:
@@ -119,6 +136,11 @@ def peek_ndim(fixed: bytes | bytearray | memoryview) -> int:
 
 
 def _validate(code, ndim, session, counter, nbytes, shape, max_payload) -> FrameHeader:
+    if code == CONTROL_CODE:
+        if ndim != 1 or shape[0] != nbytes or nbytes > 4096:
+            raise FrameError("malformed control frame")
+        return FrameHeader(torch.uint8, (int(nbytes),), bytes(session), int(counter),
+                           int(nbytes), control=True)
     if code not in _CODE_DTYPES:
         raise FrameError(f"unknown dtype code {code} in frame header")
     dtype = _CODE_DTYPES[code]

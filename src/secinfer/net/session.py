@@ -107,8 +107,21 @@ class Session:
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.fail(exc)
         self.close()
+
+    def fail(self, exc: BaseException) -> None:
+        """Tell the peers why this party gives up (runtime errors verbatim, others by type
+        only, so that no value from an error message leaves the party)."""
+        if self._closed:
+            return
+        if isinstance(exc, SecinferNetError):
+            reason = str(exc)
+        else:
+            reason = f"party {self.party_id} failed with {type(exc).__name__}"
+        self.transport.abort(reason)
 
     def __repr__(self) -> str:
         return f"Session(party={self.party_id}, peers={self.peers}, role={self.role!r})"
@@ -139,6 +152,7 @@ def run_in_memory(
             results[i] = program(sessions[i], *args, *extra, **kwargs)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append((i, e))
+            sessions[i].fail(e)
             sessions[i].close()
 
     threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n_parties)]

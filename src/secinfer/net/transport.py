@@ -14,6 +14,7 @@ read by another, never both, and so that a slow reader never blocks the opposite
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import queue
 import secrets
@@ -28,7 +29,14 @@ from dataclasses import dataclass
 import torch
 
 from . import framing
-from .errors import FrameError, HandshakeError, PeerDisconnected, PeerTimeout, SecinferNetError
+from .errors import (
+    FrameError,
+    HandshakeError,
+    PeerAborted,
+    PeerDisconnected,
+    PeerTimeout,
+    SecinferNetError,
+)
 from .tls import client_context, peer_party_id, server_context
 from .topology import PartySpec, Topology, party_dns_name
 
@@ -53,6 +61,9 @@ class Transport(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def abort(self, reason: str) -> None:  # noqa: B027 - optional hook
+        """Best effort: tell every peer that this party gives up, and why."""
 
 
 # --------------------------------------------------------------------------- in memory
@@ -117,6 +128,11 @@ class InMemoryTransport(Transport):
                 PeerDisconnected(self.peer_name(self.party_id), "closed its session")
             )
 
+    def abort(self, reason: str) -> None:
+        for peer in self.peers:
+            self.hub.queues[(self.party_id, peer)].put(
+                PeerAborted(self.peer_name(self.party_id), reason))
+
 
 # --------------------------------------------------------------------------- TLS sockets
 
@@ -155,6 +171,21 @@ def _recv_exact(sock: ssl.SSLSocket, view: memoryview, closed: threading.Event) 
     return got
 
 
+def _bind_with_retry(me: PartySpec, patience: float) -> socket.socket:
+    """Bind the party's port, waiting briefly for a previous holder (a process or session that
+    is shutting down) to let go; then fail naming the party and address."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return socket.create_server((me.host, me.port), reuse_port=False, backlog=64)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise SecinferNetError(
+                    f"{me.name} cannot listen on {me.host}:{me.port}: {e.strerror}"
+                ) from e
+            time.sleep(0.1)
+
+
 @dataclass
 class _Incoming:
     peer: int
@@ -174,7 +205,7 @@ class Listener:
         self.me = me
         self.ctx = server_context(topology, me)
         self.ctx.num_tickets = 0  # the accepted side never writes: no session tickets either
-        self.sock = socket.create_server((me.host, me.port), reuse_port=False, backlog=64)
+        self.sock = _bind_with_retry(me, min(5.0, topology.connect_timeout))
         self.sock.settimeout(0.2)
         self._arrivals: queue.Queue[_Incoming] = queue.Queue()
         self._held: dict[int, _Incoming] = {}  # arrived early, for a later session
@@ -400,6 +431,9 @@ class TlsTransport(Transport):
                 if h.nbytes and _recv_exact(sock, view, self._closed) < h.nbytes:
                     q.put(FrameError(f"truncated frame payload from {name}"))
                     return
+                if h.control:
+                    q.put(PeerAborted(name, bytes(view).decode("utf-8", "replace")))
+                    return
                 counter += 1
                 q.put((framing.finish(buf, h), framing.header_size(ndim) + h.nbytes))
         except FrameError as e:
@@ -419,6 +453,19 @@ class TlsTransport(Transport):
             self._queues[peer].put(item)  # sticky: every later recv fails the same way
             raise item
         return item
+
+    def abort(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        for peer, sock in self._out.items():
+            with self._send_locks[peer]:
+                try:
+                    sock.settimeout(1.0)  # never hang on a dead peer while giving up
+                    sock.sendall(framing.abort_frame(self.session_id, self._send_counter[peer],
+                                                     reason))
+                    self._send_counter[peer] += 1
+                except OSError:
+                    pass
 
     def close(self) -> None:
         if self._closed.is_set():
