@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from _common import SPU_NOTE, spu_available
 from secinfer.models import zoo
 from secinfer.models.bundle import compile_model
 from secinfer.net import local_cluster
@@ -58,14 +59,6 @@ def secure_run(model: torch.nn.Module, shape: tuple[int, ...], reps: int) -> dic
     }
 
 
-def spu_available() -> bool:
-    try:
-        import spu  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default="small,resnet18,resnet50")
@@ -93,8 +86,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['model']} secure/plaintext latency ratio: {r['secure_over_plaintext']:.1f}")
     if not spu_available():
-        print("SPU: not importable in this virtualenv (it needs JAX; `make spu-venv` builds a "
-              "separate one, compared in benchmarks/peer_spu.py); no SPU column here")
+        print(SPU_NOTE)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=2))
 

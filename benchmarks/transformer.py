@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from _common import SPU_NOTE, spu_available
 from secinfer.net import local_cluster
 from secinfer.transformer import mean_pool, plain_encoder, plain_layer, random_encoder
 from secinfer.transformer.programs import load_minilm_parts, random_input
@@ -211,14 +212,6 @@ def _save(key: str, value: object) -> None:
     RESULTS.write_text(json.dumps(old, indent=2))
 
 
-def spu_available() -> bool:
-    try:
-        import spu  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", default="layer,layer_fast,layer_sigquant,minilm")
@@ -272,8 +265,7 @@ def main() -> None:
         print(f"approximate/exact DReLU bytes ratio: "
               f"{by['layer_fast']['secure_bytes'] / by['layer']['secure_bytes']:.3f}")
     if not spu_available():
-        print("SPU: `import spu` fails here (no wheel for this platform/registry); "
-              "no SPU column was measured")
+        print(SPU_NOTE)
     _save("rows", rows)
 
 
