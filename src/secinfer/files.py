@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["sha256_file"]
+__all__ = ["sha256_file", "verify_listed_files"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -15,3 +16,19 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def verify_listed_files(folder: Path, files: Mapping[str, str],
+                        error: type[Exception] = ValueError) -> None:
+    """Check that every file a manifest lists sits in ``folder`` with its SHA-256.
+
+    Names that would leave the folder are refused, so a manifest cannot point elsewhere.
+    """
+    for name, digest in files.items():
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise error(f"{folder}: manifest lists a file outside its folder: {name!r}")
+        f = folder / name
+        if not f.is_file():
+            raise error(f"{folder}: file {name} listed in the manifest is missing")
+        if sha256_file(f) != digest:
+            raise error(f"{folder}: checksum mismatch for {name}: corrupted or replaced")

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..files import sha256_file
+from ..files import sha256_file, verify_listed_files
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from .capture import capture
@@ -92,13 +92,10 @@ def load_bundle(path: str | Path, expect_party: int | None = None,
     if expect_party is not None and manifest.get("party") != expect_party:
         raise BundleError(f"{d} is the bundle of party {manifest.get('party')}, "
                           f"not of party {expect_party}")
-    for name, digest in manifest.get("files", {}).items():
-        f = d / name
-        if not f.is_file():
-            raise BundleError(f"{d}: file {name} listed in the manifest is missing")
-        if sha256_file(f) != digest:
-            raise BundleError(f"{d}: checksum mismatch for {name}: the bundle is corrupt or "
-                              "was tampered with")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "plan.json" not in files:
+        raise BundleError(f"{mpath} does not list plan.json")
+    verify_listed_files(d, files, BundleError)
     plan = Plan.from_json((d / "plan.json").read_text())
     shares = None
     if "weights.safetensors" in manifest["files"]:

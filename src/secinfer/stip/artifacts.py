@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..files import sha256_file
+from ..files import sha256_file, verify_listed_files
 
 __all__ = ["ArtifactError", "sha256_file", "write_artifact", "read_manifest", "read_artifact"]
 
@@ -74,14 +74,7 @@ def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{path} lists no files")
-    for name, digest in files.items():
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise ArtifactError(f"{path} lists a file outside its folder: {name!r}")
-        f = folder / name
-        if not f.is_file():
-            raise ArtifactError(f"{folder}: file {name} listed in the manifest is missing")
-        if sha256_file(f) != digest:
-            raise ArtifactError(f"{folder}: checksum mismatch for {name} (corrupted or replaced)")
+    verify_listed_files(folder, files, ArtifactError)
     return manifest
 
 
