@@ -178,6 +178,61 @@ def test_session_ids_are_fresh():
         assert len(ids) == 2 and ids[0] != ids[1]
 
 
+def test_closed_listener_refuses_at_once(tmp_path):
+    topo = Topology.load(write_local_topology(tmp_path, ["a", "b"], timeout=5))
+    make_certs(topo, overwrite=True)
+    spec = topo.party(0)
+    for _ in range(5):
+        listener = Listener(topo, spec)
+        listener.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((spec.host, spec.port), timeout=2.0).close()
+
+
+def test_back_to_back_sessions_against_a_long_lived_listener(tmp_path):
+    """A user that reconnects the moment its previous session ends must reach the new session.
+
+    Regression: the user's old listener stayed open while its readers wound down, the server's
+    redial landed there, and the new session waited for a link that never came.
+    """
+    topo = Topology.load(write_local_topology(tmp_path, ["server", "user"], timeout=10,
+                                              connect_timeout=8))
+    make_certs(topo, overwrite=True)
+    rounds = 8
+    served: list[int] = []
+    failures: list[BaseException] = []
+
+    def server() -> None:
+        listener = Listener(topo, topo.party(0))
+        try:
+            while len(served) < rounds:
+                try:
+                    with Session.connect(topo, 0, peers=[1], listener=listener) as s:
+                        x = s.recv(1)
+                        s.send(1, x + 1)
+                        try:
+                            s.recv(1, timeout=5)  # the user leaves without a goodbye
+                        except Exception:  # noqa: BLE001 - any drop ends this session
+                            pass
+                        served.append(int(x))
+                except (PeerTimeout, HandshakeError):
+                    continue
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            failures.append(e)
+        finally:
+            listener.close()
+
+    t = threading.Thread(target=server, daemon=True)
+    t.start()
+    for i in range(rounds):
+        with Session.connect(topo, 1, peers=[0]) as s:
+            s.send(0, torch.tensor(i))
+            assert int(s.recv(0)) == i + 1
+    t.join(timeout=30)
+    assert not failures, failures
+    assert served == list(range(rounds))
+
+
 def test_wrong_topology_file_is_a_clear_error(tmp_path):
     from secinfer.net import TopologyError
 

@@ -10,6 +10,9 @@ Both enforce the frame discipline of :mod:`.framing`: every directed link carrie
 and an op counter, checked on receipt. Each directed link ``i -> j`` is its own TLS connection
 (dialed by ``i``, accepted by ``j``) so that a TLS object is only ever written by one thread and
 read by another, never both, and so that a slow reader never blocks the opposite direction.
+The one exception is at connect time, before any reader runs: the accepting side writes a
+one-byte confirmation on each link a session claims, so a dial that reached a listener about to
+close fails at once instead of leaving a half-open session.
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ _TLS_RECORD = 1 << 14
 _SOCKET_BUFFER = 4 << 20  # large kernel buffers keep bulk transfers streaming
 _HELLO = struct.Struct("<4sBH16s32s")
 _HELLO_MAGIC = b"SIH1"
+_LINK_ACK = b"\x06"
 _PROTOCOL_VERSION = 1
 
 
@@ -204,7 +208,8 @@ class Listener:
         self.topology = topology
         self.me = me
         self.ctx = server_context(topology, me)
-        self.ctx.num_tickets = 0  # the accepted side never writes: no session tickets either
+        # the accepted side writes only the one-byte link confirmation: no session tickets
+        self.ctx.num_tickets = 0
         self.sock = _bind_with_retry(me, min(5.0, topology.connect_timeout))
         self.sock.settimeout(0.2)
         self._arrivals: queue.Queue[_Incoming] = queue.Queue()
@@ -242,6 +247,9 @@ class Listener:
                     f"hello claims party {pid} but the certificate is for party {cert_id}"
                 )
             tls.settimeout(0.5)
+            if self._closed.is_set():  # closed while we shook hands: nobody will claim it
+                tls.close()
+                return
             # the digest is checked by the session, which knows which parties take part
             self._arrivals.put(_Incoming(pid, tls, nonce, digest))
         except (OSError, ssl.SSLError, HandshakeError) as e:
@@ -279,13 +287,34 @@ class Listener:
         return got
 
     def close(self) -> None:
+        """Stop accepting; when this returns the port refuses new connections.
+
+        A plain ``close`` is not enough: the accept thread's pending poll keeps the kernel
+        socket alive, and a peer dialling in that window would land in a dead listener.
+        """
         self._closed.set()
-        for inc in self._held.values():
-            inc.sock.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept thread on Linux
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
             pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        stale = list(self._held.values())
+        self._held.clear()
+        while True:
+            try:
+                stale.append(self._arrivals.get_nowait())
+            except queue.Empty:
+                break
+        for inc in stale:
+            try:
+                inc.sock.close()
+            except OSError:
+                pass
 
 
 class TlsTransport(Transport):
@@ -368,6 +397,7 @@ class TlsTransport(Transport):
                 )
             nonces[peer] = inc.nonce
             self._in[peer] = inc.sock
+        self._confirm_links(deadline)
         # fresh per session and equal at every party: hash of every member's random nonce
         h = hashlib.sha256(b"secinfer-session-v1")
         for i in ids:
@@ -378,6 +408,32 @@ class TlsTransport(Transport):
                                  name=f"reader-{self.party_id}<-{peer}")
             t.start()
             self._readers.append(t)
+
+    def _confirm_links(self, deadline: float) -> None:
+        """Each side acknowledges the links it accepted and waits for its own dials to be
+        acknowledged, so a dial that landed in a stale listener (a previous session's, about
+        to close) fails here instead of leaving a half-open session that waits forever."""
+        for peer, sock in self._in.items():
+            try:
+                sock.settimeout(max(1.0, deadline - time.monotonic()))
+                sock.sendall(_LINK_ACK)
+                sock.settimeout(0.5)
+            except OSError as e:
+                raise PeerDisconnected(self.peer_name(peer), f"dropped the link ({e})") from e
+        for peer, sock in self._out.items():
+            try:
+                sock.settimeout(max(1.0, deadline - time.monotonic()))
+                got = sock.recv(len(_LINK_ACK))
+            except TimeoutError:
+                raise PeerTimeout(self.peer_name(peer), self.topology.connect_timeout,
+                                  "never confirmed our link") from None
+            except OSError as e:
+                raise PeerDisconnected(self.peer_name(peer),
+                                       f"dropped our link before confirming it ({e})") from e
+            if got != _LINK_ACK:
+                raise PeerDisconnected(self.peer_name(peer),
+                                       "closed our link before confirming it (a stale listener?)")
+            sock.settimeout(self.topology.timeout)
 
     # -- data path
     def send(self, peer: int, tensor: torch.Tensor) -> int:
@@ -471,6 +527,10 @@ class TlsTransport(Transport):
         if self._closed.is_set():
             return
         self._closed.set()
+        # the listener first: once a peer sees our links drop it may dial again at once, and
+        # must find the port closed rather than a listener that is about to go
+        if self._own_listener:
+            self.listener.close()
         for sock in [*self._out.values(), *self._in.values()]:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -483,5 +543,3 @@ class TlsTransport(Transport):
         # readers must be gone before the interpreter finalises (torch aborts otherwise)
         for t in self._readers:
             t.join(timeout=2.0)
-        if self._own_listener:
-            self.listener.close()
