@@ -19,7 +19,13 @@ from secinfer.tee.mask import (
     unpermute_output,
     wrap,
 )
-from secinfer.tee.monitor import check, draw_fingerprints, mix
+from secinfer.tee.monitor import (
+    check,
+    checksum_pass,
+    draw_checksum_vectors,
+    draw_fingerprints,
+    mix,
+)
 
 M = 1 << 32
 
@@ -129,3 +135,54 @@ def test_masked_fingerprints_look_like_masked_real_items(gen: torch.Generator) -
     raw = mixed.items
     assert ks_2samp(raw[is_fp].flatten().double().numpy(),
                     raw[~is_fp].flatten().double().numpy()).pvalue < 1e-10
+
+
+def _checksum_layers(gen: torch.Generator) -> list[tuple[LinearSpec, tuple[int, ...]]]:
+    def w(*shape: int) -> torch.Tensor:
+        return torch.randint(-127, 128, shape, generator=gen).to(torch.int8)
+
+    return [
+        (LinearSpec("fc", w(7, 20), torch.empty(0), "linear"), (20,)),
+        (LinearSpec("conv", w(6, 3, 3, 3), torch.empty(0), "conv", (2, 2), (1, 1)), (3, 9, 9)),
+        (LinearSpec("dw", w(4, 1, 3, 3), torch.empty(0), "conv", (1, 1), (1, 1), groups=4),
+         (4, 5, 5)),
+        (LinearSpec("g2", w(6, 2, 1, 1), torch.empty(0), "conv", groups=2), (4, 3, 3)),
+    ]
+
+
+def test_checksums_pass_honest_results_and_catch_changes(gen: torch.Generator) -> None:
+    trials, n, k = 5, 3, 3
+    for spec, item in _checksum_layers(gen):
+        x = torch.randint(-255, 256, (trials * n, *item), generator=gen)
+        r = ring_linear(spec, x, spec.weight).to(torch.int64)  # exact accumulators mod 2^32
+        r = r.view(trials, n, *r.shape[1:])
+        s = draw_checksum_vectors(trials, k, spec.out_channels, gen)
+        xv = x.view(trials, n, *item)
+        assert checksum_pass(spec, spec.weight, xv, r, s).all(), spec.name
+        bad = r.clone().view(trials, n, -1)
+        bad[1, 2, 5] += 1  # one odd error: escapes with probability 2^-(32 k)
+        bad[3, 0, 0] += 12345
+        ok = checksum_pass(spec, spec.weight, xv, bad.view_as(r), s)
+        assert ok.sum() == trials * n - 2 and not ok[1, 2] and not ok[3, 0], spec.name
+
+
+def test_checksum_escape_rate_for_top_bit_flips_is_one_half_per_vector(
+        gen: torch.Generator) -> None:
+    spec, item = _checksum_layers(gen)[1]
+    trials = 4000
+    x = torch.randint(-255, 256, (trials, *item), generator=gen)
+    r = ring_linear(spec, x, spec.weight).to(torch.int64).view(trials, 1, -1)
+    r[:, 0, 7] += 1 << 31
+    for k, expect in ((1, 0.5), (2, 0.25)):
+        s = draw_checksum_vectors(trials, k, spec.out_channels, gen)
+        ok = checksum_pass(spec, spec.weight, x.view(trials, 1, *item),
+                           r.view(trials, 1, 6, 5, 5), s)
+        rate = float(ok.double().mean())
+        assert abs(rate - expect) < 4.5 * math.sqrt(expect * (1 - expect) / trials), (k, rate)
+
+
+def test_detection_guarantee_with_checksums() -> None:
+    assert detection_guarantee(1, 2, checksums=2) == pytest.approx(1 - 1 / 28)
+    assert detection_guarantee(8, 0, checksums=3) == pytest.approx(1 - 1 / 8)
+    with pytest.raises(ValueError):
+        detection_guarantee(1, 1, checksums=-1)

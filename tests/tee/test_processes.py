@@ -31,6 +31,8 @@ def test_split_over_tls_is_bit_identical(
                                {"bundle": str(tmp_path / "device")}), timeout=120)
     assert torch.equal(res["logits"], qm.forward(x))
     assert torch.equal(res["logits"], res["reference"])
-    batches, calls, checked, failed, alarms, inline = res["stats"].tolist()
+    batches, calls, checked, failed, alarms, inline, summed, sum_failed = res["stats"].tolist()
     assert (batches, calls, checked, failed, alarms, inline) == (3, 15, 30, 0, 0, 0)
+    # batches of 3, 3 and 1 queries, each with 3 * 2 fingerprints, through 5 layers
+    assert sum_failed == 0 and summed == (9 + 9 + 7) * 5
     assert costs[1]["<total>"]["bytes_recv"] > 0  # the device received real tensors

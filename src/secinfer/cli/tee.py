@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--limit", type=int, default=None)
             p.add_argument("--batch", type=int, default=32)
             p.add_argument("--triples", type=int, default=2)
+            p.add_argument("--checksums", type=int, default=2)
         else:
             p.add_argument("--fault", default="none")
             p.add_argument("--target", default="one")
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--triples", type=int, default=2)
+    p.add_argument("--checksums", type=int, default=2)
     p.add_argument("--fault", default="none")
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(handler=_run)
@@ -75,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, default=10000)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--triples", type=int, default=2)
+    p.add_argument("--checksums", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(handler=_faults)
 
@@ -147,10 +150,10 @@ def _party(args: argparse.Namespace) -> int:
         if args.role == "enclave":
             res = programs.enclave(s, str(args.bundle), inputs=args.inputs, dataset=args.dataset,
                                    limit=args.limit, batch=args.batch, triples=args.triples,
-                                   peer=args.peer)
+                                   checksums=args.checksums, peer=args.peer)
             st = res["stats"].tolist()
             print(f"enclave: {st[0]} batches, {st[1]} layer calls, {st[2]} triples checked, "
-                  f"{st[3]} failed, {st[4]} alarms")
+                  f"{st[3]} failed, {st[6]} item checksums, {st[7]} failed, {st[4]} alarms")
             if "labels" in res:
                 acc = float((res["logits"].argmax(1) == res["labels"]).double().mean()) * 100
                 print(f"enclave: accuracy {acc:.2f}% on {len(res['labels'])} queries")
@@ -170,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     from secinfer.tee.experiments import run_split_fmnist
 
     _dump(args.json, run_split_fmnist(args.bundle_dir, args.limit, args.batch, args.triples,
-                                      args.fault))
+                                      args.fault, args.checksums))
     return 0
 
 
@@ -178,7 +181,8 @@ def _faults(args: argparse.Namespace) -> int:
     _threads(args)
     from secinfer.tee.experiments import fault_campaign
 
-    _dump(args.json, fault_campaign(args.trials, args.batch, args.triples))
+    _dump(args.json, fault_campaign(args.trials, args.batch, args.triples,
+                                       args.checksums))
     return 0
 
 

@@ -23,16 +23,17 @@ __all__ = ["enclave_bench", "device_bench"]
 
 def enclave_bench(session: Session, bundles: list[str], batches: list[int],
                   triples: list[int], item: list[int], reps: int = 2,
-                  peer: int = 1) -> dict[str, torch.Tensor]:
+                  peer: int = 1, checksums: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Per variant ``k``: median online seconds, offline seconds, and equality with int8."""
     if not (len(bundles) == len(batches) == len(triples)):
         raise ValueError("bundles, batches and triples must have one entry per variant")
     gen = secure_generator()
+    sums = checksums if checksums is not None else [2] * len(bundles)
     online, offline, equal = [], [], []
     loaded: dict[str, EnclaveBundle] = {}
     for k, (path, b, t) in enumerate(zip(bundles, batches, triples, strict=True)):
         eb = loaded.setdefault(path, EnclaveBundle.load(path))
-        enc = Enclave(eb, MonitorConfig(t))
+        enc = Enclave(eb, MonitorConfig(t, sums[k]))
         x = torch.randn((b, *item), generator=gen)
         times, pre = [], []
         with session.op(f"v{k}"):

@@ -25,7 +25,7 @@ __all__ = ["CMD_STOP", "CMD_LINEAR", "FAULT_KINDS", "Fault", "Device"]
 
 CMD_STOP = 0
 CMD_LINEAR = 1
-FAULT_KINDS = ("none", "noise", "element", "scale", "skip", "replay")
+FAULT_KINDS = ("none", "noise", "element", "scale", "skip", "replay", "msb")
 
 
 @dataclass
@@ -35,9 +35,11 @@ class Fault:
     ``kind``: ``noise`` adds uniform [0, 127) integers (the seed's attack), ``element`` changes one
     element by a nonzero amount, ``scale`` doubles results, ``skip`` returns the masked input in
     place of the layer output (cropped or tiled to its shape), ``replay`` returns the result of
-    the previous batch of the same layer. ``target``: ``one`` corrupts one item per batch, chosen
-    uniformly (the device cannot tell fingerprints from real items, so no choice does better);
-    ``all`` corrupts every item. ``rate``: probability that a given layer call is corrupted.
+    the previous batch of the same layer, ``msb`` flips the top bit of one element (adds 2^31:
+    the error that secret checksums catch least often, see ``monitor.py``). ``target``: ``one``
+    corrupts one item per batch, chosen uniformly (the device cannot tell fingerprints from real
+    items, so no choice does better); ``all`` corrupts every item. ``rate``: probability that a
+    given layer call is corrupted.
     """
 
     kind: str = "none"
@@ -71,6 +73,12 @@ class Fault:
             delta = torch.randint(1, 128, (t, n), generator=gen)
             alt = flat.clone()
             alt.scatter_add_(2, pos.unsqueeze(2), delta.unsqueeze(2))
+            alt = alt.reshape(rr.shape)
+        elif self.kind == "msb":
+            flat = rr.reshape(t, n, -1)
+            pos = torch.randint(0, flat.shape[2], (t, n), generator=gen)
+            alt = flat.clone()
+            alt.scatter_add_(2, pos.unsqueeze(2), torch.full((t, n, 1), 1 << 31))
             alt = alt.reshape(rr.shape)
         elif self.kind == "scale":
             alt = rr * 2

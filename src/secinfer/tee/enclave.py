@@ -11,8 +11,9 @@ and oblivious fingerprints; see ``mask.py`` and ``monitor.py`` for the pieces):
 4. Receive ``r``; subtract the decode key ``conv(m, W_dev)`` (precomputed offline by
    :meth:`Enclave.precompute`, or computed inline when the pool is empty), undo the output
    permutation and the shuffle.
-5. Check every fingerprint triple exactly; a failure raises :class:`IntegrityError` (or is
-   counted, in ``record`` mode for experiments). The ``B`` real accumulators are dequantized with
+5. Check every fingerprint triple exactly, and every item against ``k`` fresh secret checksum
+   vectors (``monitor.py``); a failure raises :class:`IntegrityError` (or is counted, in
+   ``record`` mode for experiments). The ``B`` real accumulators are dequantized with
    the secret scales and biases, and the program continues on the trusted side.
 
 Threat model: the enclave (and the user who sends it the input) is trusted; on an SGX host it
@@ -34,7 +35,15 @@ from ..net.session import Session
 from .bundle import EnclaveBundle
 from .device import CMD_LINEAR, CMD_STOP
 from .mask import permute_input, ring_linear, ring_random, secure_generator, unpermute_output, wrap
-from .monitor import IntegrityError, MonitorConfig, check, draw_fingerprints, mix
+from .monitor import (
+    IntegrityError,
+    MonitorConfig,
+    check,
+    checksum_pass,
+    draw_checksum_vectors,
+    draw_fingerprints,
+    mix,
+)
 
 __all__ = ["Enclave", "EnclaveStats"]
 
@@ -50,6 +59,8 @@ class EnclaveStats:
     layer_calls: int = 0
     triples_checked: int = 0
     triples_failed: int = 0
+    items_checksummed: int = 0
+    checksums_failed: int = 0  # items whose checksum did not match
     batches: int = 0
     alarms: int = 0  # batches with at least one failed triple
     inline_keys: int = 0  # layer calls whose decode key was not precomputed
@@ -125,18 +136,31 @@ class Enclave:
         if r.dtype != torch.int32 or r.shape[0] != u.shape[0] or r.shape[1:] != ms.key.shape[1:]:
             raise IntegrityError(f"layer {i}: device returned {r.dtype} {tuple(r.shape)}, "
                                  f"expected int32 {tuple(ms.key.shape)}")
-        y = mixed.unshuffle(unpermute_output(wrap(r.to(torch.int64) - ms.key), sec))
+        r_dev = wrap(r.to(torch.int64) - ms.key)
+        y = mixed.unshuffle(unpermute_output(r_dev, sec))
         self.stats.layer_calls += 1
+        problems = []
         if t:
             ok = check(y, mixed.batch, t)
             self.stats.triples_checked += t
             failed = int((~ok).sum())
             if failed:
                 self.stats.triples_failed += failed
-                self._batch_failed = True
-                if self.on_failure == "raise":
-                    raise IntegrityError(f"layer {i} ({qm.program.layers[i].name}): {failed} of "
-                                         f"{t} fingerprint triples failed; result rejected")
+                problems.append(f"{failed} of {t} fingerprint triples failed")
+        if self.monitor.checksums:
+            spec = self.dev.layers[i]
+            s = draw_checksum_vectors(1, self.monitor.checksums, spec.out_channels, self.gen)
+            ok = checksum_pass(spec, spec.weight, sent.unsqueeze(0), r_dev.unsqueeze(0), s)
+            self.stats.items_checksummed += int(ok.numel())
+            failed = int((~ok).sum())
+            if failed:
+                self.stats.checksums_failed += failed
+                problems.append(f"{failed} of {ok.numel()} item checksums failed")
+        if problems:
+            self._batch_failed = True
+            if self.on_failure == "raise":
+                raise IntegrityError(f"layer {i} ({qm.program.layers[i].name}): "
+                                     f"{'; '.join(problems)}; result rejected")
         return qm.dequantize(i, y[: mixed.batch])
 
     def infer(self, session: Session, device: int, x: torch.Tensor) -> torch.Tensor:

@@ -108,11 +108,12 @@ def two_party(enclave: tuple[str, dict[str, Any]], device: tuple[str, dict[str, 
 
 
 def run_split_fmnist(bundle_dir: Path, limit: int | None = None, batch: int = 100,
-                     triples: int = 2, fault: str = "none") -> dict[str, Any]:
+                     triples: int = 2, fault: str = "none",
+                     checksums: int = 2) -> dict[str, Any]:
     """The Fashion-MNIST test set through the split (two processes, mutual TLS)."""
     bundle_dir = Path(bundle_dir).resolve()
     enc_kw = {"bundle": str(bundle_dir / "enclave"), "dataset": "fmnist", "limit": limit,
-              "batch": batch, "triples": triples, "reference": True,
+              "batch": batch, "triples": triples, "checksums": checksums, "reference": True,
               "on_failure": "record"}
     dev_kw = {"bundle": str(bundle_dir / "device"), "fault": fault, "target": "one"}
     res, costs, wall = two_party(("secinfer.tee.programs:enclave", enc_kw),
@@ -120,11 +121,13 @@ def run_split_fmnist(bundle_dir: Path, limit: int | None = None, batch: int = 10
     st = res["stats"].tolist()
     n = len(res["logits"])
     return {
-        "queries": n, "batch": batch, "triples": triples, "fault": fault,
+        "queries": n, "batch": batch, "triples": triples, "checksums": checksums,
+        "fault": fault,
         "bit_identical": bool(torch.equal(res["logits"], res["reference"])),
         "split_accuracy": accuracy(lambda t: t, res["logits"], res["labels"]),
         "batches": st[0], "layer_calls": st[1], "triples_checked": st[2],
         "triples_failed": st[3], "alarms": st[4], "inline_keys": st[5],
+        "items_checksummed": st[6], "checksums_failed": st[7],
         "online_s": float(res["seconds"][0]), "offline_s": float(res["seconds"][1]),
         "wall_s": round(wall, 2),
         "enclave_bytes_sent": costs[0]["<total>"]["bytes_sent"],
@@ -132,12 +135,14 @@ def run_split_fmnist(bundle_dir: Path, limit: int | None = None, batch: int = 10
     }
 
 
-def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2) -> dict[str, Any]:
+def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2,
+                   checksums: int = 2) -> dict[str, Any]:
     """Every fault class (one item and all items) plus an honest run, each ``trials`` trials."""
     rows = []
     for kind in FAULT_KINDS:
         for target in (("one",) if kind == "none" else ("one", "all")):
-            enc_kw = {"trials": trials, "batch": batch, "triples": triples}
+            enc_kw = {"trials": trials, "batch": batch, "triples": triples,
+                      "checksums": checksums}
             dev_kw = {"fault": kind, "target": target}
             res, _, wall = two_party(("secinfer.tee.faults:enclave_trials", enc_kw),
                                      ("secinfer.tee.faults:device_trials", dev_kw))
@@ -149,10 +154,13 @@ def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2) -> dic
                 "false_alarms": int((alarm & ~altered).sum()),
                 "detection_rate": (int((alarm & altered).sum()) / n_alt) if n_alt else None,
                 "undetected_real_corruptions": int(res["undetected_corruption"].sum()),
+                "fingerprint_detections": int((res["fingerprint_alarm"] & altered).sum()),
+                "checksum_detections": int((res["checksum_alarm"] & altered).sum()),
                 "seconds": round(wall, 1),
             })
-    return {"batch": batch, "triples": triples,
-            "guarantee": detection_guarantee(batch, triples), "rows": rows}
+    return {"batch": batch, "triples": triples, "checksums": checksums,
+            "guarantee": detection_guarantee(batch, triples, checksums=checksums),
+            "guarantee_fingerprints_only": detection_guarantee(batch, triples), "rows": rows}
 
 
 def stealing_experiment(weights: Path, frac: float = 0.01, thief_epochs: int = 30,

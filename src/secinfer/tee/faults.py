@@ -6,7 +6,8 @@ channel permutation. Trials are vectorised: the enclave sends ``T`` trials' inpu
 the device (its own process, :func:`device_trials`) computes them and applies its :class:`Fault`
 to each trial independently, and the enclave checks each trial. Per trial we record whether the
 monitor raised an alarm, whether the device altered any result (the enclave knows the
-honest values: it is the test harness), and whether a real result came back wrong.
+honest values: it is the test harness), whether a real result came back wrong, and which
+check fired (fingerprints, checksums).
 
 Wire protocol (enclave -> device): ``int64 [T, N]`` (``T = 0`` stops), then ``u`` int32
 ``(T * N, C, H, W)``; device -> enclave: ``r`` int32 ``(T * N, O, H', W')``.
@@ -28,7 +29,12 @@ from .mask import (
     unpermute_output,
     wrap,
 )
-from .monitor import detection_guarantee, draw_fingerprints
+from .monitor import (
+    checksum_pass,
+    detection_guarantee,
+    draw_checksum_vectors,
+    draw_fingerprints,
+)
 
 __all__ = ["trial_layer", "enclave_trials", "device_trials"]
 
@@ -42,17 +48,20 @@ def trial_layer(gen: torch.Generator) -> tuple[LinearSpec, LayerSecret, torch.Te
 
 
 def enclave_trials(session: Session, trials: int = 10000, batch: int = 1, triples: int = 2,
-                   chunk: int = 2500, peer: int = 1) -> dict[str, torch.Tensor]:
-    """Run ``trials`` checked layer batches against the device; per-trial flags come back."""
-    if trials < 1 or batch < 1 or triples < 1 or chunk < 1:
-        raise ValueError("trials, batch, triples and chunk must all be >= 1")
+                   chunk: int = 2500, peer: int = 1, checksums: int = 2) -> dict[str, torch.Tensor]:
+    """Run ``trials`` checked layer batches against the device; per-trial flags come back.
+
+    Each trial draws its own fingerprints, shuffle, masks and checksum vectors.
+    """
+    if trials < 1 or batch < 1 or triples < 1 or chunk < 1 or checksums < 0:
+        raise ValueError("trials, batch, triples and chunk must all be >= 1, checksums >= 0")
     gen = secure_generator()
     # The device's weights arrive with the device's own bundle in real use; here the enclave
     # sends them once so both processes share one random layer per campaign.
     spec, sec, true_w = trial_layer(gen)
     session.send(peer, spec.weight)  # only the permuted int8 weight, as in provisioning
     n, item = batch + 3 * triples, (4, 6, 6)
-    alarms, altered, corrupt, undetected = [], [], [], []
+    alarms, altered, corrupt, undetected, fp_alarms, ck_alarms = [], [], [], [], [], []
     done = 0
     while done < trials:
         tt = min(chunk, trials - done)
@@ -72,10 +81,21 @@ def enclave_trials(session: Session, trials: int = 10000, batch: int = 1, triple
         r = session.recv(peer)
         if r.shape != key.shape or r.dtype != torch.int32:
             raise ValueError(f"device returned {r.dtype} {tuple(r.shape)}")
-        y = unpermute_output(wrap(r.to(torch.int64) - key), sec).reshape(tt, n, -1)
+        r_dev = wrap(r.to(torch.int64) - key)
+        if checksums:
+            s = draw_checksum_vectors(tt, checksums, spec.out_channels, gen)
+            ck_ok = checksum_pass(spec, spec.weight, sent.view(tt, n, *item),
+                                  r_dev.view(tt, n, *r_dev.shape[1:]), s)
+            ck_alarm = (~ck_ok).any(dim=1)
+        else:
+            ck_alarm = torch.zeros(tt, dtype=torch.bool)
+        y = unpermute_output(r_dev, sec).reshape(tt, n, -1)
         y = torch.gather(y, 1, torch.argsort(order, dim=1).unsqueeze(2).expand(-1, -1, y.shape[2]))
         fp = y[:, batch:].reshape(tt, triples, 3, -1)
-        alarm = (wrap(fp[:, :, 0] + fp[:, :, 1] - fp[:, :, 2]) != 0).any(dim=2).any(dim=1)
+        fp_alarm = (wrap(fp[:, :, 0] + fp[:, :, 1] - fp[:, :, 2]) != 0).any(dim=2).any(dim=1)
+        alarm = fp_alarm | ck_alarm
+        fp_alarms.append(fp_alarm)
+        ck_alarms.append(ck_alarm)
         honest_spec = LinearSpec("trial", true_w, torch.empty(0), "conv", (1, 1), (1, 1))
         honest = ring_linear(honest_spec, allx.reshape(tt * n, *item), true_w)
         wrong = (y != honest.to(torch.int64).reshape(tt, n, -1)).any(dim=2)
@@ -89,7 +109,9 @@ def enclave_trials(session: Session, trials: int = 10000, batch: int = 1, triple
         "alarm": torch.cat(alarms), "altered": torch.cat(altered),
         "corrupt_real": torch.cat(corrupt),
         "undetected_corruption": torch.cat(undetected),
-        "guarantee": torch.tensor([detection_guarantee(batch, triples)], dtype=torch.float64),
+        "fingerprint_alarm": torch.cat(fp_alarms), "checksum_alarm": torch.cat(ck_alarms),
+        "guarantee": torch.tensor([detection_guarantee(batch, triples, checksums=checksums)],
+                                  dtype=torch.float64),
     }
 
 

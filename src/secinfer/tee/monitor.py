@@ -26,6 +26,25 @@ in every coordinate; with independent masks under the errors this is negligible,
 by ``faults.py``. A query crossing ``L`` layers, corrupted at each, escapes with ``(B/N)^L``.
 
 Cost: ``3t`` extra items per layer batch, i.e. a factor ``(B + 3t) / B`` in device work and bytes.
+
+Checksums (beyond the seed; Freivalds' check over Z_{2^32}): fingerprints alone catch a
+one-item alteration with probability exactly ``3t / N``, no more. So the enclave also draws
+``k`` secret vectors ``s_1..s_k`` uniform on Z_{2^32}^O per layer batch, never sent, and checks
+for every item that ``sum_o s_o r[o] == conv(x, sum_o s_o W[o]) (mod 2^32)``, where ``r`` is the
+unmasked device result and ``x`` the (unmasked) input it sent. An honest result always passes.
+For any nonzero error row ``e`` (over output channels, at one item and position) whose
+smallest 2-adic valuation is ``v``, ``sum_o s_o e_o`` is uniform on ``2^v Z_{2^32}``, so it
+escapes one vector with probability ``2^(v - 32) <= 1/2`` and all ``k`` with at most ``2^-k``.
+The vectors are independent of everything the device sees and of the fingerprint positions, so:
+
+* any alteration of any result escapes with probability at most ``2^-k``;
+* a one-item alteration escapes with probability at most ``(B / N) 2^-k``
+  (:func:`detection_guarantee`); an error of odd value (``v = 0``) escapes with ``(B/N) 2^-32k``.
+
+The bound ``2^-k`` is reached only by errors that are multiples of ``2^31`` (the top bit of an
+element flipped); ``faults.py`` has that fault (``msb``) to show it.
+Cost: two convolutions with ``k`` output channels on the trusted side (16-bit limbs keep them
+exact in float64), instead of ``O``; nothing extra on the device or the wire.
 """
 
 from __future__ import annotations
@@ -35,7 +54,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .mask import wrap
+from .graph import LinearSpec
+from .mask import ring_random, wrap
 
 __all__ = [
     "MonitorConfig",
@@ -46,6 +66,8 @@ __all__ = [
     "check",
     "detection_guarantee",
     "triples_for",
+    "draw_checksum_vectors",
+    "checksum_pass",
 ]
 
 
@@ -55,23 +77,37 @@ class IntegrityError(RuntimeError):
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """``triples`` fingerprint triples per layer batch (0 disables the monitor: insecure)."""
+    """``triples`` fingerprint triples and ``checksums`` secret checksum vectors per layer batch.
+
+    Both 0 disables the monitor (insecure: results are unchecked).
+    """
 
     triples: int = 2
+    checksums: int = 2
 
     def __post_init__(self) -> None:
         if self.triples < 0:
             raise ValueError(f"triples must be >= 0, got {self.triples}")
+        if not 0 <= self.checksums <= 64:
+            raise ValueError(f"checksums must be in [0, 64], got {self.checksums}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.triples > 0 or self.checksums > 0
 
 
-def detection_guarantee(batch: int, triples: int, altered: int = 1) -> float:
-    """Probability that altering ``altered`` of ``batch + 3*triples`` results hits a fingerprint."""
-    if batch < 0 or triples < 0 or altered < 1:
-        raise ValueError("need batch >= 0, triples >= 0, altered >= 1")
+def detection_guarantee(batch: int, triples: int, altered: int = 1, checksums: int = 0) -> float:
+    """Lower bound on the probability that altering ``altered`` of ``batch + 3*triples`` results
+    raises an alarm, with ``checksums`` secret checksum vectors.
+
+    With ``checksums == 0`` and ``altered == 1`` it is exact: ``3t / N``.
+    """
+    if batch < 0 or triples < 0 or altered < 1 or checksums < 0:
+        raise ValueError("need batch >= 0, triples >= 0, altered >= 1, checksums >= 0")
     n = batch + 3 * triples
     if altered > n:
         raise ValueError(f"cannot alter {altered} of {n} results")
-    return 1.0 - math.comb(batch, altered) / math.comb(n, altered)
+    return 1.0 - math.comb(batch, altered) / math.comb(n, altered) * 2.0 ** -checksums
 
 
 def triples_for(batch: int, target: float) -> int:
@@ -126,3 +162,72 @@ def check(results: torch.Tensor, batch: int, triples: int) -> torch.Tensor:
     """Per-triple pass flags (bool ``(t,)``) for unmasked, unshuffled ring results."""
     fp = results[batch:].to(torch.int64).reshape(triples, 3, -1)
     return (wrap(fp[:, 0] + fp[:, 1] - fp[:, 2]) == 0).all(dim=1)
+
+
+def draw_checksum_vectors(trials: int, checksums: int, out_channels: int,
+                          gen: torch.Generator) -> torch.Tensor:
+    """``(T, k, O)`` secret vectors uniform on Z_{2^32} (signed int64 representatives)."""
+    return ring_random((trials, checksums, out_channels), gen)
+
+
+def _split_limbs(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k = hi * 2^16 + lo`` for ring elements: ``lo`` in [0, 2^16), ``hi`` in [-2^15, 2^15)."""
+    k = wrap(k)
+    lo = torch.remainder(k, 1 << 16)
+    return (k - lo) // (1 << 16), lo
+
+
+def _ring_apply(layer: LinearSpec, x: torch.Tensor, k: torch.Tensor, groups: int) -> torch.Tensor:
+    """``layer``'s map of small-integer ``x`` by ring kernel ``k`` (``groups`` groups), mod 2^32.
+
+    Two float64 passes over 16-bit limbs; each partial sum is below ``fan_in * 2^8 * 2^16``.
+    """
+    if x.numel() and int(x.abs().max()) > 1 << 10:
+        raise ValueError("checksum inputs must be small integers (centered int8 activations)")
+    if int(k[0].numel()) >= 1 << 27:
+        raise ValueError(f"layer {layer.name!r}: fan-in too wide for exact checksums")
+    xd = x.to(torch.float64)
+    hi, lo = _split_limbs(k)
+    if layer.kind == "linear":
+        def run(w: torch.Tensor) -> torch.Tensor:
+            return torch.bmm(xd, w.to(torch.float64).transpose(1, 2)).to(torch.int64)
+    else:
+        def run(w: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.conv2d(xd, w.to(torch.float64), None, layer.stride,
+                                              layer.padding, layer.dilation,
+                                              groups).to(torch.int64)
+    return wrap(run(hi) * (1 << 16) + run(lo))
+
+
+def checksum_pass(layer: LinearSpec, weight: torch.Tensor, x: torch.Tensor, r: torch.Tensor,
+                  s: torch.Tensor) -> torch.Tensor:
+    """Per-item pass flags ``(T, n)`` of the checksum check.
+
+    ``weight``: the layer's int8 weight in the order the device used; ``x``: ``(T, n, *in)``
+    centered inputs as sent (unmasked, device layout); ``r``: ``(T, n, *out)`` unmasked device
+    results; ``s``: ``(T, k, O)`` from :func:`draw_checksum_vectors`. Vectorised over trials.
+    """
+    t, n = int(x.shape[0]), int(x.shape[1])
+    k, o = int(s.shape[1]), int(s.shape[2])
+    w = weight.to(torch.int64)
+    rr = r.to(torch.int64)
+    spatial = [1] * (rr.dim() - 3)
+    # left side: sum_o s_o r[o]; int64 products wrap mod 2^64, which is exact mod 2^32
+    lhs = wrap((rr.unsqueeze(2) * s.view(t, 1, k, o, *spatial)).sum(dim=3))
+    if layer.kind == "linear":
+        kern = wrap((s.unsqueeze(-1) * w.view(1, 1, o, -1)).sum(dim=2))  # (T, k, I)
+        rhs = _ring_apply(layer, x, kern, 1)
+    elif layer.groups == 1:
+        kern = wrap((s.view(t, k, o, 1, 1, 1) * w.unsqueeze(0).unsqueeze(0)).sum(dim=2))
+        xin = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
+        out = _ring_apply(layer, xin, kern.reshape(t * k, *w.shape[1:]), t)
+        rhs = out.view(n, t, k, *out.shape[2:]).transpose(0, 1)
+    else:  # grouped conv: scale each output channel's kernel, sum the outputs over channels
+        g = layer.groups
+        kern = wrap(s.view(t, k, o, 1, 1, 1) * w.unsqueeze(0).unsqueeze(0))  # (T, k, O, ...)
+        kern = kern.view(t, k, g, o // g, *w.shape[1:]).transpose(1, 2)
+        xin = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
+        out = _ring_apply(layer, xin, kern.reshape(t * g * k * (o // g), *w.shape[1:]), t * g)
+        out = out.view(n, t, g, k, o // g, *out.shape[2:]).sum(dim=(2, 4))
+        rhs = wrap(out).transpose(0, 1)
+    return (wrap(lhs - rhs) == 0).reshape(t, n, -1).all(dim=2)

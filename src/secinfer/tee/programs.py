@@ -49,11 +49,12 @@ def load_queries(inputs: str | None, dataset: str | None,
 def enclave(session: Session, bundle: str, inputs: str | None = None,
             dataset: str | None = None, limit: int | None = None, batch: int = 32,
             triples: int = 2, reference: bool = False, precompute: bool = True,
-            on_failure: str = "raise", peer: int = 1) -> dict[str, torch.Tensor]:
+            on_failure: str = "raise", peer: int = 1,
+            checksums: int = 2) -> dict[str, torch.Tensor]:
     """Run every query through the split with the device at party ``peer``."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    enc = Enclave(EnclaveBundle.load(bundle), MonitorConfig(triples), on_failure)
+    enc = Enclave(EnclaveBundle.load(bundle), MonitorConfig(triples, checksums), on_failure)
     x, y = load_queries(inputs, dataset, limit)
     outs, refs = [], []
     online = offline = 0.0
@@ -75,7 +76,9 @@ def enclave(session: Session, bundle: str, inputs: str | None = None,
     result = {
         "logits": torch.cat(outs),
         "stats": torch.tensor([st.batches, st.layer_calls, st.triples_checked,
-                               st.triples_failed, st.alarms, st.inline_keys], dtype=torch.int64),
+                               st.triples_failed, st.alarms, st.inline_keys,
+                               st.items_checksummed, st.checksums_failed],
+                              dtype=torch.int64),
         "seconds": torch.tensor([online, offline], dtype=torch.float64),
     }
     if y is not None:
