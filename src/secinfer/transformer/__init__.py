@@ -1,6 +1,25 @@
-"""Secure BERT-family transformer inference on secret shares (SecLMM-style, issue 7)."""
+"""Secure BERT-family and CLIP transformer inference on secret shares (SecLMM-style, issue 7)."""
 
-from .layer import SecureLayer, SecureTransformerConfig, secure_layer_forward, share_layer
+from .clip import (
+    SecureClip,
+    SecureClipResult,
+    clip_program,
+    l2_normalise,
+    secure_clip,
+    secure_clip_logits,
+    secure_image_tower,
+    secure_text_tower,
+    share_clip,
+)
+from .clip_weights import ClipDims, ClipUserSide, ClipWeights, capture_clip, eos_positions, patchify
+from .layer import (
+    SecureLayer,
+    SecureTransformerConfig,
+    secure_attention,
+    secure_layer_forward,
+    secure_prenorm_layer_forward,
+    share_layer,
+)
 from .model import (
     EncoderDims,
     SecureEncoder,
@@ -24,6 +43,10 @@ from .weights import (
 )
 
 __all__ = [
+    "ClipDims", "ClipUserSide", "ClipWeights", "SecureClip", "SecureClipResult",
+    "capture_clip", "clip_program", "eos_positions", "l2_normalise", "patchify",
+    "secure_attention", "secure_clip", "secure_clip_logits", "secure_image_tower",
+    "secure_prenorm_layer_forward", "secure_text_tower", "share_clip",
     "Embeddings", "EncoderDims", "EncoderWeights", "LayerWeights", "SecureEncoder",
     "SecureLayer", "SecureTransformerConfig", "capture_bert", "encoder_forward", "mean_pool",
     "plain_encoder", "plain_layer", "pool_normalise", "random_encoder", "receive_output",

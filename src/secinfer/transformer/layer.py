@@ -10,6 +10,10 @@ Protocol of one layer (x: shares [B, S, H]; keep: the public attention mask [B, 
   6. h2 = act(h1 W_1^T + b_1) W_2^T + b_2, act = GELU (tanh form) or SecLMM ``sig``
      (x sig(1.702 x), the piecewise-polynomial sigmoid); 7. out = LayerNorm(h2 + h1).
 
+:func:`secure_prenorm_layer_forward` is the pre-norm variant (CLIP): the same steps 1-4 and
+6 (:func:`secure_attention`), with the LayerNorms before attention and MLP and plain
+residuals x + attn(LN1(x)), h + MLP(LN2(h)); its masks may also be [B, S, S] (causal).
+
 Paper followed: SecLMM (seeds-study section 1) for the activation switches, PUMA (Dong et al.
 2023) for the softmax and LayerNorm structure, the 3-party engine of :mod:`secinfer.mpc`.
 
@@ -26,12 +30,13 @@ import torch
 
 from ..mpc.config import MPCConfig
 from ..mpc.engine import MPCEngine, PreparedWeight
-from ..mpc.nonlinear import NonlinearConfig, gelu, quick_gelu_sig
+from ..mpc.nonlinear import NonlinearConfig, gelu, quick_gelu, quick_gelu_sig
 from ..mpc.nonlinear_norm import layer_norm, softmax, softmax_quant
 from ..mpc.share import Share
 from .weights import HiddenAct, LayerWeights, SoftmaxAct
 
-__all__ = ["SecureTransformerConfig", "SecureLayer", "share_layer", "layer_shapes"]
+__all__ = ["SecureTransformerConfig", "SecureLayer", "share_layer", "layer_shapes",
+           "secure_attention", "secure_layer_forward", "secure_prenorm_layer_forward"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,37 @@ def _heads(x: Share, b: int, s: int, heads: int) -> Share:
     return x.reshape(b, s, heads, -1).permute(0, 2, 1, 3).contiguous()
 
 
+def _attention_mask(keep: torch.Tensor, b: int, s: int) -> torch.Tensor:
+    """Public keep bits [B, S] (padding) or [B, S, S] (e.g. causal AND padding, query x key)
+    as a float mask broadcasting to the scores [B, heads, S, S]."""
+    if tuple(keep.shape) == (b, s):
+        return keep.to(torch.float64).reshape(b, 1, 1, s)
+    if tuple(keep.shape) == (b, s, s):
+        return keep.to(torch.float64).reshape(b, 1, s, s)
+    raise ValueError(f"attention mask shape {tuple(keep.shape)} is neither (batch, seq) "
+                     f"{(b, s)} nor (batch, seq, seq) {(b, s, s)}")
+
+
+def secure_attention(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: torch.Tensor,
+                     cfg: SecureTransformerConfig) -> Share:
+    """Steps 1-4 of the module docstring (multi-head self-attention with the output
+    projection). x: shares [B, S, H]; keep: public [B, S] or [B, S, S] of 0/1."""
+    b, s, h = x.shape
+    km = _attention_mask(keep, b, s)
+    p, bs, nl = lyr.prepared, lyr.biases, cfg.nonlinear
+    with engine.session.op("qkv"):
+        qkv = engine.linear(x, p["qkv_w"], bs["qkv_b"])
+        q, k, v = (_heads(qkv[..., i * h : (i + 1) * h], b, s, lyr.heads) for i in range(3))
+    with engine.session.op("scores"):
+        scores = engine.matmul(q, k.transpose(-1, -2).contiguous())
+    with engine.session.op("softmax"):
+        sm = softmax_quant if cfg.softmax_act == "quant" else softmax
+        probs = sm(engine, scores, km, nl)
+    with engine.session.op("context"):
+        ctx = engine.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, s, h)
+        return engine.linear(ctx, p["out_w"], bs["out_b"])
+
+
 def secure_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: torch.Tensor,
                          cfg: SecureTransformerConfig) -> Share:
     """Steps 1-7 of the module docstring. x: shares [B, S, H]; keep: public [B, S] of 0/1."""
@@ -125,18 +161,7 @@ def secure_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: to
     if tuple(keep.shape) != (b, s):
         raise ValueError(f"attention mask shape {tuple(keep.shape)} != (batch, seq) {(b, s)}")
     p, bs, nl = lyr.prepared, lyr.biases, cfg.nonlinear
-    with engine.session.op("qkv"):
-        qkv = engine.linear(x, p["qkv_w"], bs["qkv_b"])
-        q, k, v = (_heads(qkv[..., i * h : (i + 1) * h], b, s, lyr.heads) for i in range(3))
-    with engine.session.op("scores"):
-        scores = engine.matmul(q, k.transpose(-1, -2).contiguous())
-    km = keep.to(torch.float64).reshape(b, 1, 1, s)
-    with engine.session.op("softmax"):
-        sm = softmax_quant if cfg.softmax_act == "quant" else softmax
-        probs = sm(engine, scores, km, nl)
-    with engine.session.op("context"):
-        ctx = engine.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, s, h)
-        attn = engine.linear(ctx, p["out_w"], bs["out_b"])
+    attn = secure_attention(engine, lyr, x, keep, cfg)
     with engine.session.op("layernorm"):
         h1 = layer_norm(engine, attn + x, p["ln1_w"], bs["ln1_b"], lyr.eps, nl)
     with engine.session.op("ffn"):
@@ -147,3 +172,38 @@ def secure_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: to
         h2 = engine.linear(act, p["ff2_w"], bs["ff2_b"])
     with engine.session.op("layernorm"):
         return layer_norm(engine, h2 + h1, p["ln2_w"], bs["ln2_b"], lyr.eps, nl)
+
+
+def secure_prenorm_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share,
+                                 keep: torch.Tensor, cfg: SecureTransformerConfig,
+                                 native_act: str = "quick_gelu", ln1_shift: int = 0) -> Share:
+    """A pre-norm layer (CLIP, GPT-2 style): h = x + attn(LN1(x)); out = h + MLP(LN2(h)).
+
+    ``ln1``/``ln2`` of the shared layer are the LayerNorms before attention and before the
+    MLP. The MLP activation is the model's ``native_act`` (``"quick_gelu"``: x sigmoid(1.702
+    x); ``"gelu"``: tanh-form GELU) when ``cfg.hidden_act == "gelu"``, and SecLMM's
+    x sig(1.702 x) when it is ``"sig"``. ``ln1_shift`` k computes LN1 on 2^k x with epsilon
+    4^k eps, which is the same function (LayerNorm is scale-invariant) but moves a small
+    input variance (e.g. raw token embeddings, ~4e-4) into the rsqrt's accurate range at
+    f = 16 (a local multiplication, no communication). keep: public [B, S] or [B, S, S].
+    """
+    if native_act not in ("quick_gelu", "gelu"):
+        raise ValueError(f"native_act must be 'quick_gelu' or 'gelu', got {native_act!r}")
+    p, bs, nl = lyr.prepared, lyr.biases, cfg.nonlinear
+    with engine.session.op("layernorm"):
+        xin = x.mul_int(1 << ln1_shift) if ln1_shift else x
+        a = layer_norm(engine, xin, p["ln1_w"], bs["ln1_b"], lyr.eps * 4.0 ** ln1_shift, nl)
+    h1 = x + secure_attention(engine, lyr, a, keep, cfg)
+    with engine.session.op("layernorm"):
+        a2 = layer_norm(engine, h1, p["ln2_w"], bs["ln2_b"], lyr.eps, nl)
+    with engine.session.op("ffn"):
+        ff = engine.linear(a2, p["ff1_w"], bs["ff1_b"])
+    with engine.session.op("activation"):
+        if cfg.hidden_act == "sig":
+            act = quick_gelu_sig(engine, ff)
+        elif native_act == "gelu":
+            act = gelu(engine, ff, nl)
+        else:
+            act = quick_gelu(engine, ff, nl)
+    with engine.session.op("ffn"):
+        return h1 + engine.linear(act, p["ff2_w"], bs["ff2_b"])
