@@ -1,13 +1,16 @@
-"""``secinfer clip zeroshot|fewshot|finetune|report``: SecLMM tasks in plaintext.
+"""``secinfer clip zeroshot|fewshot|finetune|report``: SecLMM tasks, plaintext and on shares.
 
-``--secure`` asks for the same run on secret shares; it needs the MPC engine's non-linear
-layer (``secinfer.mpc.nonlinear``) and a secure plan of the model, and says which is missing.
+``--secure`` also runs a random subset of ``--secure-limit`` test examples on secret shares
+(four thread parties: P0 model owner and server, P1 server, P2 helper, the user): for
+``fmnist-tinyclip`` both CLIP towers and the logits (:mod:`secinfer.transformer.clip`), for
+``bbc`` the MiniLM article embeddings (zero-shot against plaintext prompt embeddings, and the
+linear probe trained on plaintext training embeddings). It prints plaintext and secure
+accuracy on that subset, their agreement and the minimum cosine of the embeddings.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import tempfile
@@ -18,7 +21,8 @@ _COMBOS = [("gelu", "softmax"), ("gelu", "quant"), ("sig", "softmax"), ("sig", "
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("clip", help="SecLMM tasks: zero-shot, few-shot, fine-tuning (plaintext)")
+    p = sub.add_parser("clip", help="SecLMM tasks: zero-shot, few-shot, fine-tuning "
+                                    "(plaintext; --secure on shares)")
     csub = p.add_subparsers(dest="clip_command", required=True, metavar="ACTION")
     for name, help_ in (("zeroshot", "zero-shot accuracy by prompt embeddings"),
                         ("fewshot", "linear probe and N-way K-shot accuracy"),
@@ -37,7 +41,12 @@ def _common(p: argparse.ArgumentParser, combos: bool) -> None:
         p.add_argument("--softmax_act", default="softmax", choices=["softmax", "quant"])
     p.add_argument("--emulate-mpc", action="store_true",
                    help="also use the MPC forms of GELU, exp, reciprocal and LayerNorm")
-    p.add_argument("--secure", action="store_true", help="run on secret shares as well")
+    p.add_argument("--secure", action="store_true",
+                   help="also run a subset of the test set on secret shares")
+    p.add_argument("--secure-limit", type=int, default=None,
+                   help="test examples run on shares (default 50 images, 5 BBC articles)")
+    p.add_argument("--secure-tls", action="store_true",
+                   help="secure parties over real mutual-TLS sockets (default: in memory)")
     p.add_argument("--test-per-class", type=int, default=None)
     p.add_argument("--train-per-class", type=int, default=None)
     p.add_argument("--max-length", type=int, default=128)
@@ -55,17 +64,6 @@ def _common(p: argparse.ArgumentParser, combos: bool) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is much faster on a busy machine)")
-
-
-def _check_secure() -> None:
-    if importlib.util.find_spec("secinfer.mpc.nonlinear") is None:
-        raise NotImplementedError(
-            "--secure needs the MPC engine's non-linear ops (secinfer.mpc.nonlinear: exp, "
-            "reciprocal, rsqrt, softmax, GELU, LayerNorm on shares), which is not in this "
-            "build yet; the plaintext references they must match are in secinfer.clip.approx")
-    raise NotImplementedError(
-        "--secure needs a secure plan of the transformer (attention, LayerNorm and embedding "
-        "on shares), not wired to `secinfer clip` yet")
 
 
 def _row(label: str, res: dict[str, Any], when: str) -> str:
@@ -87,12 +85,35 @@ def _print_table(results: list[dict[str, Any]]) -> None:
         print(_row(r["label"], r, "before"))
         if "after" in r:
             print(_row(r["label"], r, "after"))
+    for r in results:
+        if "secure" in r:
+            _print_secure(r)
+
+
+def _print_secure(r: dict[str, Any]) -> None:
+    s = r["secure"]
+    where = "TLS" if s["tls"] else "in-memory"
+    print(f"secure {r['label']} ({s['when']} fine-tuning), {s['n']} test examples on shares, "
+          f"{where} parties, {s['seconds']:.1f} s:")
+    if r["task"] == "bbc":
+        for name in ("zeroshot", "probe"):
+            m = s[name]
+            print(f"  {name:<8} plaintext {100 * m['plaintext_acc']:6.2f}% | secure "
+                  f"{100 * m['secure_acc']:6.2f}% | agreement {100 * m['agreement']:6.2f}%")
+        print(f"  embedding cosine secure vs plaintext: min {s['min_cosine']:.6f}, "
+              f"mean {s['mean_cosine']:.6f}")
+        return
+    print(f"  zeroshot plaintext {100 * s['plaintext_acc']:6.2f}% | secure "
+          f"{100 * s['secure_acc']:6.2f}% | agreement {100 * s['agreement']:6.2f}%")
+    print(f"  cosine secure vs plaintext: image min {s['min_cosine_image']:.6f}, text min "
+          f"{s['min_cosine_text']:.6f}; max logit error {s['max_logit_error']:.2e}; "
+          f"{s['bytes_inference'] / 1e6:.1f} MB sent (weights {s['bytes_weights'] / 1e6:.1f} MB)")
 
 
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.secure:
-        _check_secure()
+    if args.secure_limit is not None and args.secure_limit < 1:
+        raise ValueError(f"--secure-limit must be positive, got {args.secure_limit}")
     import torch
 
     from secinfer.clip.approx import ApproxConfig
@@ -109,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
         max_length=args.max_length, k_shot=args.k_shot, episodes=args.episodes,
         fewshot_method=args.fewshot_method, ft_epochs=args.ft_epochs, ft_lr=args.ft_lr,
         ft_steps=args.ft_steps, seed=args.seed, clip_folder=args.clip,
-        clip_train_steps=args.clip_train_steps, save_folder=args.save)
+        clip_train_steps=args.clip_train_steps, save_folder=args.save, secure=args.secure,
+        secure_limit=args.secure_limit, secure_tls=args.secure_tls)
     combos = _COMBOS if args.clip_action == "report" else [(args.hidden_act, args.softmax_act)]
     if exp.seed is None:
         import secrets

@@ -3,6 +3,12 @@
 Each function takes an ``ApproxConfig`` and an ``ExperimentConfig`` and returns a JSON-ready
 dict of figures. Data subsets are stratified and drawn with a seeded generator so reports are
 reproducible; the 70/30 split uses ``random_state`` as in ``../shared/data.md``.
+
+With ``ExperimentConfig.secure`` the final model (after fine-tuning when there is one) is
+also run on secret shares for a random subset of ``secure_limit`` test examples (images:
+both CLIP towers on shares; BBC: the article embeddings on shares), and the result gets a
+``"secure"`` entry with plaintext and secure accuracy on that subset, agreement and cosines
+(see :mod:`secinfer.transformer.secure_eval`).
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class ExperimentConfig:
         clip_folder: load this CLIP (HF folder) instead of training a tiny one.
         clip_train_steps: steps of the tiny CLIP's initial training.
         save_folder: save the trained tiny CLIP there (safetensors).
+        secure: also run a subset on secret shares (4 thread parties; see the module doc).
+        secure_limit: that subset's size (None: 50 images for CLIP, 5 articles for BBC).
+        secure_tls: the secure parties talk over real mutual-TLS sockets, not queues.
     """
 
     finetune: bool = False
@@ -78,6 +87,13 @@ class ExperimentConfig:
     clip_folder: str | None = None
     clip_train_steps: int = 300
     save_folder: str | None = None
+    secure: bool = False
+    secure_limit: int | None = None
+    secure_tls: bool = False
+
+    def __post_init__(self) -> None:
+        if self.secure_limit is not None and self.secure_limit < 1:
+            raise ValueError(f"secure_limit must be positive, got {self.secure_limit}")
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -95,11 +111,37 @@ def _bbc_split(exp: ExperimentConfig, seed: int) -> tuple[TextDataset, TextDatas
     return train, test
 
 
+def _secure_subset(n: int, limit: int, seed: int) -> torch.Tensor:
+    """Indices of the secure subset: the first ``limit`` of a seeded permutation."""
+    return torch.randperm(n, generator=_gen(seed + 11))[:limit].sort().values
+
+
+def _secure_cfg(approx: ApproxConfig) -> Any:
+    from secinfer.transformer import SecureTransformerConfig
+
+    return SecureTransformerConfig(hidden_act=approx.hidden_act, softmax_act=approx.softmax_act)
+
+
+def _bbc_secure(encoder: Any, train: TextDataset, test: TextDataset, tr: torch.Tensor,
+                approx: ApproxConfig, exp: ExperimentConfig, seed: int) -> dict[str, Any]:
+    from secinfer.transformer.secure_eval import secure_text_eval
+
+    idx = _secure_subset(len(test.texts), exp.secure_limit or 5, seed)
+    sub = test.subset(idx.tolist())
+    prompts = encoder.encode([BBC_PROMPT.format(label=c) for c in test.classes])
+    out = secure_text_eval(encoder, sub.texts, sub.labels, prompts, tr, train.labels,
+                           _secure_cfg(approx), tls=exp.secure_tls)
+    out["indices"] = idx.tolist()
+    return out
+
+
 def _bbc_measure(encoder: Any, train: TextDataset, test: TextDataset, exp: ExperimentConfig,
-                 seed: int) -> dict[str, float]:
+                 seed: int, keep: list[torch.Tensor] | None = None) -> dict[str, float]:
     t0 = time.perf_counter()
     tr = encoder.encode(train.texts)
     te = encoder.encode(test.texts)
+    if keep is not None:
+        keep.append(tr)
     zs = zeroshot_text(encoder, test.texts, test.labels, test.classes, BBC_PROMPT,
                        text_embeddings=te)
     fs = few_shot(tr, train.labels, te, test.labels, None, exp.k_shot, exp.episodes,
@@ -120,15 +162,19 @@ def run_bbc(approx: ApproxConfig, exp: ExperimentConfig) -> dict[str, Any]:
     train, test = _bbc_split(exp, seed)
     encoder = load_minilm(max_length=exp.max_length)
     patch_model(encoder.model, approx)
+    tr: list[torch.Tensor] = []
     out: dict[str, Any] = {"task": "bbc", "approx": asdict(approx), "label": approx.label,
                            "n_train": len(train.texts), "n_test": len(test.texts),
                            "seed": seed, "k_shot": exp.k_shot,
-                           "before": _bbc_measure(encoder, train, test, exp, seed)}
+                           "before": _bbc_measure(encoder, train, test, exp, seed, tr)}
     if exp.finetune:
         report = finetune_text(encoder, train, BBC_PROMPT, FinetuneConfig(
             epochs=exp.ft_epochs, lr=exp.ft_lr, seed=seed))
         out["finetune"] = asdict(report)
-        out["after"] = _bbc_measure(encoder, train, test, exp, seed)
+        out["after"] = _bbc_measure(encoder, train, test, exp, seed, tr)
+    if exp.secure:
+        out["secure"] = _bbc_secure(encoder, train, test, tr[-1], approx, exp, seed)
+        out["secure"]["when"] = "after" if exp.finetune else "before"
     return out
 
 
@@ -189,6 +235,14 @@ def run_tinyclip(approx: ApproxConfig, exp: ExperimentConfig) -> dict[str, Any]:
         losses = train_clip(bundle, x, y, FMNIST_CLASSES, exp.ft_steps, lr=3e-4, seed=seed + 5)
         out["finetune"] = {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
         out["after"] = _clip_measure(bundle, x, y, xt, yt, exp, seed)
+    if exp.secure:
+        from secinfer.transformer.secure_eval import secure_clip_zeroshot
+
+        idx = _secure_subset(len(xt), exp.secure_limit or 50, seed)
+        prompts = [CLIP_TEMPLATES[0].format(label=c) for c in FMNIST_CLASSES]
+        out["secure"] = secure_clip_zeroshot(bundle, xt[idx], yt[idx], prompts,
+                                             _secure_cfg(approx), tls=exp.secure_tls)
+        out["secure"].update(when="after" if exp.finetune else "before", indices=idx.tolist())
     return out
 
 
