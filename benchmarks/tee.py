@@ -15,6 +15,8 @@ Sections (default: all; pick with ``--sections``), each merged into benchmarks/r
       adds. Bytes: payload both ways.
 * ``perm``: the enclave-side cost of the secret permutations alone (index gathers of one
   forward pass), in-process, as a fraction of the split latency stored by ``latency``.
+* ``checks``: the enclave-side cost of the checksum check alone (2 vectors), in-process, as a
+  fraction of the split latency stored by ``latency``.
 * ``faults``: the fault campaign (``secinfer tee faults``), ``--trials`` per class; ``msb`` (a
   top-bit flip) is the probe that shows the stated bound is tight, not one of the issue's classes.
 * ``fmnist``: trains (if needed) and provisions the Fashion-MNIST CNN, the r-sweep, and the whole
@@ -198,6 +200,47 @@ def perm(reps: int, batches: list[int], models: list[str]) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def checks(reps: int, batches: list[int], models: list[str], k: int = 2) -> dict[str, Any]:
+    """In-process cost of the checksum check of one split forward pass (enclave side)."""
+    from secinfer.tee.enclave import Enclave
+    from secinfer.tee.mask import ring_linear
+    from secinfer.tee.monitor import checksum_pass, draw_checksum_vectors
+
+    gen = secure_generator()
+    prior = json.loads(RESULTS.read_text()).get("latency", {}) if RESULTS.is_file() else {}
+    split_s = {(r["model"], r["batch"]): r.get("split_no_checksums_s", r["split_s"])
+               for r in prior.get("rows", [])}
+    rows = []
+    for name in models:
+        model = _randomize_bn(build(name), gen)
+        qm = calibrate(capture(model), [torch.randn(4, *ITEM, generator=gen)])
+        enc = Enclave(provision(qm))
+        shapes = enc.input_shapes(ITEM)
+        layers = enc.dev.layers
+        for b in batches:
+            n = b + 6  # 2 triples
+            xs = [torch.randint(-128, 128, (1, n, *sh), generator=gen) for sh in shapes]
+            rs = [ring_linear(sp, x[0], sp.weight).to(torch.int64).unsqueeze(0)
+                  for sp, x in zip(layers, xs, strict=True)]
+
+            def run_checks() -> None:
+                for sp, x, r in zip(layers, xs, rs, strict=True):  # noqa: B023
+                    s = draw_checksum_vectors(1, k, sp.out_channels, gen)
+                    if not bool(checksum_pass(sp, sp.weight, x, r, s).all()):
+                        raise AssertionError(f"honest result failed its checksum in {sp.name}")
+
+            t = _median_time(run_checks, reps)
+            row = {"model": name, "batch": b, "checksums": k, "checksum_s": t}
+            if (name, b) in split_s:
+                row["fraction_of_split"] = t / split_s[(name, b)]
+            rows.append(row)
+            print(f"{name} b{b}: {k} checksum vectors {t * 1e3:.2f} ms per forward pass")
+            if "fraction_of_split" in row:
+                print(f"{name} b{b} checksum/split latency ratio: "
+                      f"{row['fraction_of_split']:.4f}")
+    return {"rows": rows}
+
+
 def faults(trials: int) -> dict[str, Any]:
     res = fault_campaign(trials)
     g = res["guarantee"]
@@ -300,6 +343,9 @@ def main() -> None:
         elif s == "perm":
             results[s] = perm(max(args.reps, 5), [int(b) for b in args.batches.split(",")],
                               args.models.split(","))
+        elif s == "checks":
+            results[s] = checks(max(args.reps, 5), [int(b) for b in args.batches.split(",")],
+                                args.models.split(","))
         elif s == "faults":
             results[s] = faults(args.trials)
         elif s == "fmnist":
