@@ -29,22 +29,25 @@ Cost: ``3t`` extra items per layer batch, i.e. a factor ``(B + 3t) / B`` in devi
 
 Checksums (beyond the seed; Freivalds' check over Z_{2^32}): fingerprints alone catch a
 one-item alteration with probability exactly ``3t / N``, no more. So the enclave also draws
-``k`` secret vectors ``s_1..s_k`` uniform on Z_{2^32}^O per layer batch, never sent, and checks
-for every item that ``sum_o s_o r[o] == conv(x, sum_o s_o W[o]) (mod 2^32)``, where ``r`` is the
-unmasked device result and ``x`` the (unmasked) input it sent. An honest result always passes.
-For any nonzero error row ``e`` (over output channels, at one item and position) whose
-smallest 2-adic valuation is ``v``, ``sum_o s_o e_o`` is uniform on ``2^v Z_{2^32}``, so it
-escapes one vector with probability ``2^(v - 32) <= 1/2`` and all ``k`` with at most ``2^-k``.
+``k`` secret vectors ``s_1..s_k`` per layer batch, entries uniform on ``[0, 2^16)``, never sent,
+and checks for every item that ``sum_o s_o r[o] == conv(x, sum_o s_o W[o]) (mod 2^32)``, where
+``r`` is the unmasked device result and ``x`` the (unmasked) input it sent. An honest result
+always passes. Take a nonzero error row ``e`` (over output channels, at one item and position)
+and a coordinate ``o`` of smallest 2-adic valuation ``v``: whatever the other entries, at most
+``max(1, 2^16 / 2^(32-v))`` of the 2^16 values of ``s_o`` cancel the sum, so one vector misses
+with probability at most ``max(2^-16, 2^(v-32)) <= 1/2``, and all ``k`` with at most ``2^-k``.
 The vectors are independent of everything the device sees and of the fingerprint positions, so:
 
 * any alteration of any result escapes with probability at most ``2^-k``;
 * a one-item alteration escapes with probability at most ``(B / N) 2^-k``
-  (:func:`detection_guarantee`); an error of odd value (``v = 0``) escapes with ``(B/N) 2^-32k``.
+  (:func:`detection_guarantee`); an error of odd value (``v = 0``) escapes with ``(B/N) 2^-16k``.
 
 The bound ``2^-k`` is reached only by errors that are multiples of ``2^31`` (the top bit of an
 element flipped); ``faults.py`` has that fault (``msb``) to show it.
-Cost: two convolutions with ``k`` output channels on the trusted side (16-bit limbs keep them
-exact in float64), instead of ``O``; nothing extra on the device or the wire.
+Cost: on the trusted side, one int64 product with ``k`` rows and, per linear layer, a
+convolution with ``k`` output channels (two float64 passes over 16-bit limbs keep it exact);
+a depthwise conv costs ``k`` times the device's depthwise work. Nothing extra on the device or
+the wire.
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .graph import LinearSpec
-from .mask import ring_random, wrap
+from .mask import wrap
 
 __all__ = [
     "MonitorConfig",
@@ -166,8 +170,14 @@ def check(results: torch.Tensor, batch: int, triples: int) -> torch.Tensor:
 
 def draw_checksum_vectors(trials: int, checksums: int, out_channels: int,
                           gen: torch.Generator) -> torch.Tensor:
-    """``(T, k, O)`` secret vectors uniform on Z_{2^32} (signed int64 representatives)."""
-    return ring_random((trials, checksums, out_channels), gen)
+    """``(T, k, O)`` secret vectors, entries uniform on ``[0, 2^16)`` (int64).
+
+    16 bits suffice: for an error row whose smallest 2-adic valuation is ``v``, one vector
+    misses it with probability at most ``max(2^-16, 2^(v-32))``, at most 1/2 as with vectors
+    uniform on Z_{2^32}; small entries keep the trusted side's kernels small and exact.
+    """
+    return torch.randint(0, 1 << 16, (trials, checksums, out_channels), generator=gen,
+                         dtype=torch.int64)
 
 
 def _split_limbs(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +190,8 @@ def _split_limbs(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _ring_apply(layer: LinearSpec, x: torch.Tensor, k: torch.Tensor, groups: int) -> torch.Tensor:
     """``layer``'s map of small-integer ``x`` by ring kernel ``k`` (``groups`` groups), mod 2^32.
 
-    Two float64 passes over 16-bit limbs; each partial sum is below ``fan_in * 2^8 * 2^16``.
+    Two float64 passes over 16-bit limbs of ``k``: every partial sum is below
+    ``fan_in * 2^10 * 2^16 < 2^53``.
     """
     if x.numel() and int(x.abs().max()) > 1 << 10:
         raise ValueError("checksum inputs must be small integers (centered int8 activations)")
@@ -188,14 +199,14 @@ def _ring_apply(layer: LinearSpec, x: torch.Tensor, k: torch.Tensor, groups: int
         raise ValueError(f"layer {layer.name!r}: fan-in too wide for exact checksums")
     xd = x.to(torch.float64)
     hi, lo = _split_limbs(k)
-    if layer.kind == "linear":
-        def run(w: torch.Tensor) -> torch.Tensor:
-            return torch.bmm(xd, w.to(torch.float64).transpose(1, 2)).to(torch.int64)
-    else:
-        def run(w: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.conv2d(xd, w.to(torch.float64), None, layer.stride,
-                                              layer.padding, layer.dilation,
-                                              groups).to(torch.int64)
+
+    def run(w: torch.Tensor) -> torch.Tensor:
+        wd = w.to(torch.float64)
+        if layer.kind == "linear":
+            return torch.bmm(xd, wd.transpose(1, 2)).to(torch.int64)
+        return F.conv2d(xd, wd, None, layer.stride, layer.padding, layer.dilation,
+                        groups).to(torch.int64)
+
     return wrap(run(hi) * (1 << 16) + run(lo))
 
 
@@ -206,28 +217,46 @@ def checksum_pass(layer: LinearSpec, weight: torch.Tensor, x: torch.Tensor, r: t
     ``weight``: the layer's int8 weight in the order the device used; ``x``: ``(T, n, *in)``
     centered inputs as sent (unmasked, device layout); ``r``: ``(T, n, *out)`` unmasked device
     results; ``s``: ``(T, k, O)`` from :func:`draw_checksum_vectors`. Vectorised over trials.
+
+    Cost: one int64 product ``s r`` (``k`` rows) and a ``k``-output-channel convolution; a
+    grouped or depthwise conv becomes a dense one with ``k`` outputs, since
+    ``sum_o s_o conv_g(x, W)[o]`` reads each input channel through one kernel per vector.
     """
     t, n = int(x.shape[0]), int(x.shape[1])
     k, o = int(s.shape[1]), int(s.shape[2])
     w = weight.to(torch.int64)
-    rr = r.to(torch.int64)
-    spatial = [1] * (rr.dim() - 3)
-    # left side: sum_o s_o r[o]; int64 products wrap mod 2^64, which is exact mod 2^32
-    lhs = wrap((rr.unsqueeze(2) * s.view(t, 1, k, o, *spatial)).sum(dim=3))
+    # int64 products and sums wrap mod 2^64, which is exact mod 2^32
+    lhs = wrap(torch.matmul(s.view(t, 1, k, o), r.to(torch.int64).reshape(t, n, o, -1)))
     if layer.kind == "linear":
-        kern = wrap((s.unsqueeze(-1) * w.view(1, 1, o, -1)).sum(dim=2))  # (T, k, I)
-        rhs = _ring_apply(layer, x, kern, 1)
+        kern = wrap(torch.matmul(s, w))  # (T, k, I)
+        rhs = _ring_apply(layer, x, kern, 1).unsqueeze(-1)
     elif layer.groups == 1:
-        kern = wrap((s.view(t, k, o, 1, 1, 1) * w.unsqueeze(0).unsqueeze(0)).sum(dim=2))
+        kern = wrap(torch.matmul(s, w.view(o, -1)))  # (T, k, C * kh * kw)
         xin = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
-        out = _ring_apply(layer, xin, kern.reshape(t * k, *w.shape[1:]), t)
-        rhs = out.view(n, t, k, *out.shape[2:]).transpose(0, 1)
-    else:  # grouped conv: scale each output channel's kernel, sum the outputs over channels
-        g = layer.groups
-        kern = wrap(s.view(t, k, o, 1, 1, 1) * w.unsqueeze(0).unsqueeze(0))  # (T, k, O, ...)
-        kern = kern.view(t, k, g, o // g, *w.shape[1:]).transpose(1, 2)
-        xin = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
-        out = _ring_apply(layer, xin, kern.reshape(t * g * k * (o // g), *w.shape[1:]), t * g)
-        out = out.view(n, t, g, k, o // g, *out.shape[2:]).sum(dim=(2, 4))
-        rhs = wrap(out).transpose(0, 1)
+        out = _ring_apply(layer, xin, kern.view(t * k, *w.shape[1:]), t)
+        rhs = out.view(n, t, k, -1).transpose(0, 1)
+    else:
+        rhs = _grouped_rhs(layer, w, x, s)
     return (wrap(lhs - rhs) == 0).reshape(t, n, -1).all(dim=2)
+
+
+def _grouped_rhs(layer: LinearSpec, w: torch.Tensor, x: torch.Tensor,
+                 s: torch.Tensor) -> torch.Tensor:
+    """``sum_o s_o conv_g(x, W)[o]`` for a grouped (e.g. depthwise) conv, ``(T, n, k, P)``.
+
+    Each output channel's kernel is scaled by its ``s_o`` (below ``2^16 * 127``: no wrap, one
+    float64 pass), the grouped conv runs with ``k`` times the channels, and the outputs are
+    summed over channels in float64; the bound below keeps every sum exact.
+    """
+    t, n, k, o = int(x.shape[0]), int(x.shape[1]), int(s.shape[1]), int(s.shape[2])
+    g = layer.groups
+    xmax = int(x.abs().max()) if x.numel() else 0
+    if xmax * (1 << 16) * 127 * int(w[0].numel()) * o >= 1 << 53:
+        raise ValueError(f"layer {layer.name!r}: too wide for exact checksums")
+    kern = s.view(t, k, o, *([1] * (w.dim() - 1))) * w.unsqueeze(0).unsqueeze(0)
+    kern = kern.view(t, k, g, o // g, *w.shape[1:]).transpose(1, 2)  # (T, g, k, O/g, ...)
+    kern = kern.reshape(t * g * k * (o // g), *w.shape[1:]).to(torch.float64)
+    xin = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:]).to(torch.float64)
+    out = F.conv2d(xin, kern, None, layer.stride, layer.padding, layer.dilation, t * g)
+    out = out.view(n, t, g, k, o // g, -1).sum(dim=(2, 4)).to(torch.int64)
+    return wrap(out).transpose(0, 1)
