@@ -61,10 +61,12 @@ def compare(logits: torch.Tensor, plain: torch.Tensor, labels: torch.Tensor) -> 
             "max_abs_logit_error": (logits - plain).abs().max().item()}
 
 
-def run_spu(spec: str, data: Path, out: Path, timeout: float) -> tuple[torch.Tensor, dict]:
-    """One worker process per configuration, so every ``Link details`` line in its log is ours."""
+def run_spu(spec: str, data: Path, out: Path, timeout: float,
+            extra: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict]:
+    """One worker process per configuration, so every ``Link details`` line in its log is ours.
+    ``extra``: more worker flags (``benchmarks/transformer.py --spu`` passes ``--model``)."""
     cmd = [str(SPU_PY), str(WORKER), "--data", str(data), "--out", str(out), "--configs", spec,
-           "--timeout", str(timeout)]
+           "--timeout", str(timeout), *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 120)
     process_s = time.perf_counter() - t0

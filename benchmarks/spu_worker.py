@@ -1,12 +1,26 @@
-"""The SecretFlow SPU side of ``benchmarks/peer_spu.py``; runs inside ``.venv-spu`` (JAX + spu).
+"""The SecretFlow SPU side of ``benchmarks/peer_spu.py`` and ``benchmarks/transformer.py --spu``;
+runs inside ``.venv-spu`` (JAX + spu).
 
-It is not a benchmark of its own: ``peer_spu.py`` writes the exported weights and images
-(safetensors), starts this script with ``.venv-spu/bin/python``, and reads back the logits
-(safetensors) and a JSON manifest of timings. Nothing is pickled in either direction.
+It is not a benchmark of its own: the caller writes the exported weights and inputs
+(safetensors), starts this script with ``.venv-spu/bin/python``, and reads back the outputs
+(safetensors, ``logits.safetensors`` for both models) and a JSON manifest of timings. Nothing is
+pickled in either direction.
 
-The network is ``secinfer.models.zoo.MNISTNet`` (``fmnist_cnn``) re-written in JAX:
-conv3x3(1->32, pad 1) - ReLU - maxpool2 - conv3x3(32->64, pad 1) - ReLU - maxpool2 -
-flatten (C, H, W order, as ``torch.flatten``) - linear(3136->128) - ReLU - linear(128->10).
+Two models (``--model``):
+
+* ``cnn`` (default, for ``peer_spu.py``): ``secinfer.models.zoo.MNISTNet`` (``fmnist_cnn``)
+  re-written in JAX: conv3x3(1->32, pad 1) - ReLU - maxpool2 - conv3x3(32->64, pad 1) - ReLU -
+  maxpool2 - flatten (C, H, W order, as ``torch.flatten``) - linear(3136->128) - ReLU -
+  linear(128->10). Tensors: ``images`` and ``WEIGHT_NAMES``.
+* ``bert_layer`` (for ``transformer.py --spu``): one post-norm BERT encoder layer, a JAX copy of
+  ``secinfer.transformer.weights.plain_layer`` on the ``LayerWeights`` layout (fused Q/K/V
+  ``qkv_w`` [3H, H] with 1/sqrt(d_head) already folded into the Q rows, so no scale is applied
+  here; ``out_w`` [H, H]; ``ff1_w`` [I, H]; ``ff2_w`` [H, I]; LayerNorm gammas/betas):
+  qkv projection - per-head scores q k^T - ``jax.nn.softmax`` over the last dim - probs v -
+  output projection + residual - LayerNorm - FFN with ``jax.nn.gelu(approximate=True)`` (the
+  tanh form; ``plain_layer`` uses the erf form) - residual - LayerNorm. Every token is kept (no
+  padding mask; the benchmark's input has none). Tensors: ``x`` [B, S, H] and
+  ``BERT_LAYER_NAMES``; ``--heads`` and ``--eps`` as flags.
 
 For every requested configuration (protocol, field, fraction bits) it
 
@@ -27,6 +41,8 @@ majority; SEMI2K is additive sharing, semi-honest, with a trusted dealer for Bea
 
     .venv-spu/bin/python benchmarks/spu_worker.py --data D.safetensors --out DIR \
         --configs ABY3:FM64:18:brpc,SEMI2K:FM64:18
+    .venv-spu/bin/python benchmarks/spu_worker.py --model bert_layer --heads 12 \
+        --data D.safetensors --out DIR --configs ABY3:FM64:18:brpc
 """
 
 from __future__ import annotations
@@ -38,10 +54,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WEIGHT_NAMES", "main"]
+__all__ = ["BERT_LAYER_NAMES", "WEIGHT_NAMES", "main"]
 
 WEIGHT_NAMES = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
                 "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+# secinfer.transformer.weights.LayerWeights, in its field order
+BERT_LAYER_NAMES = ("qkv_w", "qkv_b", "out_w", "out_b", "ln1_w", "ln1_b",
+                    "ff1_w", "ff1_b", "ff2_w", "ff2_b", "ln2_w", "ln2_b")
 
 
 def _forward(x: Any, *w: Any) -> Any:
@@ -64,6 +83,34 @@ def _forward(x: Any, *w: Any) -> Any:
     h = h.reshape(h.shape[0], -1)
     h = jax.nn.relu(h @ f1w.T + f1b)
     return h @ f2w.T + f2b
+
+
+def _bert_layer(heads: int, eps: float) -> Any:
+    """One post-norm BERT layer in JAX, ``plain_layer`` step by step (x [B, S, H] first)."""
+
+    def forward(x: Any, *w: Any) -> Any:
+        import jax
+        import jax.numpy as jnp
+
+        qkv_w, qkv_b, out_w, out_b, ln1_w, ln1_b, ff1_w, ff1_b, ff2_w, ff2_b, ln2_w, ln2_b = w
+        b, s, h = x.shape
+        dh = h // heads
+
+        def layer_norm(t: Any, g: Any, beta: Any) -> Any:
+            mu = jnp.mean(t, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(t - mu), axis=-1, keepdims=True)
+            return (t - mu) * jax.lax.rsqrt(var + eps) * g + beta
+
+        qkv = x @ qkv_w.T + qkv_b                      # Q rows already carry 1/sqrt(dh)
+        q, k, v = (t.reshape(b, s, heads, dh).transpose(0, 2, 1, 3)
+                   for t in jnp.split(qkv, 3, axis=-1))
+        probs = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2), axis=-1)
+        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, h)
+        h1 = layer_norm(ctx @ out_w.T + out_b + x, ln1_w, ln1_b)
+        act = jax.nn.gelu(h1 @ ff1_w.T + ff1_b, approximate=True)
+        return layer_norm(act @ ff2_w.T + ff2_b + h1, ln2_w, ln2_b)
+
+    return forward
 
 
 def _simulate(config: Any, executable: Any, args: list[Any]) -> Any:
@@ -217,7 +264,7 @@ def _multiprocess(config: Any, executable: Any, args: list[Any],
 
 
 def _run_config(protocol: str, field: str, frac_bits: int, links: str, args: list[Any],
-                timeout: float) -> tuple[Any, dict]:
+                timeout: float, fn: Any = _forward) -> tuple[Any, dict]:
     import spu.utils.frontend as spu_fe
     from spu import libspu
 
@@ -229,7 +276,7 @@ def _run_config(protocol: str, field: str, frac_bits: int, links: str, args: lis
     names = [f"in{i}" for i in range(len(args))]
     t0 = time.perf_counter()
     executable, _ = spu_fe.compile(
-        spu_fe.Kind.JAX, _forward, args, {}, names,
+        spu_fe.Kind.JAX, fn, args, {}, names,
         [libspu.Visibility.VIS_SECRET] * len(args), lambda out: ["out0"])
     compile_s = time.perf_counter() - t0
     if links == "brpc":
@@ -245,7 +292,13 @@ def _run_config(protocol: str, field: str, frac_bits: int, links: str, args: lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, help="safetensors with 'images' and the weights")
+    ap.add_argument("--data", type=Path,
+                    help="safetensors with the input ('images' for cnn, 'x' for bert_layer) "
+                         "and the weights")
+    ap.add_argument("--model", choices=("cnn", "bert_layer"), default="cnn",
+                    help="the demo CNN (peer_spu.py) or one BERT layer (transformer.py --spu)")
+    ap.add_argument("--heads", type=int, default=12, help="bert_layer: attention heads")
+    ap.add_argument("--eps", type=float, default=1e-12, help="bert_layer: LayerNorm epsilon")
     ap.add_argument("--out", type=Path, help="folder for logits.safetensors and manifest.json")
     ap.add_argument("--configs", default="ABY3:FM64:18",
                     help="comma-separated PROTOCOL:FIELD:FRAC_BITS[:mem|:brpc] (default mem)")
@@ -256,19 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     if ns.party is not None and ns.job is not None:
         return _party(ns.job, ns.party)
     if ns.data is None or ns.out is None:
-        # `make bench` runs every benchmarks/*.py; this one is only peer_spu.py's helper.
-        print("spu_worker.py is started by benchmarks/peer_spu.py inside .venv-spu; "
-              "run that instead (see its docstring)")
+        # `make bench` runs every benchmarks/*.py; this one is only a helper of two others.
+        print("spu_worker.py is started by benchmarks/peer_spu.py and benchmarks/transformer.py "
+              "--spu inside .venv-spu; run those instead (see its docstring)")
         return 0
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
     data = load_file(str(ns.data))
-    missing = [k for k in ("images", *WEIGHT_NAMES) if k not in data]
+    if ns.model == "bert_layer":
+        names, fn = ("x", *BERT_LAYER_NAMES), _bert_layer(ns.heads, ns.eps)
+    else:
+        names, fn = ("images", *WEIGHT_NAMES), _forward
+    missing = [k for k in names if k not in data]
     if missing:
         raise SystemExit(f"{ns.data}: missing tensors {missing}")
-    args = [data["images"].astype(np.float32)] + [data[k].astype(np.float32)
-                                                   for k in WEIGHT_NAMES]
+    args = [data[k].astype(np.float32) for k in names]
     ns.out.mkdir(parents=True, exist_ok=True)
     runs, logits = [], {}
     for spec in ns.configs.split(","):
@@ -277,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(parts) not in (3, 4) or not parts[2].isdigit() or links not in ("mem", "brpc"):
             raise SystemExit(f"bad config {spec!r}; expected PROTOCOL:FIELD:FRAC_BITS[:mem|:brpc],"
                              " e.g. ABY3:FM64:18:brpc")
-        out, info = _run_config(parts[0], parts[1], int(parts[2]), links, args, ns.timeout)
+        out, info = _run_config(parts[0], parts[1], int(parts[2]), links, args, ns.timeout, fn)
+        info["model"] = ns.model
         key = "_".join(parts)
         logits[key] = np.asarray(out, dtype=np.float64)
         info["key"] = key

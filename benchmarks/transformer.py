@@ -6,12 +6,24 @@ this machine run (a) one encoder layer with hidden 384, 12 heads, FFN 1536 at se
 all-MiniLM-L6-v2 (6 layers, real weights, a real BBC News article padded/truncated to 128
 tokens) with pooling. Plaintext PyTorch runs the same weights in this process (float32, one
 thread, like each party). Accuracy: max abs error of the revealed secure output against the
-float64 plaintext reference with the same approximations. SecretFlow SPU: compared when
-``import spu`` works (optional extra); otherwise the output says so.
+float64 plaintext reference with the same approximations.
 
     .venv/bin/python benchmarks/transformer.py [--rows layer,layer_fast,layer_sigquant,minilm]
     .venv/bin/python benchmarks/transformer.py --bbc 20 [--seq 128]
     .venv/bin/python benchmarks/transformer.py --combos
+    .venv/bin/python benchmarks/transformer.py --spu [--seq 128] [--seed 0] \
+        [--spu-configs ABY3:FM64:18:brpc]
+
+``--spu`` puts SecretFlow SPU (``.venv-spu``, ``make spu-venv``) beside secinfer on one BERT layer
+(hidden 384, 12 heads, FFN 1536, gelu + softmax, exact DReLU: the ``layer`` row) with the SAME
+random weights and input [1, seq, 384] drawn from ``--seed``: (a) float64 ``plain_layer`` in this
+process (the reference), (b) secinfer's three TLS processes (``secure_run``, as the ``layer``
+row), (c) ``benchmarks/spu_worker.py --model bert_layer`` run by ``.venv-spu/bin/python`` (the
+weights and input handed over as safetensors in a temporary folder, the output read back the
+same way; ``peer_spu.run_spu``). Both secure runs take the best of ``--reps`` runs. SPU reports
+bytes and send "actions", not rounds; its rounds are printed as n/a. If a ``:brpc`` SPU run
+fails, it is retried with ``:mem`` links and the output says so. Results key ``spu_layer``.
+Without ``.venv-spu`` it prints a note and measures nothing.
 
 ``--bbc N`` instead embeds N BBC News test articles (stratified, N/5 per class, drawn with the
 OS CSPRNG; indices saved) on shares and in plaintext, all truncated to ``--seq`` tokens, and
@@ -38,6 +50,7 @@ from secinfer.transformer import mean_pool, plain_encoder, plain_layer, random_e
 from secinfer.transformer.programs import load_minilm_parts, random_input
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transformer.json"
+SPU_PY = Path(__file__).resolve().parent.parent / ".venv-spu" / "bin" / "python"
 
 ROWS = {
     "layer": ("1 layer, gelu+softmax, exact DReLU", {"hidden_act": "gelu",
@@ -203,6 +216,98 @@ def combos_eval() -> list[dict]:
     return rows
 
 
+def spu_layer_eval(seq: int, reps: int, seed: int, configs: list[str], timeout: float) -> dict:
+    """Plaintext float64, secinfer and SPU on one layer with the same weights and input."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from peer_spu import run_spu
+
+    wseed, iseed = seed, seed + 1
+    enc = random_encoder(1, 384, 12, 1536, torch.Generator().manual_seed(wseed))
+    x = random_input(1, seq, 384, iseed)
+    keep = torch.ones(1, seq, dtype=torch.int64)
+    lw = enc.layers[0]
+    plain_s = plaintext_seconds(lambda: plain_layer(lw, x, keep, enc.heads, enc.eps))
+    ref = plain_layer(lw, x, keep, enc.heads, enc.eps)
+    label, kw = ROWS["layer"]
+    sec = secure_run({**kw, "weight_seed": wseed, "input_seed": iseed}, seq, reps)
+    out = sec.pop("output")
+    secinfer = {"system": "secinfer", "config": "3PC helper, Z_2^64, f=16, TLS, exact DReLU",
+                "seconds": sec["seconds"], "bytes": sec["bytes"], "rounds": sec["rounds"],
+                "setup_bytes": sec["setup_bytes"], "setup_seconds": sec["setup_seconds"],
+                "max_abs_err": float((out - ref).abs().max())}
+    spu_rows = []
+    with tempfile.TemporaryDirectory(prefix="transformer-spu-") as tmp:
+        data = Path(tmp) / "layer.safetensors"
+        tensors = {k: v.contiguous() for k, v in lw.tensors().items()}
+        tensors["x"] = x.contiguous()
+        save_file(tensors, str(data))
+        extra = ("--model", "bert_layer", "--heads", str(enc.heads), "--eps", str(enc.eps))
+        for spec in configs:
+            note = ""
+            runs = []
+            for rep in range(reps):
+                folder = Path(tmp) / f"{spec.replace(':', '_')}_{rep}"
+                try:
+                    runs.append(run_spu(spec, data, folder, timeout, extra))
+                except RuntimeError as exc:
+                    if not spec.endswith(":brpc") or runs:
+                        raise
+                    note = f"{spec} failed ({str(exc).splitlines()[0]}); ran with :mem links"
+                    print(note, flush=True)
+                    spec = spec[: -len(":brpc")] + ":mem"
+                    runs.append(run_spu(spec, data, folder, timeout, extra))
+            spu_out, best = min(runs, key=lambda r: r[1]["seconds"])
+            spu_rows.append({
+                "system": "spu", "config": spec, "seconds": best["seconds"],
+                "seconds_all_runs": [r[1]["seconds"] for r in runs],
+                "bytes": best["bytes_sent"], "rounds": None,
+                "send_actions_per_party": best["send_actions_per_party"],
+                "bytes_sent_per_party": best["bytes_sent_per_party"],
+                "compile_seconds": best["compile_seconds"], "spu_version": best["spu_version"],
+                "max_abs_err": float((spu_out.double() - ref).abs().max()), "note": note})
+    return {"seq": seq, "hidden": 384, "heads": 12, "ffn": 1536, "weight_seed": wseed,
+            "input_seed": iseed, "reps": reps, "plaintext_float64_s": plain_s,
+            "threads_per_process": 1, "secinfer": secinfer, "spu": spu_rows,
+            "notes": "same random_encoder weights and random_input; errors vs float64 "
+                     "plain_layer (erf GELU, exact softmax); secinfer time: sharing the input + "
+                     "the layer (best of reps), weight sharing/preparation excluded (setup_*); "
+                     "SPU time: sharing weights and input locally + the run (slowest party after "
+                     "a barrier for :brpc) + reconstruction (best of reps), compile excluded; "
+                     "SPU gelu is jax.nn.gelu tanh form; SPU rounds not reported (send actions "
+                     "per party instead)"}
+
+
+def _print_spu_layer(r: dict) -> None:
+    s = r["secinfer"]
+    print(f"one BERT layer (hidden {r['hidden']}, {r['heads']} heads, FFN {r['ffn']}), input "
+          f"[1, {r['seq']}, {r['hidden']}], weight seed {r['weight_seed']}, input seed "
+          f"{r['input_seed']}; plaintext float64 {1000 * r['plaintext_float64_s']:.2f} ms")
+    head = (f"{'system':<9} {'config':<44} {'seconds':>8} {'MB sent':>9} {'rounds':>7} "
+            f"{'max |err|':>10}")
+    print(head)
+    print("-" * len(head))
+    print(f"{'plain':<9} {'float64 plain_layer (reference)':<44} "
+          f"{r['plaintext_float64_s']:>8.4f} {'-':>9} {'-':>7} {0.0:>10.2e}")
+    for row in [s, *r["spu"]]:
+        rounds = "n/a" if row["rounds"] is None else str(row["rounds"])
+        print(f"{row['system']:<9} {row['config']:<44} {row['seconds']:>8.2f} "
+              f"{row['bytes'] / 1e6:>9.1f} {rounds:>7} {row['max_abs_err']:>10.2e}")
+    for row in r["spu"]:
+        acts = row["send_actions_per_party"]
+        print(f"spu {row['config']} send actions per party: {acts} (not rounds)")
+        if row["note"]:
+            print(f"note: {row['note']}")
+    spu = r["spu"][0]
+    print(f"spu/secinfer layer latency ratio: {spu['seconds'] / s['seconds']:.3f}")
+    print(f"spu/secinfer layer bytes ratio: {spu['bytes'] / s['bytes']:.3f}")
+    print(f"spu/secinfer layer max abs error ratio: {spu['max_abs_err'] / s['max_abs_err']:.3f}")
+    print(f"secinfer/plaintext layer latency ratio: {s['seconds'] / r['plaintext_float64_s']:.1f}")
+    print(f"spu/plaintext layer latency ratio: {spu['seconds'] / r['plaintext_float64_s']:.1f}")
+
+
 def _save(key: str, value: object) -> None:
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if not isinstance(old, dict):
@@ -220,7 +325,27 @@ def main() -> None:
     ap.add_argument("--bbc", type=int, default=0, help="N BBC articles (see docstring)")
     ap.add_argument("--combos", action="store_true",
                     help="MiniLM, 3 sentences, all 4 activation combinations")
+    ap.add_argument("--spu", action="store_true",
+                    help="one layer: float64 plaintext vs secinfer vs SPU, same weights/input")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="--spu: weight seed (the input's is seed + 1)")
+    ap.add_argument("--spu-configs", default="ABY3:FM64:18:brpc",
+                    help="--spu: SPU PROTOCOL:FIELD:FRAC_BITS[:brpc|:mem] list; the first is "
+                         "the one in the ratio lines")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="--spu: seconds per SPU run")
     args = ap.parse_args()
+    if args.spu:
+        if not SPU_PY.is_file():
+            print(SPU_NOTE)
+            print(f"SPU layer not measured: {SPU_PY} is missing")
+            return
+        os.environ["OMP_NUM_THREADS"] = "1"  # every party process, ours and SPU's, one thread
+        torch.set_num_threads(1)
+        r = spu_layer_eval(args.seq, args.reps, args.seed, args.spu_configs.split(","),
+                           args.timeout)
+        _print_spu_layer(r)
+        _save("spu_layer", r)
+        return
     if args.combos:
         crow = combos_eval()
         print(f"{'combo':<14} {'tokens':>6} {'secure s':>9} {'cos vs same plain':>18} "
@@ -266,6 +391,7 @@ def main() -> None:
               f"{by['layer_fast']['secure_bytes'] / by['layer']['secure_bytes']:.3f}")
     if not spu_available():
         print(SPU_NOTE)
+        print("SPU beside secinfer on one layer: benchmarks/transformer.py --spu")
     _save("rows", rows)
 
 
