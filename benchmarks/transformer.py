@@ -139,7 +139,10 @@ def run_row(key: str, seq: int, reps: int) -> dict:
     return row
 
 
-def bbc_eval(n: int, seq: int) -> dict:
+def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None) -> dict:
+    """``n`` stratified test articles on shares, ``chunk`` per secure run (a run holds every
+    article's [S, S] attention scores per head on shares: 100 articles at once ran out of
+    memory here); partial results go to ``progress`` after each chunk."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -157,20 +160,35 @@ def bbc_eval(n: int, seq: int) -> dict:
     g = torch.Generator().manual_seed(secrets.randbits(62))
     pick = test[stratified_subset(data.labels[test], max(1, n // 5), g)]
     texts = [data.texts[i] for i in pick]
-    sec = secure_run({"weights": "minilm", "texts": texts, "pool": True,
-                      "drelu_high_bits": 32}, seq, 1)
-    out = sec["output"]
-    cos = torch.nn.functional.cosine_similarity(out, emb[pick], dim=-1)
-    y = data.labels[pick].numpy()
-    acc_plain = float((probe.predict(emb[pick].numpy()) == y).mean())
-    acc_sec = float((probe.predict(out.numpy()) == y).mean())
-    agree = float((probe.predict(out.numpy()) == probe.predict(emb[pick].numpy())).mean())
-    return {"articles": [int(i) for i in np.asarray(pick)], "seq": seq,
-            "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-            "probe_acc_plain_full_test": acc_test, "probe_acc_plain_subset": acc_plain,
-            "probe_acc_secure_subset": acc_sec, "prediction_agreement": agree,
-            "secure_s": sec["seconds"], "secure_bytes": sec["bytes"],
-            "plaintext_all_2225_s": plain_all_s}
+    outs, secs, nbytes = [], 0.0, 0
+    result: dict = {}
+    for start in range(0, len(texts), chunk):
+        sec = secure_run({"weights": "minilm", "texts": texts[start:start + chunk], "pool": True,
+                          "drelu_high_bits": 32}, seq, 1)
+        outs.append(sec["output"])
+        secs += sec["seconds"]
+        nbytes += sec["bytes"]
+        done = pick[: start + len(outs[-1])]
+        out = torch.cat(outs)
+        cos = torch.nn.functional.cosine_similarity(out, emb[done], dim=-1)
+        y = data.labels[done].numpy()
+        plain_pred = probe.predict(emb[done].numpy())
+        sec_pred = probe.predict(out.numpy())
+        result = {"articles": [int(i) for i in np.asarray(done)], "seq": seq,
+                  "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+                  "probe_acc_plain_full_test": acc_test,
+                  "probe_acc_plain_subset": float((plain_pred == y).mean()),
+                  "probe_acc_secure_subset": float((sec_pred == y).mean()),
+                  "prediction_agreement": float((sec_pred == plain_pred).mean()),
+                  "secure_s": secs, "secure_bytes": nbytes,
+                  "plaintext_all_2225_s": plain_all_s}
+        print(f"bbc: {len(done)} articles on shares, probe plaintext "
+              f"{result['probe_acc_plain_subset']:.4f} secure "
+              f"{result['probe_acc_secure_subset']:.4f}, cosine min {result['cosine_min']:.6f}",
+              flush=True)
+        if progress is not None:
+            progress.write_text(json.dumps(result, indent=1))
+    return result
 
 
 COMBO_TEXTS = ["The central bank raised interest rates again.",
@@ -361,7 +379,11 @@ def main() -> None:
         _save("combos", crow)
         return
     if args.bbc:
-        r = bbc_eval(args.bbc, args.seq)
+        import tempfile
+
+        partial = Path(tempfile.gettempdir()) / f"secinfer_bbc_{args.bbc}x{args.seq}.json"
+        print(f"partial results after each chunk: {partial}")
+        r = bbc_eval(args.bbc, args.seq, progress=partial)
         print(f"BBC News, {len(r['articles'])} test articles at {r['seq']} tokens: secure vs "
               f"plaintext cosine min {r['cosine_min']:.6f}, mean {r['cosine_mean']:.6f}")
         print(f"linear probe accuracy on them: plaintext {r['probe_acc_plain_subset']:.4f}, "
