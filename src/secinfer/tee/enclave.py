@@ -62,7 +62,7 @@ class EnclaveStats:
     items_checksummed: int = 0
     checksums_failed: int = 0  # items whose checksum did not match
     batches: int = 0
-    alarms: int = 0  # batches with at least one failed triple
+    alarms: int = 0  # batches with at least one failed triple or checksum
     inline_keys: int = 0  # layer calls whose decode key was not precomputed
     failed_batches: list[int] = field(default_factory=list)
 

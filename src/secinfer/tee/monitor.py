@@ -95,10 +95,6 @@ class MonitorConfig:
         if not 0 <= self.checksums <= 64:
             raise ValueError(f"checksums must be in [0, 64], got {self.checksums}")
 
-    @property
-    def enabled(self) -> bool:
-        return self.triples > 0 or self.checksums > 0
-
 
 def detection_guarantee(batch: int, triples: int, altered: int = 1, checksums: int = 0) -> float:
     """Lower bound on the probability that altering ``altered`` of ``batch + 3*triples`` results
