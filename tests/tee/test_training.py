@@ -39,7 +39,13 @@ def test_ptq_qat_and_sweep_keep_accuracy(gen: torch.Generator) -> None:
     assert accuracy(qm.forward, xt, yt) >= fl - 4.0
     rows = sweep_reduce_range(prog, [x], xt, yt, [0, 240])
     assert rows[0]["reduce_range"] == -1 and abs(rows[0]["accuracy"] - fl) < 1e-9
-    assert rows[1]["accuracy"] >= rows[2]["accuracy"] - 1.0  # 256 levels vs 16 levels
+    assert rows[1]["accuracy"] >= fl - 2.0  # 256 activation levels: as close as PTQ above
+    # Fewer levels, larger error. Compared on logits: accuracy on 497 digits is at the mercy of a
+    # few borderline images (16 levels once scored 1.2 points above 256 by chance).
+    ref = prog.run(xt.double())
+    err = [float((calibrate(prog, [x], QuantConfig(r)).forward(xt) - ref).abs().mean())
+           for r in (0, 240)]
+    assert err[0] < err[1] / 2
 
 
 def test_desim_keeps_true_accuracy_and_hides_it_from_the_device_view(
