@@ -176,6 +176,8 @@ def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None) ->
         sec_pred = probe.predict(out.numpy())
         result = {"articles": [int(i) for i in np.asarray(done)], "seq": seq,
                   "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+                  "cosines": [round(float(c), 7) for c in cos],
+                  "articles_below_0.99": int((cos < 0.99).sum()),
                   "probe_acc_plain_full_test": acc_test,
                   "probe_acc_plain_subset": float((plain_pred == y).mean()),
                   "probe_acc_secure_subset": float((sec_pred == y).mean()),
@@ -184,8 +186,8 @@ def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None) ->
                   "plaintext_all_2225_s": plain_all_s}
         print(f"bbc: {len(done)} articles on shares, probe plaintext "
               f"{result['probe_acc_plain_subset']:.4f} secure "
-              f"{result['probe_acc_secure_subset']:.4f}, cosine min {result['cosine_min']:.6f}",
-              flush=True)
+              f"{result['probe_acc_secure_subset']:.4f}, cosine min {result['cosine_min']:.6f}, "
+              f"{result['articles_below_0.99']} below 0.99", flush=True)
         if progress is not None:
             progress.write_text(json.dumps(result, indent=1))
     return result
