@@ -3,7 +3,6 @@ safetensors save/load, and loading a real-format (HF tokenizer) CLIP folder."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from secinfer.clip.tinyclip import (
     zeroshot_clip,
 )
 from secinfer.data import load_digits
+from tests._clip_tokenizer import write_bpe_tokenizer
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPEC = TinyClipSpec(image_size=8, patch_size=2, hidden=32, layers=2, heads=2, intermediate=64,
@@ -96,17 +96,8 @@ def test_load_clip_errors(tmp_path: Path) -> None:
 
 
 def test_load_real_format_clip_with_hf_tokenizer(tmp_path: Path) -> None:
-    from transformers import CLIPTokenizer
-
-    # A minimal byte-level BPE vocabulary in CLIP's format, written by the test.
-    words = ["a</w>", "photo</w>", "of</w>", "cat</w>", "dog</w>"]
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    chars = list(letters) + [c + "</w>" for c in letters]
-    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>", *chars, *words])}
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"),
-                        pad_token="<|endoftext|>")
+    tok = write_bpe_tokenizer(tmp_path)  # a minimal byte-level BPE vocabulary, CLIP's format
+    vocab = tok.get_vocab()
     bundle = make_tiny_clip(["cat", "dog"], TinyClipSpec(image_size=8, patch_size=4, hidden=16,
                                                          layers=1, heads=2, intermediate=32,
                                                          projection=8, num_channels=3))

@@ -8,7 +8,6 @@ error 0.01 per embedding coordinate and 4e-3 x exp(logit_scale) on logits (measu
 from __future__ import annotations
 
 import copy
-import json
 import secrets
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from secinfer.transformer import (
     secure_clip,
     secure_clip_logits,
 )
+from tests._clip_tokenizer import write_bpe_tokenizer
 
 COS_MIN = 0.999
 EMB_ERR = 0.01
@@ -135,16 +135,10 @@ def test_zeroshot_fashion_mnist_on_shares_agrees_with_plaintext() -> None:
 
 def _real_format_folder(tmp_path: Path) -> Path:
     """A random CLIP saved with a byte-level BPE CLIPTokenizer (as a real checkpoint is)."""
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel
 
-    words = ["a</w>", "photo</w>", "of</w>", "cat</w>", "dog</w>"]
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    chars = list(letters) + [c + "</w>" for c in letters]
-    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>", *chars, *words])}
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"),
-                        pad_token="<|endoftext|>")
+    tok = write_bpe_tokenizer(tmp_path)
+    vocab = tok.get_vocab()
     spec = TinyClipSpec(image_size=8, patch_size=4, hidden=32, layers=2, heads=2,
                         intermediate=64, projection=16, num_channels=3)
     cfg = make_tiny_clip(["cat", "dog"], spec).model.config
