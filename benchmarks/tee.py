@@ -153,6 +153,17 @@ def _print_latency(rows: list[dict[str, Any]]) -> None:
               f"{r['split_bytes'] / r['plain_bytes']:.1f}")
 
 
+def _cost_row(row: dict[str, Any], seconds: float, split: float | None, what: str,
+              ratio_name: str) -> dict[str, Any]:
+    """Print one in-process cost and, when a split latency is stored, its fraction of it."""
+    tag = f"{row['model']} b{row['batch']}"
+    print(f"{tag}: {what} {seconds * 1e3:.2f} ms per forward pass")
+    if split is not None:
+        row["fraction_of_split"] = seconds / split
+        print(f"{tag} {ratio_name}/split latency ratio: {row['fraction_of_split']:.4f}")
+    return row
+
+
 def perm(reps: int, batches: list[int], models: list[str]) -> dict[str, Any]:
     """In-process cost of the permutation gathers of one split forward pass (enclave side)."""
     from secinfer.tee.enclave import Enclave
@@ -189,14 +200,8 @@ def perm(reps: int, batches: list[int], models: list[str]) -> dict[str, Any]:
                     unpermute_output(y, sec)
 
             t = _median_time(gathers, reps)
-            row = {"model": name, "batch": b, "perm_gathers_s": t}
-            if (name, b) in split_s:
-                row["fraction_of_split"] = t / split_s[(name, b)]
-            rows.append(row)
-            print(f"{name} b{b}: permutation gathers {t * 1e3:.2f} ms per forward pass")
-            if "fraction_of_split" in row:
-                print(f"{name} b{b} permutation/split latency ratio: "
-                      f"{row['fraction_of_split']:.4f}")
+            rows.append(_cost_row({"model": name, "batch": b, "perm_gathers_s": t}, t,
+                                  split_s.get((name, b)), "permutation gathers", "permutation"))
     return {"rows": rows}
 
 
@@ -230,14 +235,8 @@ def checks(reps: int, batches: list[int], models: list[str], k: int = 2) -> dict
                         raise AssertionError(f"honest result failed its checksum in {sp.name}")
 
             t = _median_time(run_checks, reps)
-            row = {"model": name, "batch": b, "checksums": k, "checksum_s": t}
-            if (name, b) in split_s:
-                row["fraction_of_split"] = t / split_s[(name, b)]
-            rows.append(row)
-            print(f"{name} b{b}: {k} checksum vectors {t * 1e3:.2f} ms per forward pass")
-            if "fraction_of_split" in row:
-                print(f"{name} b{b} checksum/split latency ratio: "
-                      f"{row['fraction_of_split']:.4f}")
+            rows.append(_cost_row({"model": name, "batch": b, "checksums": k, "checksum_s": t},
+                                  t, split_s.get((name, b)), f"{k} checksum vectors", "checksum"))
     return {"rows": rows}
 
 
