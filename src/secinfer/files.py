@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["sha256_file", "verify_listed_files"]
+__all__ = ["read_json_manifest", "sha256_file", "verify_listed_files"]
+
+
+def read_json_manifest(path: Path, error: type[Exception], missing: str) -> Any:
+    """Parse a manifest file; ``error(missing)`` when it is absent, ``error`` naming the file
+    and the parse error when it is not JSON."""
+    if not path.is_file():
+        raise error(missing)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is corrupt (not valid JSON): {e}") from e
 
 
 def sha256_file(path: str | Path) -> str:

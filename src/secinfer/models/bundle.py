@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..files import sha256_file, verify_listed_files
+from ..files import read_json_manifest, sha256_file, verify_listed_files
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from .capture import capture
@@ -80,13 +80,8 @@ def load_bundle(path: str | Path, expect_party: int | None = None,
                 ) -> tuple[Plan, dict[str, torch.Tensor] | None, dict]:
     """Verify and load a party bundle: (plan, weight shares or None, manifest)."""
     d = Path(path)
-    mpath = d / "manifest.json"
-    if not mpath.is_file():
-        raise BundleError(f"{d} is not a bundle: manifest.json is missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath} is corrupt: {e}") from e
+    manifest = read_json_manifest(d / "manifest.json", BundleError,
+                                  f"{d} is not a bundle: manifest.json is missing")
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{d}: unknown bundle format {manifest.get('format')!r}")
     if expect_party is not None and manifest.get("party") != expect_party:
@@ -94,7 +89,7 @@ def load_bundle(path: str | Path, expect_party: int | None = None,
                           f"not of party {expect_party}")
     files = manifest.get("files")
     if not isinstance(files, dict) or "plan.json" not in files:
-        raise BundleError(f"{mpath} does not list plan.json")
+        raise BundleError(f"{d / 'manifest.json'} does not list plan.json")
     verify_listed_files(d, files, BundleError)
     plan = Plan.from_json((d / "plan.json").read_text())
     shares = None

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..files import sha256_file, verify_listed_files
+from ..files import read_json_manifest, sha256_file, verify_listed_files
 
 __all__ = ["ArtifactError", "sha256_file", "write_artifact", "read_manifest", "read_artifact"]
 
@@ -61,19 +61,14 @@ def write_artifact(
 def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
     """Load and check the manifest: right kind, every listed file present with its checksum."""
     folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{folder} is not a STIP artifact folder (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+    manifest = read_json_manifest(folder / MANIFEST, ArtifactError,
+                                  f"{folder} is not a STIP artifact folder (no {MANIFEST})")
     if not isinstance(manifest, dict) or manifest.get("format") != kind:
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise ArtifactError(f"{folder} holds a {got!r} artifact, expected {kind!r}")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{path} lists no files")
+        raise ArtifactError(f"{folder / MANIFEST} lists no files")
     verify_listed_files(folder, files, ArtifactError)
     return manifest
 
