@@ -139,10 +139,12 @@ def run_row(key: str, seq: int, reps: int) -> dict:
     return row
 
 
-def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None) -> dict:
-    """``n`` stratified test articles on shares, ``chunk`` per secure run (a run holds every
-    article's [S, S] attention scores per head on shares: 100 articles at once ran out of
-    memory here); partial results go to ``progress`` after each chunk."""
+def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None,
+             truncation: str = "exact") -> dict:
+    """``n`` stratified test articles on shares (``n`` < 0: the whole test split, in a random
+    order so that a partial run is a random sample), ``chunk`` per secure run (a run holds
+    every article's [S, S] attention scores per head on shares: 100 articles at once ran out
+    of memory here); partial results go to ``progress`` after each chunk."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -158,13 +160,16 @@ def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None) ->
     probe = LogisticRegression(max_iter=2000).fit(emb[train].numpy(), data.labels[train].numpy())
     acc_test = float((probe.predict(emb[test].numpy()) == data.labels[test].numpy()).mean())
     g = torch.Generator().manual_seed(secrets.randbits(62))
-    pick = test[stratified_subset(data.labels[test], max(1, n // 5), g)]
+    if n < 0:
+        pick = test[torch.randperm(len(test), generator=g)]
+    else:
+        pick = test[stratified_subset(data.labels[test], max(1, n // 5), g)]
     texts = [data.texts[i] for i in pick]
     outs, secs, nbytes = [], 0.0, 0
     result: dict = {}
     for start in range(0, len(texts), chunk):
         sec = secure_run({"weights": "minilm", "texts": texts[start:start + chunk], "pool": True,
-                          "drelu_high_bits": 32}, seq, 1)
+                          "drelu_high_bits": 32, "truncation": truncation}, seq, 1)
         outs.append(sec["output"])
         secs += sec["seconds"]
         nbytes += sec["bytes"]
@@ -175,6 +180,9 @@ def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None) ->
         plain_pred = probe.predict(emb[done].numpy())
         sec_pred = probe.predict(out.numpy())
         result = {"articles": [int(i) for i in np.asarray(done)], "seq": seq,
+                  "truncation": truncation, "chunk": chunk,
+                  "plain_pred": [int(v) for v in plain_pred],
+                  "secure_pred": [int(v) for v in sec_pred],
                   "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
                   "cosines": [round(float(c), 7) for c in cos],
                   "articles_below_0.99": int((cos < 0.99).sum()),
@@ -342,7 +350,11 @@ def main() -> None:
     ap.add_argument("--rows", default="layer,layer_fast,layer_sigquant,minilm")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--bbc", type=int, default=0, help="N BBC articles (see docstring)")
+    ap.add_argument("--bbc", type=int, default=0,
+                    help="N BBC test articles on shares; -1: the whole test split (668)")
+    ap.add_argument("--chunk", type=int, default=10, help="--bbc: articles per secure run")
+    ap.add_argument("--truncation", choices=["exact", "local"], default="exact",
+                    help="--bbc: truncation protocol (local: SecureML's, fails rarely)")
     ap.add_argument("--combos", action="store_true",
                     help="MiniLM, 3 sentences, all 4 activation combinations")
     ap.add_argument("--spu", action="store_true",
@@ -385,7 +397,7 @@ def main() -> None:
 
         partial = Path(tempfile.gettempdir()) / f"secinfer_bbc_{args.bbc}x{args.seq}.json"
         print(f"partial results after each chunk: {partial}")
-        r = bbc_eval(args.bbc, args.seq, progress=partial)
+        r = bbc_eval(args.bbc, args.seq, args.chunk, partial, args.truncation)
         print(f"BBC News, {len(r['articles'])} test articles at {r['seq']} tokens: secure vs "
               f"plaintext cosine min {r['cosine_min']:.6f}, mean {r['cosine_mean']:.6f}")
         print(f"linear probe accuracy on them: plaintext {r['probe_acc_plain_subset']:.4f}, "
@@ -393,7 +405,7 @@ def main() -> None:
               f"{r['probe_acc_plain_full_test']:.4f}); secure {r['secure_s']:.0f} s, "
               f"{r['secure_bytes'] / 1e9:.2f} GB")
         print(f"secure/plaintext prediction agreement ratio: {r['prediction_agreement']:.4f}")
-        _save(f"bbc_{len(r['articles'])}x{r['seq']}", r)
+        _save(f"bbc_{'all' if args.bbc < 0 else len(r['articles'])}x{r['seq']}", r)
         return
     rows = [run_row(k, args.seq, args.reps) for k in args.rows.split(",")]
     print(f"{'setting':<40} {'seq':>4} {'plain ms':>9} {'secure s':>9} {'MB':>8} "

@@ -196,19 +196,74 @@ class MPCEngine:
 
     # ------------------------------------------------------------------ truncation
     def truncate(self, x: Share, bits: int | None = None) -> Share:
-        """Local probabilistic truncation by ``bits`` (SecureML, Mohassel & Zhang 2017).
+        """Divide by 2^bits, rounding down, with the configured protocol (``config.truncation``).
 
+        ``"local"``: SecureML's local truncation (Mohassel & Zhang 2017), no communication:
         1. P0 computes ``x0 >> d``; 2. P1 computes ``-((-x1) >> d)``.
-        No communication. The result is off by at most one unit in the last place, except with
-        probability at most 2^(l_x + 1 - 64) per element when |x| < 2^l_x (ring units), where it
-        is off by about 2^(64 - d). See :class:`MPCConfig` for the resulting bounds.
+        The result is off by at most one unit in the last place, except with probability at
+        most 2^(l_x + 1 - 64) per element when |x| < 2^l_x (ring units), where it is off by
+        about 2^(64 - d). See :class:`MPCConfig` for the resulting bounds.
+
+        ``"exact"``: :meth:`_truncate_exact`, never more than one unit off.
         """
         d = self.f if bits is None else bits
+        if d == 0:
+            return x
+        if self.config.truncation == "exact":
+            return self._truncate_exact(x, d)
         if self.is_helper:
             return self.placeholder(x.shape, x.frac_bits - d)
         if self.role == P0:
             return Share(x.data >> d, x.frac_bits - d)
         return Share(-((-x.data) >> d), x.frac_bits - d)
+
+    def _truncate_exact(self, x: Share, d: int) -> Share:
+        """Truncation that computes the shares' wrap bit instead of hoping it is zero.
+
+        Follows the "truncation with known MSB" of SIRNN (Rathee et al., S&P 2021, section 4)
+        with the helper dealing the one product it needs. For |x| < 2^62 (ring units):
+        1. P0 adds 2^62 to its share, so x' = x + 2^62 lies in [0, 2^63): its top bit is 0;
+        2. the shares, read as unsigned, then wrap (x0' + x1 = x' + 2^64) exactly when either
+           top bit is set: w = a OR b = a + b - ab with a = msb(x0') at P0, b = msb(x1) at P1;
+        3. ab on shares mod 2^d (only w mod 2^d matters below): the helper deals alpha, gamma0
+           (P0's seed), beta (P1's seed) and sends gamma1 = alpha beta - gamma0 to P1; P0 sends
+           e = a - alpha, P1 sends g = b - beta (one round, d bits each);
+           P0: t0 = e g + alpha g + gamma0, P1: t1 = e beta + gamma1, ab = t0 + t1;
+        4. P_i: y_i = (x_i' >>> d) - (w_i mod 2^d) 2^(64 - d), and P0 adds 1 - 2^(62 - d).
+        Then y0 + y1 = floor(x / 2^d) + 1 - c with c in {0, 1} the carry of the low bits: one
+        unit at most, whatever the shares. As the shares are uniform, P(c = 0) = (L + 1) / 2^d
+        with L the low d bits of x, so the result is x / 2^d stochastically rounded with a bias
+        of 2^-d units (without the +1 every truncation would pull values down by one unit).
+        Every message is masked by a uniform value mod 2^d the receiver does not know.
+        Cost: one round; 3d bits per element (P0, P1, helper: d each).
+        """
+        shape, fz = x.shape, x.frac_bits - d
+        mask = (1 << d) - 1
+        wire = torch.int16 if d <= 16 else torch.int32 if d <= 32 else torch.int64
+        if self.is_helper:
+            alpha = self.prg_h0.int64(shape) & mask
+            gamma0 = self.prg_h0.int64(shape) & mask
+            beta = self.prg_h1.int64(shape) & mask
+            self.session.send(P1, ((alpha * beta - gamma0) & mask).to(wire))
+            return self.placeholder(shape, fz)
+        xs = x.data + (1 << 62) if self.role == P0 else x.data
+        top = (xs < 0).to(torch.int64)
+        mine = self.prg_h.int64(shape) & mask  # alpha at P0, beta at P1
+        masked = (top - mine) & mask
+        self.session.send(self.other, masked.to(wire))
+        if self.role == P0:
+            gamma0 = self.prg_h.int64(shape) & mask
+            g = self.session.recv(P1).to(torch.int64) & mask
+            t = masked * g + mine * g + gamma0
+        else:
+            gamma1 = self.session.recv(HELPER).to(torch.int64)
+            e = self.session.recv(P0).to(torch.int64) & mask
+            t = e * mine + gamma1
+        w = (top - t) & mask
+        y = ((xs >> d) & ((1 << (64 - d)) - 1)) - (w << (64 - d))
+        if self.role == P0:
+            y = y + (1 - (1 << (62 - d)))
+        return Share(y, fz)
 
     # ------------------------------------------------------------------ products
     def _open_masked(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:

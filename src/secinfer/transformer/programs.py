@@ -50,8 +50,8 @@ def encoder_latency(session: Session, n_layers: int = 1, hidden: int = 384, head
                     ffn: int = 1536, seq: int = 128, hidden_act: str = "gelu",
                     softmax_act: str = "softmax", drelu_high_bits: int = 0,
                     weights: str = "random", input_seed: int = 0, weight_seed: int = -1,
-                    texts: list[str] | None = None, reps: int = 1, pool: bool = False
-                    ) -> dict[str, torch.Tensor]:
+                    texts: list[str] | None = None, reps: int = 1, pool: bool = False,
+                    truncation: str = "exact") -> dict[str, torch.Tensor]:
     """Run an encoder on shares ``reps`` times and report costs (see the module docstring).
 
     ``weights``: "random" (P0 draws them; ``weight_seed`` < 0 means from the OS CSPRNG) or
@@ -61,7 +61,8 @@ def encoder_latency(session: Session, n_layers: int = 1, hidden: int = 384, head
     pid = session.party_id
     cfg = SecureTransformerConfig(hidden_act=hidden_act,  # type: ignore[arg-type]
                                   softmax_act=softmax_act,  # type: ignore[arg-type]
-                                  drelu_high_bits=drelu_high_bits)
+                                  drelu_high_bits=drelu_high_bits,
+                                  truncation=truncation)  # type: ignore[arg-type]
     enc: EncoderWeights | None = None
     x: torch.Tensor | None = None
     keep = torch.ones(1, seq, dtype=torch.int64)
