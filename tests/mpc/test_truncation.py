@@ -74,3 +74,20 @@ def test_exact_truncation_known_cost(d, wire_bytes):
 def test_config_rejects_unknown_truncation():
     with pytest.raises(ValueError, match="truncation must be"):
         MPCConfig(truncation="probabilistic")  # type: ignore[arg-type]
+
+
+def _prog_risk(s, raw, mode):
+    eng = MPCEngine(s, MPCConfig(frac_bits=16, truncation=mode, debug_reveal_insecure=True))
+    x = _share_raw(eng, raw, 32)
+    with s.op("scale"):
+        eng.truncate(x, 16)
+    return eng.debug_truncation_risk
+
+
+@pytest.mark.parametrize("mode", ["local", "exact"])
+def test_debug_mode_reports_local_truncation_risk(mode):
+    raw = torch.randint(-(2**50), 2**50, (5000,), dtype=torch.int64)
+    p0, p1, helper = run_in_memory(3, _prog_risk, raw, mode)
+    expect = float(raw.abs().double().sum()) / 2.0**64
+    assert p0.keys() == {"scale"} and abs(p0["scale"] - expect) <= 1e-9 * expect
+    assert p1 == p0 and helper == {}

@@ -82,6 +82,9 @@ class MPCEngine:
             raise ValueError("the MPC engine needs parties 0, 1 (compute) and 2 (helper)")
         if self.config.debug_reveal_insecure:
             log.warning("INSECURE DEBUG MODE: compute parties reveal intermediates to each other")
+        # debug mode only: per op, the expected number of elements SecureML's local truncation
+        # gets wrong (sum of |x| / 2^64 over the truncated values), whichever protocol runs
+        self.debug_truncation_risk: dict[str, float] = {}
         self._setup_seeds()
 
     # ------------------------------------------------------------------ set-up
@@ -209,6 +212,8 @@ class MPCEngine:
         d = self.f if bits is None else bits
         if d == 0:
             return x
+        if self.config.debug_reveal_insecure and not self.is_helper:
+            self._debug_truncation_risk(x)
         if self.config.truncation == "exact":
             return self._truncate_exact(x, d)
         if self.is_helper:
@@ -379,6 +384,13 @@ class MPCEngine:
         return z
 
     # ------------------------------------------------------------------ debugging
+    def _debug_truncation_risk(self, x: Share) -> None:
+        """INSECURE: open x between P0 and P1 and add its local-truncation failure odds."""
+        raw = x.data + self.session.exchange({self.other: x.data})[self.other]
+        op = self.session.acct.current.rsplit("/", 1)[-1]
+        risk = float(raw.abs().to(torch.float64).sum()) / 2.0**64
+        self.debug_truncation_risk[op] = self.debug_truncation_risk.get(op, 0.0) + risk
+
     def debug_check(self, name: str, x: Share, expect: torch.Tensor | None = None,
                     tol: float = 1e-2) -> None:
         """INSECURE (only with ``debug_reveal_insecure``): reveal and compare with plaintext."""

@@ -8,6 +8,7 @@ revealed output for an accuracy check by the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import time
@@ -51,8 +52,13 @@ def encoder_latency(session: Session, n_layers: int = 1, hidden: int = 384, head
                     softmax_act: str = "softmax", drelu_high_bits: int = 0,
                     weights: str = "random", input_seed: int = 0, weight_seed: int = -1,
                     texts: list[str] | None = None, reps: int = 1, pool: bool = False,
-                    truncation: str = "exact") -> dict[str, torch.Tensor]:
+                    truncation: str = "exact", debug_truncation_risk: bool = False
+                    ) -> dict[str, torch.Tensor]:
     """Run an encoder on shares ``reps`` times and report costs (see the module docstring).
+
+    ``debug_truncation_risk``: INSECURE debug mode (P0 and P1 open every truncated value to
+    each other); P0 also returns ``risk/<op>``, the expected number of elements SecureML's
+    local truncation would get wrong in that op (bytes and seconds then include the openings).
 
     ``weights``: "random" (P0 draws them; ``weight_seed`` < 0 means from the OS CSPRNG) or
     "minilm" (P0 loads the packaged all-MiniLM-L6-v2; P1 embeds ``texts``).
@@ -86,7 +92,10 @@ def encoder_latency(session: Session, n_layers: int = 1, hidden: int = 384, head
         if pid == P1:
             x = random_input(1, seq, hidden, input_seed)
         dims = EncoderDims(n_layers, hidden, heads, ffn)
-    engine = MPCEngine(session, cfg.mpc_config())
+    mpc = cfg.mpc_config()
+    if debug_truncation_risk:
+        mpc = dataclasses.replace(mpc, debug_reveal_insecure=True)
+    engine = MPCEngine(session, mpc)
     session.acct.reset()
     t0 = time.perf_counter()
     with session.op("weights"):
@@ -111,5 +120,8 @@ def encoder_latency(session: Session, n_layers: int = 1, hidden: int = 384, head
            "setup_bytes": torch.tensor(int(rep["weights"]["bytes_sent"]))}  # type: ignore[call-overload]
     if out is not None:
         res["output"] = out
+    if pid == P0:
+        for op, risk in engine.debug_truncation_risk.items():
+            res[f"risk/{op}"] = torch.tensor(risk / reps, dtype=torch.float64)
     return res
 
