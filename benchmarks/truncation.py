@@ -9,8 +9,10 @@ threads of this process over the in-memory transport (one torch thread each):
    number of corrupted elements per article. One is enough to wreck a LayerNorm row.
 2. *Cost*: seconds, bytes and rounds of one BERT layer (random weights) and of the whole
    MiniLM with pooling, local vs exact truncation, same weights and input.
+3. *The CNN path* (f = 12, local truncation by default): the same risk per Fashion-MNIST test
+   image for the demo CNN and the ResNet-style CNN (``--cnn-images`` real test images).
 
-    .venv/bin/python benchmarks/truncation.py [--articles 2]
+    .venv/bin/python benchmarks/truncation.py [--articles 2] [--cnn-images 20]
 
 Writes ``benchmarks/results/truncation.json``.
 """
@@ -47,6 +49,41 @@ def risk(texts: list[str]) -> dict:
             "per_article": sum(per_op.values())}
 
 
+def _cnn_risk_program(session, bundle_root: str, images: torch.Tensor) -> dict[str, float]:
+    from secinfer.models.bundle import load_bundle
+    from secinfer.models.secure import SecureModel
+    from secinfer.mpc import MPCConfig, MPCEngine
+
+    torch.set_num_threads(1)
+    pid = session.party_id
+    plan, shares, _ = load_bundle(f"{bundle_root}/party{pid}", expect_party=pid)
+    engine = MPCEngine(session, MPCConfig(frac_bits=plan.frac_bits, debug_reveal_insecure=True))
+    model = SecureModel(engine, plan, shares)
+    x = engine.share_input(images if pid == 0 else None, 0, tuple(images.shape))
+    model.forward(x)
+    return engine.debug_truncation_risk
+
+
+def cnn_risk(names: list[str], n_images: int) -> dict:
+    import logging
+    import tempfile
+
+    from secinfer.data import fashion_mnist
+    from secinfer.models import zoo
+    from secinfer.models.bundle import compile_model
+
+    logging.getLogger("secinfer").setLevel(logging.ERROR)  # debug mode logs every op
+    images, _ = fashion_mnist.load("test", limit=n_images)
+    out = {}
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            compile_model(zoo.pretrained(name), tuple(images.shape[1:]), f"{tmp}/b")
+            per_op = run_in_memory(3, _cnn_risk_program, f"{tmp}/b", images, timeout=3600)[0]
+        out[name] = {"images": n_images, "per_image": sum(per_op.values()) / n_images,
+                     "worst_op": max(per_op, key=per_op.get) if per_op else None}
+    return out
+
+
 def cost(row: str, texts: list[str], truncation: str) -> dict:
     kw = ({"weights": "minilm", "texts": texts, "pool": True} if row == "minilm"
           else {"weights": "random", "weight_seed": 1, "input_seed": 2})
@@ -61,6 +98,8 @@ def cost(row: str, texts: list[str], truncation: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--articles", type=int, default=2, help="BBC articles for the risk part")
+    ap.add_argument("--cnn-images", type=int, default=20,
+                    help="Fashion-MNIST test images for the CNN risk part")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -85,8 +124,13 @@ def main() -> None:
             ratio = res["exact"][what] / res["local"][what]
             res[f"exact/local {label}"] = ratio
             print(f"{row} exact/local {label} ratio: {ratio:.3f}")
+    cnn = cnn_risk(["fmnist_cnn", "fmnist_resnet"], args.cnn_images)
+    print(f"\nCNN path (f = 12, local truncation), expected corrupted elements per image "
+          f"({args.cnn_images} Fashion-MNIST test images):")
+    for name, c in cnn.items():
+        print(f"  {name:<14} {c['per_image']:.2e}  (worst op: {c['worst_op']})")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"risk": r, "cost": rows}, indent=1))
+    RESULTS.write_text(json.dumps({"risk": r, "cost": rows, "cnn_risk": cnn}, indent=1))
     print(f"wrote {RESULTS}")
 
 
