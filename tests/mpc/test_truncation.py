@@ -71,6 +71,11 @@ def test_exact_truncation_known_cost(d, wire_bytes):
     assert all(r["bytes_sent"] == 0 and r["rounds"] == 0 for r in local)
 
 
+def test_exact_truncation_rejects_a_shift_beyond_its_offset():
+    with pytest.raises(ValueError, match="1..61 bits"):
+        run_in_memory(3, _prog_truncate, _raw_values(4), 62, "exact")
+
+
 def test_config_rejects_unknown_truncation():
     with pytest.raises(ValueError, match="truncation must be"):
         MPCConfig(truncation="probabilistic")  # type: ignore[arg-type]

@@ -242,6 +242,8 @@ class MPCEngine:
         Every message is masked by a uniform value mod 2^d the receiver does not know.
         Cost: one round; 3d bits per element (P0, P1, helper: d each).
         """
+        if not 0 < d < 62:
+            raise ValueError(f"exact truncation shifts by 1..61 bits, got {d}")
         shape, fz = x.shape, x.frac_bits - d
         mask = (1 << d) - 1
         wire = torch.int16 if d <= 16 else torch.int32 if d <= 32 else torch.int64
