@@ -9,7 +9,7 @@ thread, like each party). Accuracy: max abs error of the revealed secure output 
 float64 plaintext reference with the same approximations.
 
     .venv/bin/python benchmarks/transformer.py [--rows layer,layer_fast,layer_sigquant,minilm]
-    .venv/bin/python benchmarks/transformer.py --bbc 20 [--seq 128]
+    .venv/bin/python benchmarks/transformer.py --bbc 20|-1 [--seq 128] [--chunk 10]
     .venv/bin/python benchmarks/transformer.py --combos
     .venv/bin/python benchmarks/transformer.py --spu [--seq 128] [--seed 0] \
         [--spu-configs ABY3:FM64:18:brpc]
@@ -29,7 +29,11 @@ Without ``.venv-spu`` it prints a note and measures nothing.
 OS CSPRNG; indices saved) on shares and in plaintext, all truncated to ``--seq`` tokens, and
 reports per-article cosines and the linear probe's accuracy (trained on plaintext embeddings
 of the 70/30 split's training part at the same truncation) on plaintext vs secure embeddings.
-Each mode updates its own key of the results JSON (``bbc_<N>x<seq>`` for this one).
+``--bbc -1`` takes the whole test split (668 articles) in a random order. The figures so far
+are saved after every chunk of ``--chunk`` articles (key ``bbc_<N>x<seq>`` or ``bbc_allx<seq>``,
+``complete`` false until the end), so a stopped run keeps what it measured. ``--truncation
+local`` switches back to SecureML's local truncation for comparison.
+Each mode updates its own key of the results JSON.
 """
 
 from __future__ import annotations
@@ -139,12 +143,13 @@ def run_row(key: str, seq: int, reps: int) -> dict:
     return row
 
 
-def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None,
+def bbc_eval(n: int, seq: int, chunk: int = 10, progress: str | None = None,
              truncation: str = "exact") -> dict:
     """``n`` stratified test articles on shares (``n`` < 0: the whole test split, in a random
     order so that a partial run is a random sample), ``chunk`` per secure run (a run holds
     every article's [S, S] attention scores per head on shares: 100 articles at once ran out
-    of memory here); partial results go to ``progress`` after each chunk."""
+    of memory here). After each chunk the figures so far are saved under the results key
+    ``progress`` with ``complete`` false until the last chunk, so a stopped run keeps them."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -196,8 +201,10 @@ def bbc_eval(n: int, seq: int, chunk: int = 10, progress: Path | None = None,
               f"{result['probe_acc_plain_subset']:.4f} secure "
               f"{result['probe_acc_secure_subset']:.4f}, cosine min {result['cosine_min']:.6f}, "
               f"{result['articles_below_0.99']} below 0.99", flush=True)
+        result["complete"] = len(done) == len(pick)
+        result["planned_articles"] = len(pick)
         if progress is not None:
-            progress.write_text(json.dumps(result, indent=1))
+            _save(progress, result)
     return result
 
 
@@ -393,11 +400,9 @@ def main() -> None:
         _save("combos", crow)
         return
     if args.bbc:
-        import tempfile
-
-        partial = Path(tempfile.gettempdir()) / f"secinfer_bbc_{args.bbc}x{args.seq}.json"
-        print(f"partial results after each chunk: {partial}")
-        r = bbc_eval(args.bbc, args.seq, args.chunk, partial, args.truncation)
+        key = f"bbc_{'all' if args.bbc < 0 else args.bbc}x{args.seq}"
+        print(f"results after each chunk: {RESULTS} key {key}")
+        r = bbc_eval(args.bbc, args.seq, args.chunk, key, args.truncation)
         print(f"BBC News, {len(r['articles'])} test articles at {r['seq']} tokens: secure vs "
               f"plaintext cosine min {r['cosine_min']:.6f}, mean {r['cosine_mean']:.6f}")
         print(f"linear probe accuracy on them: plaintext {r['probe_acc_plain_subset']:.4f}, "
@@ -405,7 +410,6 @@ def main() -> None:
               f"{r['probe_acc_plain_full_test']:.4f}); secure {r['secure_s']:.0f} s, "
               f"{r['secure_bytes'] / 1e9:.2f} GB")
         print(f"secure/plaintext prediction agreement ratio: {r['prediction_agreement']:.4f}")
-        _save(f"bbc_{'all' if args.bbc < 0 else len(r['articles'])}x{r['seq']}", r)
         return
     rows = [run_row(k, args.seq, args.reps) for k in args.rows.split(",")]
     print(f"{'setting':<40} {'seq':>4} {'plain ms':>9} {'secure s':>9} {'MB':>8} "
