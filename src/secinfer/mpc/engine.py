@@ -199,7 +199,7 @@ class MPCEngine:
 
     # ------------------------------------------------------------------ truncation
     def truncate(self, x: Share, bits: int | None = None) -> Share:
-        """Divide by 2^bits, rounding down, with the configured protocol (``config.truncation``).
+        """Divide by 2^bits to within one unit, with the configured protocol (``truncation``).
 
         ``"local"``: SecureML's local truncation (Mohassel & Zhang 2017), no communication:
         1. P0 computes ``x0 >> d``; 2. P1 computes ``-((-x1) >> d)``.
@@ -240,7 +240,8 @@ class MPCEngine:
         with L the low d bits of x, so the result is x / 2^d stochastically rounded with a bias
         of 2^-d units (without the +1 every truncation would pull values down by one unit).
         Every message is masked by a uniform value mod 2^d the receiver does not know.
-        Cost: one round; 3d bits per element (P0, P1, helper: d each).
+        Cost: one round; 3d bits per element (P0, P1, helper: d each, sent as 16, 32 or 64-bit
+        integers).
         """
         if not 0 < d < 62:
             raise ValueError(f"exact truncation shifts by 1..61 bits, got {d}")
