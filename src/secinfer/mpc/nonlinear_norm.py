@@ -76,7 +76,7 @@ def i_exp(engine: MPCEngine, x: Share, cfg: NonlinearConfig | None = None) -> Sh
     """I-BERT's exp for x <= 0 (``clip.approx.i_exp``), on shares.
 
     Steps: 1. z' = floor(-x / ln2) by a multiplication with -1/ln2 and a truncation to scale
-    0 (local; SecureML truncation may give floor + 1); p' = x + z' ln2;
+    0 (either truncation protocol may give floor + 1); p' = x + z' ln2;
     2. one DReLU on 2n values: b = [p' > 0] (then z = z' - b, p = p' - b ln2 in (-ln2, 0]) and
     c = [x >= -(max_shift + 1) ln2] (z within [0, max_shift]);
     3. q = 0.3585 (p + 1.353)^2 + 0.344 (one product);
