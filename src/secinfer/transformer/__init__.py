@@ -5,6 +5,7 @@ from .clip import (
     SecureClipResult,
     clip_program,
     l2_normalise,
+    pad_prompts,
     secure_clip,
     secure_clip_logits,
     secure_image_tower,
@@ -13,8 +14,10 @@ from .clip import (
 )
 from .clip_weights import ClipDims, ClipUserSide, ClipWeights, capture_clip, eos_positions, patchify
 from .layer import (
+    SecretPadding,
     SecureLayer,
     SecureTransformerConfig,
+    hidden_bias,
     secure_attention,
     secure_layer_forward,
     secure_prenorm_layer_forward,
@@ -23,9 +26,12 @@ from .layer import (
 from .model import (
     EncoderDims,
     SecureEncoder,
+    check_keep,
     encoder_forward,
     pool_normalise,
+    receive_hidden_length,
     receive_output,
+    send_hidden_length,
     send_shares,
     sentence_embedding_program,
     share_encoder,
@@ -52,4 +58,6 @@ __all__ = [
     "plain_encoder", "plain_layer", "pool_normalise", "random_encoder", "receive_output",
     "secure_layer_forward", "secure_sentence_embeddings", "send_shares",
     "sentence_embedding_program", "share_encoder", "share_layer",
+    "SecretPadding", "check_keep", "hidden_bias", "pad_prompts", "receive_hidden_length",
+    "send_hidden_length",
 ]

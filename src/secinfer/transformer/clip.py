@@ -8,8 +8,12 @@ secret-shares the weights of :func:`~secinfer.transformer.clip_weights.capture_c
 Protocol of :func:`clip_program`:
   1. the owner shares every weight; P0 and P1 open each weight's Beaver mask once
      ("prepared" weights: later products exchange only activations);
-  2. user -> P0, P1, P2: the text keep mask [T, S, S] (causal AND padding) and the EOS
-     positions [T]: public (they follow from the prompt lengths, which padding reveals);
+  2. ``cfg.hide_length`` (the default): user -> P0 / P1 only: shares of the padding bias
+     (keep - 1) * BIG [T, S] (:func:`~secinfer.transformer.layer.hidden_bias`) and of the EOS
+     one-hot [T, S] (at scale 0); the prompts are padded to the text tower's context length
+     (:func:`secure_clip`), so nothing the servers see depends on a prompt's length. With
+     ``hide_length=False``: user -> P0, P1, P2 in the clear: the text keep mask [T, S, S]
+     (causal AND padding) and the EOS positions [T] (each prompt's token count);
   3. user -> P0 / P1: shares (enc(x) - r, r) of the image patches [N, P, C p p] (the user cuts
      its images into patches: a public re-ordering of its own pixels) and of the text
      embedding [T, S, H_t] = token + position tables, computed by the user in plaintext as in
@@ -18,8 +22,10 @@ Protocol of :func:`clip_program`:
      positions) (shared, local), ``pre_layrnorm``, pre-norm layers
      (:func:`~secinfer.transformer.layer.secure_prenorm_layer_forward`, no mask), the class
      token's ``post_layernorm``, ``visual_projection``;
-  5. text tower: pre-norm layers with the public [T, S, S] mask, the EOS row selected with the
-     public positions (local: shares times a public one-hot), ``final_layer_norm`` on that row
+  5. text tower: pre-norm layers with the public causal mask and the padding (the shared
+     bias added to the scores, local; or the public [T, S, S] mask), the EOS row selected by
+     the one-hot (hidden: one Beaver matmul [T, 1, S] x [T, S, H_t] of a scale-0 one-hot, so
+     exact and untruncated, 1 round; public: local), ``final_layer_norm`` on that row
      (LayerNorm is row-wise, so this equals transformers' order), ``text_projection``;
   6. L2 normalisation of both embeddings: sum of squares (1 product), Newton rsqrt on shares
      (22 comparisons per row in one DReLU), 1 product;
@@ -44,8 +50,9 @@ must lie in [2^-8, 2^14) (norms 0.06 to 128).
 
 Threat model: semi-honest, non-colluding P0, P1, P2 (see :mod:`secinfer.mpc.engine`). The
 servers learn the public sizes (both towers, image geometry, number of images and prompts,
-the padded prompt length), the padding/causal mask and the EOS positions (i.e. each prompt's
-token count), nothing else; the user learns the logits (and the embeddings when asked).
+the padded prompt length: the context length with ``hide_length``), nothing else; with
+``hide_length=False`` also the padding mask and the EOS positions (each prompt's token
+count). The user learns the logits (and the embeddings when asked).
 Collusion of the helper with a compute server reveals everything.
 """
 
@@ -63,11 +70,17 @@ from ..mpc.nonlinear import rsqrt
 from ..mpc.nonlinear_norm import layer_norm
 from ..mpc.share import Share
 from ..net.session import Session, run_in_memory, run_tls_threads
-from .clip_weights import ClipDims, ClipUserSide, ClipWeights, capture_clip
-from .layer import SecureTransformerConfig, secure_prenorm_layer_forward
+from .clip_weights import ClipDims, ClipUserSide, ClipWeights, capture_clip, eos_positions
+from .layer import (
+    Mask,
+    SecretPadding,
+    SecureTransformerConfig,
+    hidden_bias,
+    secure_prenorm_layer_forward,
+)
 from .model import USER, SecureEncoder, receive_output, send_shares, share_encoder
 
-__all__ = ["SecureClip", "SecureClipResult", "share_clip", "secure_image_tower",
+__all__ = ["SecureClip", "SecureClipResult", "share_clip", "pad_prompts", "secure_image_tower",
            "secure_text_tower", "l2_normalise", "clip_program", "secure_clip",
            "secure_clip_logits"]
 
@@ -129,7 +142,7 @@ def l2_normalise(engine: MPCEngine, e: Share, cfg: SecureTransformerConfig) -> S
     return engine.mul(e, rsqrt(engine, ss, -8, 14, cfg.nonlinear))
 
 
-def _encoder(engine: MPCEngine, enc: SecureEncoder, x: Share, keep: torch.Tensor,
+def _encoder(engine: MPCEngine, enc: SecureEncoder, x: Share, keep: Mask,
              cfg: SecureTransformerConfig, act: str, first_shift: int) -> Share:
     for i, lyr in enumerate(enc.layers):
         with engine.session.op(f"layer{i}"):
@@ -157,15 +170,20 @@ def secure_image_tower(engine: MPCEngine, sc: SecureClip, patches: Share,
         return l2_normalise(engine, engine.linear(pooled, sc.vision_proj), cfg)
 
 
-def secure_text_tower(engine: MPCEngine, sc: SecureClip, x: Share, keep: torch.Tensor,
-                      eos: torch.Tensor, cfg: SecureTransformerConfig,
+def secure_text_tower(engine: MPCEngine, sc: SecureClip, x: Share, keep: Mask,
+                      eos: torch.Tensor | Share, cfg: SecureTransformerConfig,
                       embed_ln_shift: int = EMBED_LN_SHIFT) -> Share:
-    """Step 5 then 6: shares of embedded prompts [T, S, H_t], public keep [T, S, S] and EOS
-    positions [T] -> normalised text embeddings [T, D]."""
-    t, s, _ = x.shape
+    """Step 5 then 6: shares of embedded prompts [T, S, H_t], keep (public [T, S, S], or a
+    causal :class:`~secinfer.transformer.layer.SecretPadding`) and EOS (public positions [T],
+    or shares of the one-hot [T, S] at scale 0) -> normalised text embeddings [T, D]."""
+    t, s, h = x.shape
     y = _encoder(engine, sc.text, x, keep, cfg, sc.dims.native_act, embed_ln_shift)
     with engine.session.op("pool"):
-        if engine.is_helper:
+        if isinstance(eos, Share):
+            if tuple(eos.shape) != (t, s) or eos.frac_bits != 0:
+                raise ValueError(f"EOS one-hot shares must be [T, S] = {(t, s)} at scale 0")
+            row = engine.matmul(eos.reshape(t, 1, s), y, truncate=False).reshape(t, h)
+        elif engine.is_helper:
             row = y.sum(1)  # a placeholder of the right shape
         else:
             onehot = torch.nn.functional.one_hot(eos, s).to(torch.int64).unsqueeze(-1)
@@ -173,6 +191,15 @@ def secure_text_tower(engine: MPCEngine, sc: SecureClip, x: Share, keep: torch.T
         pooled = layer_norm(engine, row, sc.final_ln[0], sc.final_ln[1], sc.dims.text.eps,
                             cfg.nonlinear)
         return l2_normalise(engine, engine.linear(pooled, sc.text_proj), cfg)
+
+
+def _padding_of(keep: torch.Tensor, t: int, s: int) -> torch.Tensor:
+    """The key padding [T, S] of a causal-and-padding keep [T, S, S] (its last query row)."""
+    pad = keep[:, -1, :].to(torch.int64)
+    causal = torch.tril(torch.ones(s, s, dtype=torch.int64))
+    if not torch.equal(keep.to(torch.int64), causal.unsqueeze(0) * pad.reshape(t, 1, s)):
+        raise ValueError("hide_length needs the text mask to be causal AND key padding")
+    return pad
 
 
 def _check_public(keep: torch.Tensor, eos: torch.Tensor, t: int, s: int) -> None:
@@ -208,9 +235,15 @@ def clip_program(session: Session, dims: ClipDims, cfg: SecureTransformerConfig,
             if text is None or keep is None or eos is None or tuple(text.shape) != tshape:
                 raise ValueError(f"the user must pass text {tshape}, keep and eos")
             _check_public(keep, eos, t, s)
-            for p in (P0, P1, HELPER):
-                session.send(p, keep.to(torch.int64))
-                session.send(p, eos.to(torch.int64))
+            if cfg.hide_length:
+                pad = _padding_of(keep, t, s)
+                send_shares(session, hidden_bias(pad, cfg.nonlinear), cfg.frac_bits)
+                send_shares(session, torch.nn.functional.one_hot(eos.to(torch.int64), s)
+                            .to(torch.float64), 0)
+            else:
+                for p in (P0, P1, HELPER):
+                    session.send(p, keep.to(torch.int64))
+                    session.send(p, eos.to(torch.int64))
             send_shares(session, patches, cfg.frac_bits)
             send_shares(session, text, cfg.frac_bits)
             out: dict[str, Any] = {"logits": receive_output(session, cfg.frac_bits)}
@@ -223,8 +256,14 @@ def clip_program(session: Session, dims: ClipDims, cfg: SecureTransformerConfig,
     with session.op("weights"):
         model = share_clip(engine, weights, owner, dims)
     with session.op("inference"):
-        km, ep = session.recv(user), session.recv(user)
-        _check_public(km, ep, t, s)
+        km: Mask
+        ep: torch.Tensor | Share
+        if cfg.hide_length:
+            km = SecretPadding(engine.share_input(None, user, (t, s)), causal=True)
+            ep = engine.share_input(None, user, (t, s), frac_bits=0)
+        else:
+            km, ep = session.recv(user), session.recv(user)
+            _check_public(km, ep, t, s)
         xi = engine.share_input(None, user, pshape)
         xt = engine.share_input(None, user, tshape)
         with session.op("vision"):
@@ -262,7 +301,8 @@ def secure_clip(bundle: Any, images: torch.Tensor, prompts: list[str],
                 cfg: SecureTransformerConfig | None = None, tls: bool = False,
                 timeout: float = 600.0, with_embeddings: bool = True,
                 embed_ln_shift: int = EMBED_LN_SHIFT,
-                captured: tuple[ClipUserSide, ClipWeights] | None = None) -> SecureClipResult:
+                captured: tuple[ClipUserSide, ClipWeights] | None = None,
+                text_length: int | None = None) -> SecureClipResult:
     """CLIP logits (and normalised embeddings) of ``images`` x ``prompts`` on shares.
 
     ``bundle``: a :class:`~secinfer.clip.tinyclip.ClipBundle` (``.model`` a
@@ -270,15 +310,20 @@ def secure_clip(bundle: Any, images: torch.Tensor, prompts: list[str],
     [N, C, S, S] as the model takes them. All four parties run as threads of this process
     (P0 owner and server, P1 server, P2 helper, 3 user), over in-memory queues or, with
     ``tls=True``, real mutual-TLS sockets. ``captured`` re-uses a :func:`capture_clip`.
-    Raises ValueError naming the problem for images of the wrong shape or no prompts.
+    ``text_length``: the padded prompt length the servers see; by default the text tower's
+    context length (its number of positions) with ``cfg.hide_length``, else the longest
+    prompt. Raises ValueError naming the problem for images of the wrong shape, no prompts or
+    prompts longer than ``text_length``.
     """
     if not prompts:
         raise ValueError("secure_clip needs at least one prompt")
+    cfg = cfg or SecureTransformerConfig()
     user_side, weights = captured if captured is not None else capture_clip(bundle.model)
     patches = user_side.patches(images)
     ids, mask = bundle.tokenize(list(prompts))
-    text, keep, eos = user_side.embed_text(ids, mask)
-    cfg = cfg or SecureTransformerConfig()
+    text, keep, eos = pad_prompts(user_side, ids, mask, text_length if text_length is not None
+                                  else user_side.position.shape[0] if cfg.hide_length
+                                  else int(ids.shape[1]))
     shapes = (int(patches.shape[0]), int(text.shape[0]), int(text.shape[1]))
     none = (None, None, None, None, None)
     party_args = [(weights, *none[1:]), none, none, (None, patches, text, keep, eos)]
@@ -294,6 +339,22 @@ def secure_clip(bundle: Any, images: torch.Tensor, prompts: list[str],
         sum(_cost(reports, "inference", "bytes_sent")),
         sum(_cost(reports, "weights", "bytes_sent")),
         max(_cost(reports[:3], "inference", "rounds")))
+
+
+def pad_prompts(user_side: ClipUserSide, ids: torch.Tensor, mask: torch.Tensor, length: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The user's text side padded to ``length`` tokens: (embedding [T, length, H_t],
+    causal-and-padding keep, EOS positions found on the unpadded ids). The added positions
+    hold token 0 (any token: every later position is masked and only the EOS row is pooled)."""
+    t, s = ids.shape
+    if not s <= length <= user_side.position.shape[0]:
+        raise ValueError(f"prompts of {s} tokens cannot be padded to {length} (the text "
+                         f"tower has {user_side.position.shape[0]} positions)")
+    eos = eos_positions(ids, user_side.eos_token_id)
+    pad_ids = torch.nn.functional.pad(ids.to(torch.int64), (0, length - s))
+    pad_mask = torch.nn.functional.pad(mask.to(torch.int64), (0, length - s))
+    text, keep, _ = user_side.embed_text(pad_ids, pad_mask)
+    return text, keep, eos
 
 
 def secure_clip_logits(bundle: Any, images: torch.Tensor, prompts: list[str],

@@ -17,14 +17,28 @@ residuals x + attn(LN1(x)), h + MLP(LN2(h)); its masks may also be [B, S, S] (ca
 Paper followed: SecLMM (seeds-study section 1) for the activation switches, PUMA (Dong et al.
 2023) for the softmax and LayerNorm structure, the 3-party engine of :mod:`secinfer.mpc`.
 
+Length hiding (``SecureTransformerConfig.hide_length``, the default): the padding mask reaches
+the servers only as shares of an additive score bias (:class:`SecretPadding`): shares of
+(keep - 1) * BIG per key, BIG = ``mask_offset`` / 2 = 5000, added to every row of the shared
+scores (local, no communication) before the softmax, which then runs unmasked (or with only
+the public causal mask, whose offset is halved too). Ranges: scores lie in [-30, 30], so a
+masked score ends >= 4940 below its row's max, far past exp's clamp (-14: it contributes
+e^-14.4 ~ 0.04 units, i.e. at most 1 unit = 2^-16 after the exact truncation, to its row's
+sum and its own probability) and I-BERT's cut (-17 ln 2: exactly 0). A score masked by both
+the causal and the padding bias moves by mask_offset, the same as on the public path, so
+every compared difference stays below 2 mask_offset, inside the approximate DReLU's window
+that :class:`SecureTransformerConfig` validates; in the ring, 1e4 2^16 ~ 6.6e8 (scale f) and
+1e4 2^32 ~ 4.3e13 (a product at scale 2f) are far below 2^62, the exact truncation's range.
+
 Threat model: semi-honest, non-colluding P0, P1 and helper P2 (see :mod:`secinfer.mpc.engine`).
-The servers learn the shapes (batch, sequence length, model sizes) and the attention mask
-(which positions are padding), nothing else; weights are shared by their owner.
+The servers learn the shapes (batch, padded sequence length, model sizes) and nothing else
+with ``hide_length``; without it they also learn the attention mask (which positions are
+padding, i.e. every text's token count); weights are shared by their owner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -35,8 +49,9 @@ from ..mpc.nonlinear_norm import layer_norm, softmax, softmax_quant
 from ..mpc.share import Share
 from .weights import HiddenAct, LayerWeights, SoftmaxAct
 
-__all__ = ["SecureTransformerConfig", "SecureLayer", "share_layer", "layer_shapes",
-           "secure_attention", "secure_layer_forward", "secure_prenorm_layer_forward"]
+__all__ = ["SecureTransformerConfig", "SecureLayer", "SecretPadding", "Mask", "share_layer",
+           "layer_shapes", "hidden_bias", "secure_attention", "secure_layer_forward",
+           "secure_prenorm_layer_forward"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,13 @@ class SecureTransformerConfig:
         the article's embedding (cosine 0.06 was seen once in 170 articles). The exact
         protocol removes that failure for one round and 6 bytes per truncated element.
     nonlinear: the approximations' knobs.
+    hide_length (True): the user secret-shares the padding mask (as a score bias, see the
+        module docstring), the pooling weights keep / count (BERT) and the EOS one-hot (CLIP)
+        instead of sending the mask and EOS positions in the clear, and the front doors pad
+        every text to a fixed length (``max_length``; CLIP's context length), so the servers
+        learn only that padded length. False: the mask and EOS positions are public (each
+        text's token count leaks) and the front doors pad to the batch's longest text.
+        Measured cost at a fixed padded length: ``benchmarks/transformer.py --length-hiding``.
     """
 
     hidden_act: HiddenAct = "gelu"
@@ -64,8 +86,11 @@ class SecureTransformerConfig:
     drelu_high_bits: int = 0
     truncation: Truncation = "exact"
     nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
+    hide_length: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.hide_length, bool):
+            raise ValueError(f"hide_length must be a bool, got {self.hide_length!r}")
         if self.hidden_act not in ("gelu", "sig"):
             raise ValueError(f"hidden_act must be 'gelu' or 'sig', got {self.hidden_act!r}")
         if self.softmax_act not in ("softmax", "quant"):
@@ -79,6 +104,11 @@ class SecureTransformerConfig:
                 f"drelu_high_bits {self.drelu_high_bits} leaves a comparison window of "
                 f"{window:g}, too small for masked attention scores (2 x mask_offset = "
                 f"{2 * nl.mask_offset:g}) or LayerNorm variances up to 2^{nl.ln_hi}")
+        if self.hide_length and nl.mask_offset / 2.0 <= 64.0 - nl.exp_lower:
+            raise ValueError(
+                f"hide_length adds -mask_offset / 2 = {-nl.mask_offset / 2:g} to padded "
+                f"scores: it must push scores in [-30, 30] below exp_lower {nl.exp_lower:g} "
+                f"(mask_offset > {2 * (64.0 - nl.exp_lower):g})")
 
     def mpc_config(self) -> MPCConfig:
         return MPCConfig(frac_bits=self.frac_bits, drelu_high_bits=self.drelu_high_bits,
@@ -126,6 +156,27 @@ def share_layer(engine: MPCEngine, w: LayerWeights | None, owner: int, hidden: i
     return SecureLayer(prepared, biases, heads, eps)
 
 
+@dataclass
+class SecretPadding:
+    """A padding mask the servers hold only as shares (``hide_length``).
+
+    bias: shares [B, S] of (keep - 1) * BIG (:func:`hidden_bias`), one per key, broadcast over
+    heads and queries; causal: also apply the public causal mask (CLIP's text tower).
+    """
+
+    bias: Share
+    causal: bool = False
+
+
+#: A layer's attention mask: public keep bits [B, S] / [B, S, S], or secret (hidden length).
+Mask = torch.Tensor | SecretPadding
+
+
+def hidden_bias(keep: torch.Tensor, cfg: NonlinearConfig) -> torch.Tensor:
+    """The user's plaintext score bias (keep - 1) * BIG, BIG = mask_offset / 2 (float64)."""
+    return (keep.to(torch.float64) - 1.0) * (cfg.mask_offset / 2.0)
+
+
 def _heads(x: Share, b: int, s: int, heads: int) -> Share:
     return x.reshape(b, s, heads, -1).permute(0, 2, 1, 3).contiguous()
 
@@ -141,18 +192,37 @@ def _attention_mask(keep: torch.Tensor, b: int, s: int) -> torch.Tensor:
                      f"{(b, s)} nor (batch, seq, seq) {(b, s, s)}")
 
 
-def secure_attention(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: torch.Tensor,
+def _check_secret(keep: SecretPadding, b: int, s: int) -> None:
+    if tuple(keep.bias.shape) != (b, s):
+        raise ValueError(f"secret padding bias shape {tuple(keep.bias.shape)} != (batch, seq) "
+                         f"{(b, s)}")
+
+
+def secure_attention(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: Mask,
                      cfg: SecureTransformerConfig) -> Share:
     """Steps 1-4 of the module docstring (multi-head self-attention with the output
-    projection). x: shares [B, S, H]; keep: public [B, S] or [B, S, S] of 0/1."""
+    projection). x: shares [B, S, H]; keep: public [B, S] or [B, S, S] of 0/1, or a
+    :class:`SecretPadding` (its bias is added to the shared scores: local)."""
     b, s, h = x.shape
-    km = _attention_mask(keep, b, s)
     p, bs, nl = lyr.prepared, lyr.biases, cfg.nonlinear
+    bias: Share | None = None
+    km: torch.Tensor | None
+    if isinstance(keep, SecretPadding):
+        _check_secret(keep, b, s)
+        bias = keep.bias.reshape(b, 1, 1, s)
+        km = (torch.tril(torch.ones(s, s, dtype=torch.float64)).reshape(1, 1, s, s)
+              if keep.causal else None)
+        # BIG = mask_offset / 2 for both offsets: a doubly masked score moves by mask_offset
+        nl = replace(nl, mask_offset=nl.mask_offset / 2.0)
+    else:
+        km = _attention_mask(keep, b, s)
     with engine.session.op("qkv"):
         qkv = engine.linear(x, p["qkv_w"], bs["qkv_b"])
         q, k, v = (_heads(qkv[..., i * h : (i + 1) * h], b, s, lyr.heads) for i in range(3))
     with engine.session.op("scores"):
         scores = engine.matmul(q, k.transpose(-1, -2).contiguous())
+        if bias is not None:
+            scores = scores + bias  # shares of the padding bias, broadcast: local
     with engine.session.op("softmax"):
         sm = softmax_quant if cfg.softmax_act == "quant" else softmax
         probs = sm(engine, scores, km, nl)
@@ -161,11 +231,14 @@ def secure_attention(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: torch.
         return engine.linear(ctx, p["out_w"], bs["out_b"])
 
 
-def secure_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: torch.Tensor,
+def secure_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: Mask,
                          cfg: SecureTransformerConfig) -> Share:
-    """Steps 1-7 of the module docstring. x: shares [B, S, H]; keep: public [B, S] of 0/1."""
+    """Steps 1-7 of the module docstring. x: shares [B, S, H]; keep: public [B, S] of 0/1
+    or a :class:`SecretPadding` (no causal mask)."""
     b, s, h = x.shape
-    if tuple(keep.shape) != (b, s):
+    if isinstance(keep, SecretPadding):
+        _check_secret(keep, b, s)
+    elif tuple(keep.shape) != (b, s):
         raise ValueError(f"attention mask shape {tuple(keep.shape)} != (batch, seq) {(b, s)}")
     p, bs, nl = lyr.prepared, lyr.biases, cfg.nonlinear
     attn = secure_attention(engine, lyr, x, keep, cfg)
@@ -182,7 +255,7 @@ def secure_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share, keep: to
 
 
 def secure_prenorm_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share,
-                                 keep: torch.Tensor, cfg: SecureTransformerConfig,
+                                 keep: Mask, cfg: SecureTransformerConfig,
                                  native_act: str = "quick_gelu", ln1_shift: int = 0) -> Share:
     """A pre-norm layer (CLIP, GPT-2 style): h = x + attn(LN1(x)); out = h + MLP(LN2(h)).
 
@@ -192,7 +265,8 @@ def secure_prenorm_layer_forward(engine: MPCEngine, lyr: SecureLayer, x: Share,
     x sig(1.702 x) when it is ``"sig"``. ``ln1_shift`` k computes LN1 on 2^k x with epsilon
     4^k eps, which is the same function (LayerNorm is scale-invariant) but moves a small
     input variance (e.g. raw token embeddings, ~4e-4) into the rsqrt's accurate range at
-    f = 16 (a local multiplication, no communication). keep: public [B, S] or [B, S, S].
+    f = 16 (a local multiplication, no communication). keep: public [B, S] or [B, S, S],
+    or a :class:`SecretPadding`.
     """
     if native_act not in ("quick_gelu", "gelu"):
         raise ValueError(f"native_act must be 'quick_gelu' or 'gelu', got {native_act!r}")

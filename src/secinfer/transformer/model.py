@@ -13,16 +13,28 @@ the alternative, a secret-shared one-hot [S, vocab] times a shared table, keeps 
 private but costs 16 * S * 30522 bytes (63 MB at S = 128) from the user and a
 [S, 30522] x [30522, H] product on shares.
 
-Protocol of :func:`sentence_embedding_program`:
-  1. user -> P0, P1, P2: the attention mask (public: it only marks padding, whose amount the
-     shapes reveal anyway); user -> P0: enc(x) - r, user -> P1: r (r from the OS CSPRNG);
-  2. the servers run the layers of :mod:`secinfer.transformer.layer`;
-  3. mean pooling over kept tokens (public mask: local sums, public 1/count), then L2
-     normalisation by a Newton rsqrt on shares;
+Protocol of :func:`sentence_embedding_program` (``cfg.hide_length``, the default):
+  1. user -> P0 / P1: shares (enc(v) - r, r; r from an AES-CTR PRG keyed from the OS CSPRNG)
+     of the padding bias (keep - 1) * BIG [B, S] (:func:`~secinfer.transformer.layer.
+     hidden_bias`), of the pooling weights keep / count [B, S] and of the embedding [B, S, H].
+     The user knows its own lengths, so it computes 1/count itself: cheaper than a secure
+     reciprocal of a shared count (no comparisons, no Newton steps, no rounds). The helper
+     receives nothing from the user;
+  2. the servers run the layers of :mod:`secinfer.transformer.layer`, the bias added to the
+     shared scores (local);
+  3. mean pooling = (keep / count) @ y per text: one Beaver matmul [B, 1, S] x [B, S, H]
+     (1 round + 1 exact truncation, 16 B S (H + 1) bytes); 1/count's rounding at f = 16 is a
+     common factor of the row, which the L2 normalisation (Newton rsqrt on shares) cancels;
   4. P0 and P1 send their shares of the [B, H] embedding to the user only, who adds them.
 
+With ``hide_length=False`` step 1 sends the attention mask [B, S] in the clear to P0, P1 and
+P2 instead (it tells every server each text's exact token count, even when texts are padded
+to a fixed length), the softmax masks publicly and step 3 is local (public sums, public
+1/count).
+
 Threat model: semi-honest, non-colluding P0, P1, P2 (see :mod:`secinfer.mpc.engine`); the
-user learns the embedding, the servers learn shapes and the padding mask.
+user learns the embedding; the servers learn the shapes: batch and padded length (with
+``hide_length``, nothing that depends on the true lengths; without it, the padding mask too).
 """
 
 from __future__ import annotations
@@ -38,11 +50,20 @@ from ..mpc.nonlinear_base import mul_const
 from ..mpc.prg import PRG, new_seed
 from ..mpc.share import Share
 from ..net.session import Session
-from .layer import SecureLayer, SecureTransformerConfig, secure_layer_forward, share_layer
+from .layer import (
+    Mask,
+    SecretPadding,
+    SecureLayer,
+    SecureTransformerConfig,
+    hidden_bias,
+    secure_layer_forward,
+    share_layer,
+)
 from .weights import EncoderWeights
 
 __all__ = ["EncoderDims", "SecureEncoder", "share_encoder", "encoder_forward",
-           "pool_normalise", "send_shares", "receive_output", "sentence_embedding_program"]
+           "pool_normalise", "send_shares", "receive_output", "check_keep",
+           "send_hidden_length", "receive_hidden_length", "sentence_embedding_program"]
 
 USER = 3
 
@@ -80,7 +101,7 @@ def share_encoder(engine: MPCEngine, enc: EncoderWeights | None, owner: int,
     return SecureEncoder(layers, dims)
 
 
-def encoder_forward(engine: MPCEngine, model: SecureEncoder, x: Share, keep: torch.Tensor,
+def encoder_forward(engine: MPCEngine, model: SecureEncoder, x: Share, keep: Mask,
                     cfg: SecureTransformerConfig) -> Share:
     for i, lyr in enumerate(model.layers):
         with engine.session.op(f"layer{i}"):
@@ -88,16 +109,24 @@ def encoder_forward(engine: MPCEngine, model: SecureEncoder, x: Share, keep: tor
     return x
 
 
-def pool_normalise(engine: MPCEngine, x: Share, keep: torch.Tensor,
+def pool_normalise(engine: MPCEngine, x: Share, keep: torch.Tensor | Share,
                    cfg: NonlinearConfig | None = None) -> Share:
     """Mean over kept tokens, then x / ||x||: [B, S, H] -> [B, H].
 
-    The squared norm must lie in [2^-8, 2^14) (sentence embeddings before normalisation have
-    norms of a few units).
+    ``keep``: the public mask [B, S] (local sums, public 1/count) or, when the length is
+    hidden, shares of the weights keep / count [B, S] (one Beaver matmul). The squared norm
+    must lie in [2^-8, 2^14) (sentence embeddings before normalisation have norms of a few
+    units).
     """
-    km = keep.to(torch.int64)
-    summed = (x if engine.is_helper else x.mul_int(km.unsqueeze(-1))).sum(1)
-    pooled = mul_const(engine, summed, 1.0 / km.sum(1, keepdim=True).to(torch.float64))
+    if isinstance(keep, Share):
+        b, s, h = x.shape
+        if tuple(keep.shape) != (b, s):
+            raise ValueError(f"pooling weights of shape {tuple(keep.shape)} != {(b, s)}")
+        pooled = engine.matmul(keep.reshape(b, 1, s), x).reshape(b, h)
+    else:
+        km = keep.to(torch.int64)
+        summed = (x if engine.is_helper else x.mul_int(km.unsqueeze(-1))).sum(1)
+        pooled = mul_const(engine, summed, 1.0 / km.sum(1, keepdim=True).to(torch.float64))
     ss = engine.mul(pooled, pooled).sum(-1, keepdim=True)
     return engine.mul(pooled, rsqrt(engine, ss, -8, 14, cfg))
 
@@ -118,6 +147,36 @@ def receive_output(session: Session, frac_bits: int) -> torch.Tensor:
     return decode(session.recv(P0) + session.recv(P1), frac_bits)
 
 
+def check_keep(keep: torch.Tensor, b: int, s: int) -> None:
+    """A padding mask [B, S] of 0/1 with at least one kept token per text (named errors)."""
+    if tuple(keep.shape) != (b, s) or not ((keep == 0) | (keep == 1)).all():
+        raise ValueError(f"bad attention mask of shape {tuple(keep.shape)}, expected 0/1 of "
+                         f"{(b, s)}")
+    if bool((keep.sum(-1) == 0).any()):
+        raise ValueError("every text needs at least one kept token")
+
+
+def send_hidden_length(session: Session, keep: torch.Tensor, cfg: SecureTransformerConfig
+                       ) -> None:
+    """The user's step 1 (``hide_length``): shares of the padding bias and of keep / count.
+
+    32 bytes per element of [B, S], to P0 and P1 only; the randomness is :func:`send_shares`'s.
+    """
+    b, s = keep.shape
+    check_keep(keep, b, s)
+    kf = keep.to(torch.float64)
+    send_shares(session, hidden_bias(kf, cfg.nonlinear), cfg.frac_bits)
+    send_shares(session, kf / kf.sum(-1, keepdim=True), cfg.frac_bits)
+
+
+def receive_hidden_length(engine: MPCEngine, user: int, b: int, s: int
+                          ) -> tuple[SecretPadding, Share]:
+    """The servers' side of :func:`send_hidden_length`: (secret padding, pooling weights)."""
+    bias = engine.share_input(None, user, (b, s))
+    weights = engine.share_input(None, user, (b, s))
+    return SecretPadding(bias), weights
+
+
 def sentence_embedding_program(session: Session, dims: EncoderDims,
                                cfg: SecureTransformerConfig, seq_shape: tuple[int, int],
                                weights: EncoderWeights | None = None,
@@ -127,8 +186,9 @@ def sentence_embedding_program(session: Session, dims: EncoderDims,
     """SPMD program (steps 1-4 of the module docstring) for P0, P1, P2 and the user.
 
     The owner passes ``weights``; the user passes ``embedded`` [B, S, H] (from
-    :class:`~secinfer.transformer.weights.Embeddings`) and ``keep`` [B, S]. Returns the
-    normalised [B, H] embedding at the user, None elsewhere.
+    :class:`~secinfer.transformer.weights.Embeddings`) and ``keep`` [B, S]; with
+    ``cfg.hide_length`` ``keep`` never leaves the user in the clear. Returns the normalised
+    [B, H] embedding at the user, None elsewhere.
     """
     pid = session.party_id
     b, s = seq_shape
@@ -136,20 +196,28 @@ def sentence_embedding_program(session: Session, dims: EncoderDims,
     if pid == user:
         if embedded is None or keep is None or tuple(embedded.shape) != shape:
             raise ValueError(f"the user must pass embedded {shape} and keep {(b, s)}")
-        for p in (P0, P1, HELPER):
-            session.send(p, keep.to(torch.int64))
+        if cfg.hide_length:
+            send_hidden_length(session, keep, cfg)
+        else:
+            for p in (P0, P1, HELPER):
+                session.send(p, keep.to(torch.int64))
         send_shares(session, embedded, cfg.frac_bits)
         return receive_output(session, cfg.frac_bits)
     engine = MPCEngine(session, cfg.mpc_config())
     with session.op("weights"):
         model = share_encoder(engine, weights, owner, dims)
     with session.op("inference"):
-        km = session.recv(user)
-        if tuple(km.shape) != (b, s) or not ((km == 0) | (km == 1)).all():
-            raise ValueError(f"the user sent a bad attention mask of shape {tuple(km.shape)}")
+        mask: Mask
+        pool: torch.Tensor | Share
+        if cfg.hide_length:
+            mask, pool = receive_hidden_length(engine, user, b, s)
+        else:
+            km = session.recv(user)
+            check_keep(km, b, s)
+            mask = pool = km
         x = engine.share_input(None, user, shape)
-        y = encoder_forward(engine, model, x, km, cfg)
+        y = encoder_forward(engine, model, x, mask, cfg)
         with session.op("pool"):
-            out = pool_normalise(engine, y, km, cfg.nonlinear)
+            out = pool_normalise(engine, y, pool, cfg.nonlinear)
         engine.reveal(out, to=user)
     return None

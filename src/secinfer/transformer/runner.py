@@ -28,19 +28,23 @@ def secure_sentence_embeddings(model: Any, tokenizer: Any, texts: list[str],
 
     The user's side tokenizes and embeds (plaintext), the servers run the encoder on shares,
     and only the user receives the result. ``tls=True`` uses real mutual-TLS sockets between
-    the (thread) parties instead of in-memory queues.
+    the (thread) parties instead of in-memory queues. With ``cfg.hide_length`` (the default)
+    every text is padded to ``max_length`` tokens, so the servers learn only ``max_length``;
+    otherwise to the batch's longest text, whose length the shapes then reveal (and the
+    public mask reveals every text's).
     """
     if not texts:
         raise ValueError("secure_sentence_embeddings needs at least one text")
+    cfg = cfg or SecureTransformerConfig()
     emb, enc = capture_bert(model)
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+    batch = tokenizer(texts, padding="max_length" if cfg.hide_length else True,
+                      truncation=True, max_length=max_length, return_tensors="pt")
     keep = batch["attention_mask"]
     x = emb(batch["input_ids"], batch.get("token_type_ids"))
     b, s = keep.shape
     party_args = [(enc, None, None), (None, None, None), (None, None, None), (None, x, keep)]
     run = run_tls_threads if tls else run_in_memory
     out = run(4, sentence_embedding_program, EncoderDims.of(enc),
-              cfg or SecureTransformerConfig(), (b, s), party_args=party_args,
+              cfg, (b, s), party_args=party_args,
               timeout=timeout)
     return out[3]
