@@ -6,6 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from secinfer.mpc.prg import PRG, new_seed
+from secinfer.tee.rand import EnclaveRandomness
+
 
 class TinyNet(nn.Module):
     """conv-BN-ReLU, max pool, a residual block, a depthwise conv, avg pool, two linears."""
@@ -51,6 +54,16 @@ def gen() -> torch.Generator:
     import secrets
 
     return torch.Generator().manual_seed(secrets.randbits(62))
+
+
+@pytest.fixture
+def rng() -> EnclaveRandomness:
+    return EnclaveRandomness()
+
+
+@pytest.fixture
+def prg() -> PRG:
+    return PRG(new_seed())
 
 
 @pytest.fixture

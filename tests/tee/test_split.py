@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from secinfer.mpc.prg import PRG
 from secinfer.net import run_in_memory
 from secinfer.tee import (
     Device,
@@ -84,14 +85,14 @@ def test_bundles_round_trip_through_files(tiny: nn.Module, gen: torch.Generator,
         EnclaveBundle.load(tmp_path / "missing")
 
 
-# a top-bit flip escapes each checksum vector with probability 1/2 (see the campaign test), so
-# against checksums alone it is not caught with certainty and is left out of this grid
+# with the 64-bit check every fault, the top-bit flip included, escapes checksums alone with
+# probability at most 2^-32 (k = 2), so the whole grid is caught
 _ALL_ITEM_CASES = [(k, t, c) for k in ("noise", "element", "scale", "skip", "replay", "msb")
-                   for t, c in ((2, 0), (0, 2), (2, 2)) if not (k == "msb" and t == 0)]
+                   for t, c in ((2, 0), (0, 2), (2, 2))]
 
 
 @pytest.mark.parametrize(("kind", "triples", "checksums"), _ALL_ITEM_CASES)
-def test_every_fault_on_every_item_is_caught(tiny: nn.Module, gen: torch.Generator,
+def test_every_fault_on_every_item_is_caught(tiny: nn.Module, gen: torch.Generator, prg: PRG,
                                              kind: str, triples: int, checksums: int) -> None:
     b = _bundle(tiny, gen)
     x = torch.randn(2, 2, 8, 8, generator=gen)
@@ -99,7 +100,7 @@ def test_every_fault_on_every_item_is_caught(tiny: nn.Module, gen: torch.Generat
     if kind == "replay":  # needs an earlier result to replay: prime it with an honest batch
         n = 2 + 3 * triples
         fault.apply(0, torch.zeros(1, n, 2, 8, 8, dtype=torch.int32),
-                    torch.zeros(1, n, 6, 8, 8, dtype=torch.int32), gen)
+                    torch.zeros(1, n, 6, 8, 8, dtype=torch.int32), prg)
     what = "fingerprint triples failed" if triples else "item checksums failed"
     with pytest.raises(IntegrityError, match=f"layer 0 .*{what}"):
         _split(b, x, fault, triples=triples, checksums=checksums)
@@ -123,12 +124,13 @@ def test_honest_device_passes_every_check(tiny: nn.Module, gen: torch.Generator)
     assert st.triples_failed == 0 and st.alarms == 0
 
 
-@pytest.mark.parametrize(("kind", "checksums"), [("none", 2), ("element", 0), ("replay", 0),
-                                                 ("element", 2), ("scale", 2), ("msb", 2)])
-def test_single_item_fault_detection_rate(kind: str, checksums: int) -> None:
+@pytest.mark.parametrize(("kind", "checksums", "bits"),
+                         [("none", 2, 64), ("element", 0, 64), ("replay", 0, 64),
+                          ("element", 2, 64), ("scale", 2, 64), ("msb", 2, 64), ("msb", 2, 32)])
+def test_single_item_fault_detection_rate(kind: str, checksums: int, bits: int) -> None:
     trials, batch, triples = 1500, 1, 2
     res = run_in_memory(2, lambda s: enclave_trials(s, trials, batch, triples, chunk=500,
-                                                    checksums=checksums)
+                                                    checksums=checksums, check_bits=bits)
                         if s.party_id == 0 else device_trials(s, kind, "one"), timeout=60)[0]
     alarm, altered = res["alarm"], res["altered"]
     assert not (alarm & ~altered).any()  # no false alarms
@@ -136,14 +138,15 @@ def test_single_item_fault_detection_rate(kind: str, checksums: int) -> None:
         assert not altered.any()
         return
     g = float(res["guarantee"])
-    assert g == pytest.approx(1 - (1 / 7) * 2.0 ** -checksums)
+    miss = 0.5 if bits == 32 else 2.0 ** -16
+    assert g == pytest.approx(1 - (1 / 7) * miss ** checksums)
     n = int(altered.sum())
     rate = int((alarm & altered).sum()) / n
-    if checksums == 0 or kind == "msb":
-        # Exact for one altered item (and for a top-bit flip against checksums): binomial.
+    if checksums == 0 or (kind == "msb" and bits == 32):
+        # Exact for one altered item (and for a top-bit flip against 32-bit checksums): binomial.
         assert abs(rate - g) < 4.5 * math.sqrt(g * (1 - g) / n)
     else:
-        # Errors of low 2-adic valuation escape a checksum with probability ~2^-32.
+        # Every error escapes 2 vectors of the 64-bit check with probability <= 2^-32.
         assert rate == 1.0 and bool(res["checksum_alarm"][altered].all())
     assert torch.equal(res["undetected_corruption"], altered & ~alarm)
 

@@ -11,16 +11,24 @@ from .bundle import DeviceBundle, EnclaveBundle, provision
 from .device import FAULT_KINDS, Device, Fault
 from .enclave import Enclave, EnclaveStats
 from .graph import LinearSpec, Program, Step, UnsupportedOp, capture
-from .mask import LayerSecret, ring_linear, secure_generator
-from .monitor import IntegrityError, MonitorConfig, detection_guarantee, triples_for
+from .mask import LayerSecret, ring_linear
+from .monitor import (
+    IntegrityError,
+    MonitorConfig,
+    alteration_bound,
+    detection_guarantee,
+    triples_for,
+)
+from .qat import training_generator
 from .quantize import ActQuant, QuantConfig, QuantModel, calibrate, sweep_reduce_range
+from .rand import EnclaveRandomness
 
 __all__ = [
     "DeviceBundle", "EnclaveBundle", "provision",
     "FAULT_KINDS", "Device", "Fault",
     "Enclave", "EnclaveStats",
     "LinearSpec", "Program", "Step", "UnsupportedOp", "capture",
-    "LayerSecret", "ring_linear", "secure_generator",
-    "IntegrityError", "MonitorConfig", "detection_guarantee", "triples_for",
+    "LayerSecret", "ring_linear", "training_generator", "EnclaveRandomness",
+    "IntegrityError", "MonitorConfig", "alteration_bound", "detection_guarantee", "triples_for",
     "ActQuant", "QuantConfig", "QuantModel", "calibrate", "sweep_reduce_range",
 ]

@@ -15,8 +15,8 @@ from ..net.session import Session
 from .bundle import DeviceBundle, EnclaveBundle
 from .device import Device
 from .enclave import Enclave
-from .mask import secure_generator
 from .monitor import MonitorConfig
+from .qat import training_generator
 
 __all__ = ["enclave_bench", "device_bench"]
 
@@ -27,7 +27,7 @@ def enclave_bench(session: Session, bundles: list[str], batches: list[int],
     """Per variant ``k``: median online seconds, offline seconds, and equality with int8."""
     if not (len(bundles) == len(batches) == len(triples)):
         raise ValueError("bundles, batches and triples must have one entry per variant")
-    gen = secure_generator()
+    gen = training_generator()
     sums = checksums if checksums is not None else [2] * len(bundles)
     online, offline, equal = [], [], []
     loaded: dict[str, EnclaveBundle] = {}

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..mpc.prg import PRG
 from .graph import LinearSpec, Program, Step
-from .mask import LayerSecret, device_weight, draw_secrets, secure_generator
+from .mask import LayerSecret, device_weight, draw_secrets
 from .quantize import ActQuant, QuantConfig, QuantModel
+from .rand import permutation_prg
 
 __all__ = ["DeviceBundle", "EnclaveBundle", "provision"]
 
@@ -136,7 +138,8 @@ def _attrs(a: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in a.items()}
 
 
-def provision(model: QuantModel, permute: bool = True,
-              gen: torch.Generator | None = None) -> EnclaveBundle:
-    """Draw fresh secret permutations (CSPRNG) for ``model``; ``permute=False`` keeps identity."""
-    return EnclaveBundle(model, draw_secrets(model.program, gen or secure_generator(), permute))
+def provision(model: QuantModel, permute: bool = True, prg: PRG | None = None) -> EnclaveBundle:
+    """Draw fresh secret permutations for ``model`` from an AES-CTR PRG under a fresh
+    OS-CSPRNG key used for nothing else (``rand.permutation_prg``); ``permute=False`` keeps the
+    identity. ``prg`` only for tests that need two provisionings to share permutations."""
+    return EnclaveBundle(model, draw_secrets(model.program, prg or permutation_prg(), permute))

@@ -30,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from ..mpc.prg import PRG, new_seed
 from .graph import LinearSpec, Program
 from .mask import LayerSecret
 from .qat import _RoundSTE, accuracy, train_classifier
@@ -54,10 +55,13 @@ def _std_scale(v: torch.Tensor) -> torch.Tensor:
 class DesimProgram(nn.Module):
     """``W = diag(g) V``: trainable device tensors ``V``, secret signed gains ``g``, biases."""
 
-    def __init__(self, program: Program, gen: torch.Generator) -> None:
+    def __init__(self, program: Program) -> None:
         super().__init__()
         self.program = program
-        signs = [torch.where(torch.rand(lay.out_channels, generator=gen) < 0.5, -1.0, 1.0)
+        # the initial gain signs become part of the secret scales: drawn from a CSPRNG-keyed
+        # AES-CTR PRG, not from the training generator (which only shuffles data)
+        prg = PRG(new_seed())
+        signs = [prg.uniform_bits((lay.out_channels,), 1).float() * 2.0 - 1.0
                  for lay in program.layers]
         shape = [(-1, *([1] * (lay.weight.dim() - 1))) for lay in program.layers]
         self.v: nn.ParameterList = nn.ParameterList(
@@ -98,7 +102,7 @@ def desim_train(program: Program, x: torch.Tensor, y: torch.Tensor, gen: torch.G
                 epochs: int = 1, lam: float = 1.0, lr: float = 5e-4,
                 batch: int = 128) -> DesimProgram:
     """Fine-tune ``program`` with the de-similarity objective (module docstring)."""
-    model = DesimProgram(program, gen)
+    model = DesimProgram(program)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     k = math.log(float(program.layers[-1].out_channels))
     for _ in range(epochs):

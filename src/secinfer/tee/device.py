@@ -9,6 +9,10 @@ Wire protocol with the enclave (one round per linear layer; all tensors framed b
 A :class:`Fault` turns the device into the tamperer used to measure the integrity monitor. Its
 faults act on ``T`` independent batches at once (``r`` of shape ``(T, N, ...)``), so that 10,000
 trials are a handful of tensor ops; the serving loop uses ``T = 1``.
+
+The device's own randomness (which items and elements a fault hits) is the adversary's, not a
+secret of the protocol; it still comes from an AES-CTR PRG, keyed by ``seed`` (fixed in the view
+test, to show that the device's view depends only on the enclave's randomness) or a fresh key.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..mpc.prg import PRG, new_seed
 from ..net.session import Session
 from .bundle import DeviceBundle
-from .mask import ring_linear, secure_generator, wrap
+from .mask import ring_linear, wrap
 
 __all__ = ["CMD_STOP", "CMD_LINEAR", "FAULT_KINDS", "Fault", "Device"]
 
@@ -39,12 +44,14 @@ class Fault:
     the error that secret checksums catch least often, see ``monitor.py``). ``target``: ``one``
     corrupts one item per batch, chosen uniformly (the device cannot tell fingerprints from real
     items, so no choice does better); ``all`` corrupts every item. ``rate``: probability that a
-    given layer call is corrupted.
+    given layer call is corrupted. ``layers``: corrupt only these linear layers (``None``: all),
+    e.g. ``(2,)`` for a device that corrupts one layer of each query.
     """
 
     kind: str = "none"
     target: str = "one"
     rate: float = 1.0
+    layers: tuple[int, ...] | None = None
     _prev: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,28 +62,27 @@ class Fault:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"fault rate must be in [0, 1], got {self.rate}")
 
-    def apply(self, layer: int, u: torch.Tensor, r: torch.Tensor,
-              gen: torch.Generator) -> torch.Tensor:
+    def apply(self, layer: int, u: torch.Tensor, r: torch.Tensor, prg: PRG) -> torch.Tensor:
         """Corrupt ``r`` (``(T, N, ...)`` int32, results of ``u``); returns a new tensor."""
         prev = self._prev.get(layer)
         self._prev[layer] = r.clone()
-        if self.kind == "none":
+        if self.kind == "none" or (self.layers is not None and layer not in self.layers):
             return r
         t, n = r.shape[:2]
-        bad = self._bad_items(t, n, gen)
+        bad = self._bad_items(t, n, prg)
         rr = r.to(torch.int64)
         if self.kind == "noise":
-            alt = rr + torch.randint(0, 127, rr.shape, generator=gen)
+            alt = rr + prg.uniform_int(rr.shape, 0, 127)
         elif self.kind == "element":
             flat = rr.reshape(t, n, -1)
-            pos = torch.randint(0, flat.shape[2], (t, n), generator=gen)
-            delta = torch.randint(1, 128, (t, n), generator=gen)
+            pos = prg.uniform_int((t, n), 0, flat.shape[2])
+            delta = prg.uniform_int((t, n), 1, 128)
             alt = flat.clone()
             alt.scatter_add_(2, pos.unsqueeze(2), delta.unsqueeze(2))
             alt = alt.reshape(rr.shape)
         elif self.kind == "msb":
             flat = rr.reshape(t, n, -1)
-            pos = torch.randint(0, flat.shape[2], (t, n), generator=gen)
+            pos = prg.uniform_int((t, n), 0, flat.shape[2])
             alt = flat.clone()
             alt.scatter_add_(2, pos.unsqueeze(2), torch.full((t, n, 1), 1 << 31))
             alt = alt.reshape(rr.shape)
@@ -93,25 +99,31 @@ class Fault:
         mask = bad.view(t, n, *([1] * (r.dim() - 2)))
         return wrap(torch.where(mask, alt, rr)).to(torch.int32)
 
-    def _bad_items(self, t: int, n: int, gen: torch.Generator) -> torch.Tensor:
-        hit = torch.rand(t, generator=gen) < self.rate
+    def _bad_items(self, t: int, n: int, prg: PRG) -> torch.Tensor:
+        hit = prg.unit_float64((t,)) < self.rate
         if self.target == "all":
             return hit.view(t, 1).expand(t, n)
         one = torch.zeros(t, n, dtype=torch.bool)
-        one[torch.arange(t), torch.randint(0, n, (t,), generator=gen)] = True
+        one[torch.arange(t), prg.uniform_int((t,), 0, n)] = True
         return one & hit.view(t, 1)
 
 
 class Device:
-    """Serves linear layers for one enclave until told to stop."""
+    """Serves linear layers for one enclave until told to stop.
 
-    def __init__(self, bundle: DeviceBundle, fault: Fault | None = None) -> None:
+    ``seed``: key of the device's own PRG (a fresh one if ``None``).
+    """
+
+    def __init__(self, bundle: DeviceBundle, fault: Fault | None = None,
+                 seed: bytes | None = None) -> None:
         self.bundle = bundle
         self.fault = fault or Fault()
-        self.gen = secure_generator()
+        self.prg = PRG(seed if seed is not None else new_seed())
         self.calls = 0
 
-    def compute(self, layer: int, u: torch.Tensor) -> torch.Tensor:
+    def compute(self, layer: int, u: torch.Tensor, trials: int = 1) -> torch.Tensor:
+        """``conv(u, W_dev[layer]) mod 2^32`` (then the fault, per trial of ``u``'s
+        ``trials`` equal parts)."""
         if not 0 <= layer < len(self.bundle.layers):
             raise ValueError(f"enclave asked for layer {layer}; the device has "
                              f"{len(self.bundle.layers)}")
@@ -120,7 +132,12 @@ class Device:
         spec = self.bundle.layers[layer]
         r = ring_linear(spec, u, spec.weight)
         self.calls += 1
-        return self.fault.apply(layer, u.unsqueeze(0), r.unsqueeze(0), self.gen)[0]
+        t = trials
+        if int(u.shape[0]) % t:
+            raise ValueError(f"{int(u.shape[0])} items do not split into {t} trials")
+        out = self.fault.apply(layer, u.view(t, -1, *u.shape[1:]), r.view(t, -1, *r.shape[1:]),
+                               self.prg)
+        return out.reshape(r.shape)
 
     def serve(self, session: Session, enclave: int, idle_timeout: float | None = None) -> int:
         """Answer requests from party ``enclave``; returns the number of layer calls served."""

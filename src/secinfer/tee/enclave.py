@@ -12,9 +12,13 @@ and oblivious fingerprints; see ``mask.py`` and ``monitor.py`` for the pieces):
    :meth:`Enclave.precompute`, or computed inline when the pool is empty), undo the output
    permutation and the shuffle.
 5. Check every fingerprint triple exactly, and every item against ``k`` fresh secret checksum
-   vectors (``monitor.py``); a failure raises :class:`IntegrityError` (or is counted, in
-   ``record`` mode for experiments). The ``B`` real accumulators are dequantized with
-   the secret scales and biases, and the program continues on the trusted side.
+   vectors, exactly mod 2^64 (``monitor.py``); a failure raises :class:`IntegrityError` (or is
+   counted, in ``record`` mode for experiments). The ``B`` real accumulators are dequantized
+   with the secret scales and biases, and the program continues on the trusted side.
+
+Randomness: every mask, shuffle, fingerprint and checksum vector comes from the enclave's
+:class:`~secinfer.tee.rand.EnclaveRandomness`, AES-CTR PRGs under one fresh OS-CSPRNG key per
+purpose (``rand.py``); the per-layer code is ``protocol.py``, shared with :meth:`run_trials`.
 
 Threat model: the enclave (and the user who sends it the input) is trusted; on an SGX host it
 runs inside Gramine (``deploy/gramine``, untested). Without SGX, as on our machines, it is an
@@ -27,31 +31,21 @@ stated in ``monitor.py``. Denial of service (refusing to answer) is out of scope
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..net.session import Session
+from . import protocol
 from .bundle import EnclaveBundle
 from .device import CMD_LINEAR, CMD_STOP
-from .mask import permute_input, ring_linear, ring_random, secure_generator, unpermute_output, wrap
-from .monitor import (
-    IntegrityError,
-    MonitorConfig,
-    check,
-    checksum_pass,
-    draw_checksum_vectors,
-    draw_fingerprints,
-    mix,
-)
+from .monitor import IntegrityError, MonitorConfig
+from .rand import EnclaveRandomness
 
-__all__ = ["Enclave", "EnclaveStats"]
+__all__ = ["Enclave", "EnclaveStats", "TrialReport"]
 
-
-@dataclass
-class _MaskSet:
-    mask: torch.Tensor  # int64 (N, ...) in the sent layout
-    key: torch.Tensor  # int64 (N, ...) = conv(mask, W_dev) mod 2^32
+Exchange = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, u) -> r
 
 
 @dataclass
@@ -67,21 +61,40 @@ class EnclaveStats:
     failed_batches: list[int] = field(default_factory=list)
 
 
+@dataclass
+class TrialReport:
+    """Per-trial outcome of :meth:`Enclave.run_trials` (``T`` independent queries)."""
+
+    logits: torch.Tensor  # (T * B, classes)
+    triples_failed: torch.Tensor  # int64 (T, L): per trial and linear layer
+    checksums_failed: torch.Tensor  # int64 (T, L)
+
+    @property
+    def alarm(self) -> torch.Tensor:
+        """bool (T,): the query raised an alarm at some layer."""
+        return ((self.triples_failed + self.checksums_failed) > 0).any(dim=1)
+
+
 class Enclave:
-    """Trusted-side driver of split inference against one device peer."""
+    """Trusted-side driver of split inference against one device peer.
+
+    ``randomness``: where masks, shuffles, fingerprints and checksum vectors come from; a fresh
+    :class:`EnclaveRandomness` (new OS-CSPRNG keys) unless a test injects a broken one.
+    """
 
     def __init__(self, bundle: EnclaveBundle, monitor: MonitorConfig | None = None,
-                 on_failure: str = "raise") -> None:
+                 on_failure: str = "raise",
+                 randomness: EnclaveRandomness | None = None) -> None:
         if on_failure not in ("raise", "record"):
             raise ValueError(f"on_failure must be 'raise' or 'record', got {on_failure!r}")
         self.bundle = bundle
         self.model = bundle.model
         self.monitor = monitor or MonitorConfig()
         self.on_failure = on_failure
-        self.gen = secure_generator()
+        self.rng = randomness if randomness is not None else EnclaveRandomness()
         self.dev = bundle.device_bundle()  # for decode keys only; never sent
         self.stats = EnclaveStats()
-        self._pool: dict[tuple[int, int], deque[_MaskSet]] = {}
+        self._pool: dict[tuple[int, int], deque[protocol.MaskSet]] = {}
         self._batch_failed = False
 
     # -- offline phase
@@ -103,65 +116,63 @@ class Enclave:
         for i, shape in enumerate(self.input_shapes(item_shape)):
             pool = self._pool.setdefault((i, n), deque())
             for _ in range(queries):
-                pool.append(self._mask_set(i, (n, *shape)))
+                pool.append(protocol.mask_set(self.dev.layers[i], (n, *shape), self.rng))
 
-    def _mask_set(self, i: int, shape: tuple[int, ...]) -> _MaskSet:
-        m = ring_random(shape, self.gen)
-        spec = self.dev.layers[i]
-        return _MaskSet(m, ring_linear(spec, m, spec.weight).to(torch.int64))
-
-    def _take(self, i: int, shape: tuple[int, ...]) -> _MaskSet:
-        pool = self._pool.get((i, shape[0]))
+    def _take(self, i: int, n: int, shape: tuple[int, ...]) -> protocol.MaskSet | None:
+        pool = self._pool.get((i, n))
         if pool:
             ms = pool.popleft()
-            if tuple(ms.mask.shape) == shape:
+            if tuple(ms.mask.shape) == (n, *shape):
                 return ms
         self.stats.inline_keys += 1
-        return self._mask_set(i, shape)
+        return None
 
     # -- online phase
-    def linear(self, session: Session, device: int, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Steps 1-5 for linear layer ``i`` on the float64 batch ``x``."""
-        qm, sec, t = self.model, self.bundle.secrets[i], self.monitor.triples
+    def _round(self, i: int, x: torch.Tensor, trials: int, exchange: Exchange,
+               masks: protocol.MaskSet | None) -> protocol.RoundResult:
+        qm, spec, t = self.model, self.dev.layers[i], self.monitor.triples
         z = qm.act[i].zero_point
         c = qm.quantize_input(i, x)
-        fps = draw_fingerprints(c, t, -z, qm.config.qmax - z, self.gen)
-        mixed = mix(c, fps, self.gen)
-        sent = permute_input(mixed.items, sec)
-        ms = self._take(i, tuple(sent.shape))
-        u = wrap(sent + ms.mask).to(torch.int32)
-        session.send(device, torch.tensor([CMD_LINEAR, i], dtype=torch.int64))
-        session.send(device, u)
-        r = session.recv(device)
-        if r.dtype != torch.int32 or r.shape[0] != u.shape[0] or r.shape[1:] != ms.key.shape[1:]:
-            raise IntegrityError(f"layer {i}: device returned {r.dtype} {tuple(r.shape)}, "
-                                 f"expected int32 {tuple(ms.key.shape)}")
-        r_dev = wrap(r.to(torch.int64) - ms.key)
-        y = mixed.unshuffle(unpermute_output(r_dev, sec))
+        rnd = protocol.begin(spec, self.bundle.secrets[i], c, trials, t, -z,
+                             qm.config.qmax - z, self.rng, masks)
+        r = exchange(i, rnd.u)
+        try:
+            return protocol.finish(spec, self.bundle.secrets[i], rnd, r, self.monitor, self.rng)
+        except ValueError as e:
+            raise IntegrityError(f"layer {i}: {e}") from None
+
+    def linear(self, session: Session, device: int, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Steps 1-5 for linear layer ``i`` on the float64 batch ``x`` (one layer batch)."""
+        qm, t = self.model, self.monitor.triples
+        n = int(x.shape[0]) + 3 * t
+        masks = self._take(i, n, tuple(x.shape[1:]))
+
+        def exchange(layer: int, u: torch.Tensor) -> torch.Tensor:
+            session.send(device, torch.tensor([CMD_LINEAR, layer], dtype=torch.int64))
+            session.send(device, u)
+            return session.recv(device)
+
+        res = self._round(i, x, 1, exchange, masks)
         self.stats.layer_calls += 1
         problems = []
         if t:
-            ok = check(y, mixed.batch, t)
             self.stats.triples_checked += t
-            failed = int((~ok).sum())
+            failed = int(res.triples_failed.sum())
             if failed:
                 self.stats.triples_failed += failed
                 problems.append(f"{failed} of {t} fingerprint triples failed")
         if self.monitor.checksums:
-            spec = self.dev.layers[i]
-            s = draw_checksum_vectors(1, self.monitor.checksums, spec.out_channels, self.gen)
-            ok = checksum_pass(spec, spec.weight, sent.unsqueeze(0), r_dev.unsqueeze(0), s)
-            self.stats.items_checksummed += int(ok.numel())
-            failed = int((~ok).sum())
+            self.stats.items_checksummed += res.items_checksummed
+            failed = int(res.checksums_failed.sum())
             if failed:
                 self.stats.checksums_failed += failed
-                problems.append(f"{failed} of {ok.numel()} item checksums failed")
+                problems.append(f"{failed} of {res.items_checksummed} item checksums failed")
         if problems:
             self._batch_failed = True
             if self.on_failure == "raise":
                 raise IntegrityError(f"layer {i} ({qm.program.layers[i].name}): "
                                      f"{'; '.join(problems)}; result rejected")
-        return qm.dequantize(i, y[: mixed.batch])
+        return qm.dequantize(i, res.real)
 
     def infer(self, session: Session, device: int, x: torch.Tensor) -> torch.Tensor:
         """Split inference of one batch; returns float64 logits (bit-equal to the int8 model)."""
@@ -176,6 +187,29 @@ class Enclave:
             self.stats.failed_batches.append(self.stats.batches)
         self.stats.batches += 1
         return out
+
+    def run_trials(self, x: torch.Tensor, trials: int, exchange: Exchange) -> TrialReport:
+        """``trials`` independent queries of ``B = len(x) / trials`` items each, in one pass.
+
+        Every linear layer runs :func:`protocol.begin` / :func:`protocol.finish` on all trials
+        at once, each trial with its own fingerprints, shuffle, masks and checksum vectors: the
+        same code and randomness as :meth:`linear`, vectorised, for measuring detection and
+        false-alarm rates over many queries. ``exchange(layer, u)`` is the device (e.g.
+        :meth:`Device.compute` with ``trials``). Failures are recorded, never raised.
+        """
+        n_layers = len(self.model.program.layers)
+        fp = torch.zeros(trials, n_layers, dtype=torch.int64)
+        ck = torch.zeros(trials, n_layers, dtype=torch.int64)
+
+        def layer(i: int, xi: torch.Tensor) -> torch.Tensor:
+            res = self._round(i, xi, trials, exchange, None)
+            fp[:, i] = res.triples_failed
+            ck[:, i] = res.checksums_failed
+            return self.model.dequantize(i, res.real)
+
+        with torch.no_grad():
+            out = self.model.program.run(x.to(torch.float64), layer)
+        return TrialReport(out, fp, ck)
 
     def stop(self, session: Session, device: int) -> None:
         session.send(device, torch.tensor([CMD_STOP, 0], dtype=torch.int64))

@@ -17,9 +17,8 @@ from safetensors.torch import load_file, save_file
 from .bundle import provision
 from .device import FAULT_KINDS
 from .graph import capture
-from .mask import secure_generator
 from .monitor import detection_guarantee
-from .qat import accuracy, qat, train_classifier
+from .qat import accuracy, qat, train_classifier, training_generator
 from .quantize import QuantConfig, calibrate, sweep_reduce_range
 
 __all__ = [
@@ -53,7 +52,7 @@ def train_fmnist(out: Path, epochs: int = 2) -> dict[str, Any]:
     """Train ``fmnist_cnn`` briefly; writes ``out/float.safetensors``."""
     x, y, xt, yt = _fmnist()
     t0 = time.perf_counter()
-    m = train_classifier(_model(), x, y, epochs=epochs, gen=secure_generator())
+    m = train_classifier(_model(), x, y, epochs=epochs, gen=training_generator())
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()},
               str(out / "float.safetensors"))
@@ -68,8 +67,8 @@ def provision_fmnist(weights: Path, out: Path, reduce_range: int = 0, qat_epochs
     x, y, xt, yt = _fmnist()
     prog = capture(m)
     cfg = QuantConfig(reduce_range)
-    calib = x[torch.randperm(len(x), generator=secure_generator())[:_CALIB]]
-    qm = (qat(prog, x, y, cfg, epochs=qat_epochs, gen=secure_generator()) if qat_epochs
+    calib = x[torch.randperm(len(x), generator=training_generator())[:_CALIB]]
+    qm = (qat(prog, x, y, cfg, epochs=qat_epochs, gen=training_generator()) if qat_epochs
           else calibrate(prog, [calib], cfg))
     bundle = provision(qm, permute=permute)
     bundle.save(out / "enclave")
@@ -82,7 +81,7 @@ def provision_fmnist(weights: Path, out: Path, reduce_range: int = 0, qat_epochs
 def rsweep_fmnist(weights: Path, values: list[int]) -> list[dict[str, float]]:
     prog = capture(_model(weights))
     x, _, xt, yt = _fmnist()
-    calib = x[torch.randperm(len(x), generator=secure_generator())[:_CALIB]]
+    calib = x[torch.randperm(len(x), generator=training_generator())[:_CALIB]]
     return sweep_reduce_range(prog, [calib], xt, yt, values)
 
 
@@ -136,13 +135,13 @@ def run_split_fmnist(bundle_dir: Path, limit: int | None = None, batch: int = 10
 
 
 def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2,
-                   checksums: int = 2) -> dict[str, Any]:
+                   checksums: int = 2, check_bits: int = 64) -> dict[str, Any]:
     """Every fault class (one item and all items) plus an honest run, each ``trials`` trials."""
     rows = []
     for kind in FAULT_KINDS:
         for target in (("one",) if kind == "none" else ("one", "all")):
             enc_kw = {"trials": trials, "batch": batch, "triples": triples,
-                      "checksums": checksums}
+                      "checksums": checksums, "check_bits": check_bits}
             dev_kw = {"fault": kind, "target": target}
             res, _, wall = two_party(("secinfer.tee.faults:enclave_trials", enc_kw),
                                      ("secinfer.tee.faults:device_trials", dev_kw))
@@ -158,8 +157,9 @@ def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2,
                 "checksum_detections": int((res["checksum_alarm"] & altered).sum()),
                 "seconds": round(wall, 1),
             })
-    return {"batch": batch, "triples": triples, "checksums": checksums,
-            "guarantee": detection_guarantee(batch, triples, checksums=checksums),
+    return {"batch": batch, "triples": triples, "checksums": checksums, "check_bits": check_bits,
+            "guarantee": detection_guarantee(batch, triples, checksums=checksums,
+                                             check_bits=check_bits),
             "guarantee_fingerprints_only": detection_guarantee(batch, triples), "rows": rows}
 
 
@@ -170,16 +170,16 @@ def stealing_experiment(weights: Path, frac: float = 0.01, thief_epochs: int = 3
 
     victim = _model(weights)
     x, y, xt, yt = _fmnist()
-    gen = secure_generator()
+    gen = training_generator()
     prog = capture(victim)
     calib = x[torch.randperm(len(x), generator=gen)[:_CALIB]]
     cfg = QuantConfig(0)
     qm = calibrate(prog, [calib], cfg)
-    secrets = provision(qm, gen=gen).secrets
+    secrets = provision(qm).secrets
     t0 = time.perf_counter()
     dmodel = desim_train(prog, x, y, gen, epochs=desim_epochs, lam=lam)
     dq = dmodel.export(calib, cfg)
-    dsec = provision(dq, gen=gen).secrets
+    dsec = provision(dq).secrets
     desim_s = time.perf_counter() - t0
     idx = torch.randperm(len(x), generator=gen)[: max(1, int(frac * len(x)))]
     tx, ty = x[idx], y[idx]

@@ -3,7 +3,8 @@
 Masking (our variant of TSQP's one-time pad, ``case_study.py`` in seed 004):
 
 1. The enclave holds a centered int8 activation ``c`` (``|c| <= 255``) and draws a fresh mask
-   ``m`` uniform on Z_{2^32} from a CSPRNG-seeded generator, one per element and per query.
+   ``m`` uniform on Z_{2^32} from its mask PRG (AES-128-CTR keyed from the OS CSPRNG, a key
+   used for masks only: ``rand.py``), one per element and per query.
 2. It sends ``u = c + m mod 2^32`` (int32 on the wire). ``u`` is uniform and independent of ``c``:
    a one-time pad, so the device learns nothing about activations, not even statistically
    (TSQP's bounded mask ``x_q + otp`` with ``otp in [-127, 127]`` leaks ``x_q`` near the edges).
@@ -29,17 +30,16 @@ activation or output in the clear.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 import torch
 
+from ..mpc.prg import PRG
 from .graph import LinearSpec, Program
 
 __all__ = [
     "RING_BITS",
     "LayerSecret",
-    "secure_generator",
     "wrap",
     "ring_random",
     "ring_linear",
@@ -56,19 +56,14 @@ _HALF = 1 << (RING_BITS - 1)
 _CHUNK_FAN_IN = (1 << 53) // (_HALF * 127)
 
 
-def secure_generator(device: str = "cpu") -> torch.Generator:
-    """A torch generator seeded from the OS CSPRNG (never a fixed seed)."""
-    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
-
-
 def wrap(t: torch.Tensor) -> torch.Tensor:
     """Signed representative in ``[-2^31, 2^31)`` of an int64 tensor mod 2^32."""
     return torch.remainder(t.to(torch.int64) + _HALF, _MOD) - _HALF
 
 
-def ring_random(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """Uniform elements of Z_{2^32} (int64, signed representatives)."""
-    return torch.randint(-_HALF, _HALF, shape, dtype=torch.int64, generator=gen)
+def ring_random(shape: tuple[int, ...], prg: PRG) -> torch.Tensor:
+    """Uniform elements of Z_{2^32} (int64, signed representatives), exactly uniform."""
+    return prg.ring(shape, RING_BITS)
 
 
 def ring_linear(layer: LinearSpec, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -114,8 +109,10 @@ def _is_depthwise(layer: LinearSpec) -> bool:
         and int(layer.weight.shape[1]) == 1
 
 
-def draw_secrets(program: Program, gen: torch.Generator, permute: bool = True) -> list[LayerSecret]:
-    """Fresh permutations for every layer (identity for all when ``permute`` is False)."""
+def draw_secrets(program: Program, prg: PRG, permute: bool = True) -> list[LayerSecret]:
+    """Fresh permutations for every layer (identity for all when ``permute`` is False).
+
+    ``prg`` must be keyed for permutations only (``rand.permutation_prg``)."""
     out = []
     for layer in program.layers:
         n = layer.out_channels
@@ -123,7 +120,7 @@ def draw_secrets(program: Program, gen: torch.Generator, permute: bool = True) -
         if not permute or (grouped and not _is_depthwise(layer)):
             out.append(LayerSecret(torch.arange(n), None))
             continue
-        p = torch.randperm(n, generator=gen)
+        p = prg.shuffles(1, n)[0]
         out.append(LayerSecret(p, p if _is_depthwise(layer) else None))
     return out
 

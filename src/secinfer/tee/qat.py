@@ -17,7 +17,20 @@ from torch import nn
 from .graph import LinearSpec, Program
 from .quantize import QuantConfig, QuantModel, from_ranges
 
-__all__ = ["train_classifier", "accuracy", "FakeQuantProgram", "qat"]
+__all__ = ["train_classifier", "accuracy", "FakeQuantProgram", "qat", "training_generator"]
+
+
+def training_generator() -> torch.Generator:
+    """A torch generator for NON-SECRET training choices only: data shuffling, weight and
+    gain initialisation, calibration subsets, benchmark inputs.
+
+    Seeded from the OS CSPRNG so runs differ, but a Mersenne Twister keeps only 32 bits of its
+    seed and is predictable from its output: never use it for masks, shuffles of a layer batch,
+    fingerprints, checksum vectors or permutations (those come from ``rand.py``).
+    """
+    import secrets
+
+    return torch.Generator().manual_seed(secrets.randbits(63))
 
 
 def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
