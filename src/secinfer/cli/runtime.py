@@ -10,10 +10,47 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("certs", help="create a CA and one certificate per party of a topology")
-    p.add_argument("--topology", required=True, type=Path)
+    p = sub.add_parser(
+        "certs",
+        help="certificates: init-ca / keygen / sign (deployments), or --topology alone (LOCAL "
+             "DEMO ONLY: every key on this machine)",
+        description="Deployment flow: the owner runs `certs init-ca`; each party runs `certs "
+                    "keygen` on its own machine and sends only the CSR; the owner runs `certs "
+                    "sign`, which checks the CSR's name and role. `secinfer certs --topology T` "
+                    "without a sub-command is the LOCAL DEMO shortcut: it creates every "
+                    "party's private key on this machine, so whoever runs it can impersonate "
+                    "both non-colluding servers and the helper. Never use it for a deployment.")
+    p.add_argument("--topology", type=Path, default=None,
+                   help="LOCAL DEMO ONLY: create the CA and every party's key here (INSECURE "
+                        "for deployments: one machine then holds every party's key)")
     p.add_argument("--force", action="store_true", help="overwrite existing certificates")
     p.set_defaults(handler=_certs)
+    csub = p.add_subparsers(dest="certs_action", metavar="ACTION")
+    q = csub.add_parser("init-ca", help="owner: create the CA key (0600) and certificate")
+    q.add_argument("--out", dest="ca_out", type=Path, default=None,
+                   help="folder for ca.pem and ca.key (default: the topology's [tls] paths)")
+    q.add_argument("--topology", dest="ca_topology", type=Path, default=None)
+    q.add_argument("--force", dest="ca_force", action="store_true")
+    q.set_defaults(handler=_certs_init_ca)
+    q = csub.add_parser("keygen", help="party: create its own private key (0600) and a CSR")
+    q.add_argument("--topology", dest="kg_topology", required=True, type=Path)
+    q.add_argument("--id", dest="kg_id", required=True, type=int)
+    q.add_argument("--out", dest="kg_out", type=Path, default=None,
+                   help="folder for party<N>.key and party<N>.csr (default: the topology's key "
+                        "path, CSR beside it)")
+    q.add_argument("--force", dest="kg_force", action="store_true")
+    q.set_defaults(handler=_certs_keygen)
+    q = csub.add_parser("sign", help="owner: check a party's CSR (name party-<id>, its role) "
+                                     "and issue its certificate")
+    q.add_argument("--topology", dest="sg_topology", required=True, type=Path)
+    q.add_argument("--id", dest="sg_id", required=True, type=int)
+    q.add_argument("--csr", dest="sg_csr", required=True, type=Path)
+    q.add_argument("--ca", dest="sg_ca", type=Path, default=None,
+                   help="folder holding ca.pem and ca.key (default: the topology's [tls] paths)")
+    q.add_argument("--out", dest="sg_out", type=Path, default=None,
+                   help="certificate file (default: the CSR's path with suffix .pem)")
+    q.add_argument("--force", dest="sg_force", action="store_true")
+    q.set_defaults(handler=_certs_sign)
 
     p = sub.add_parser("party", help="run one party of a topology")
     _party_args(p)
@@ -43,9 +80,62 @@ def _certs(args: argparse.Namespace) -> int:
     from secinfer.net.tls import make_certs
     from secinfer.net.topology import Topology
 
+    if args.topology is None:
+        raise ValueError("give an action (init-ca, keygen, sign) or --topology T for the local "
+                         "demo flow")
+    print("WARNING: LOCAL DEMO certificates: every party's private key is created on this "
+          "machine, so its user can impersonate both non-colluding servers and the helper. "
+          "For a deployment use `secinfer certs init-ca`, `keygen` (on each party's machine) "
+          "and `sign`.", file=sys.stderr)
     topo = Topology.load(args.topology)
     for path in make_certs(topo, overwrite=args.force):
         print(f"wrote {path}")
+    return 0
+
+
+def _certs_init_ca(args: argparse.Namespace) -> int:
+    from secinfer.net.tls import init_ca
+    from secinfer.net.topology import Topology
+
+    if args.ca_out is not None:
+        cert, key = args.ca_out / "ca.pem", args.ca_out / "ca.key"
+    elif args.ca_topology is not None:
+        topo = Topology.load(args.ca_topology)
+        if topo.ca_key is None:
+            raise ValueError(f"{args.ca_topology} has no [tls] ca_key path; use --out")
+        cert, key = topo.ca_cert, topo.ca_key
+    else:
+        raise ValueError("init-ca needs --out DIR or --topology T")
+    init_ca(cert, key, overwrite=args.ca_force)
+    print(f"wrote {cert} (give it to every party) and {key} (mode 0600: keep it offline)")
+    return 0
+
+
+def _certs_keygen(args: argparse.Namespace) -> int:
+    from secinfer.net.tls import make_key_and_csr
+    from secinfer.net.topology import Topology
+
+    topo = Topology.load(args.kg_topology)
+    key = csr = None
+    if args.kg_out is not None:
+        key = args.kg_out / f"party{args.kg_id}.key"
+        csr = args.kg_out / f"party{args.kg_id}.csr"
+    key, csr = make_key_and_csr(topo, args.kg_id, key, csr, overwrite=args.kg_force)
+    print(f"wrote {key} (mode 0600: never leaves this machine) and {csr} (send it to the CA)")
+    return 0
+
+
+def _certs_sign(args: argparse.Namespace) -> int:
+    from secinfer.net.tls import sign_csr
+    from secinfer.net.topology import Topology
+
+    topo = Topology.load(args.sg_topology)
+    ca_cert = args.sg_ca / "ca.pem" if args.sg_ca is not None else None
+    ca_key = args.sg_ca / "ca.key" if args.sg_ca is not None else None
+    out = args.sg_out if args.sg_out is not None else args.sg_csr.with_suffix(".pem")
+    sign_csr(topo, args.sg_id, args.sg_csr, out, ca_cert=ca_cert, ca_key=ca_key,
+             overwrite=args.sg_force)
+    print(f"wrote {out} for party {args.sg_id} ({topo.party(args.sg_id).role})")
     return 0
 
 

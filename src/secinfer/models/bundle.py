@@ -4,8 +4,14 @@ Layout of ``<out>/party<N>/``:
 
 * ``plan.json``           the public plan (every party);
 * ``weights.safetensors`` this party's additive shares of the weights (P0 and P1 only);
-* ``manifest.json``       format, party, role, fixed point, input shape, and the SHA-256 of
-                          every file above. Loading verifies each checksum.
+* ``manifest.json``       format, party, role, fixed point, input shape, the owner's output
+                          policy, and the SHA-256 of every file above. Loading verifies each
+                          checksum.
+
+The output policy (:class:`OutputPolicy`) is the model owner's: what the servers reveal to a
+user (``logits``, the ``topk`` indices, or the ``label`` only, computed on shares) and how many
+queries (inputs) each user identity may make. It is written into every party's manifest; the
+servers check at start-up that they agree on it.
 
 The owner draws P1's shares from a fresh AES-CTR stream keyed by the OS CSPRNG and sets P0's
 to ``enc(w) - share1``; each file alone is uniformly random. The helper's bundle holds the plan
@@ -17,7 +23,9 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -29,7 +37,8 @@ from ..mpc.prg import PRG, new_seed
 from .capture import capture
 from .plan import Plan
 
-__all__ = ["BundleError", "compile_model", "load_bundle", "FORMAT"]
+__all__ = ["BundleError", "compile_model", "load_bundle", "FORMAT", "OutputPolicy",
+           "OUTPUT_MODES"]
 
 FORMAT = "secinfer-bundle-v1"
 ROLES = {0: "server", 1: "server", 2: "helper"}
@@ -39,10 +48,78 @@ class BundleError(ValueError):
     """A bundle is missing, corrupt, tampered with, or for another party."""
 
 
+OUTPUT_MODES = ("logits", "topk", "label")
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """What the servers reveal to a user, set by the model owner (bundle or serve config).
+
+    mode:
+        ``"logits"``: the output shares (the user reconstructs every logit: the most useful and
+        the easiest to extract the model from). ``"topk"``: only the indices of the ``k``
+        largest outputs, best first, computed on shares (no values). ``"label"``: only the
+        argmax index, computed on shares.
+    k:
+        For ``topk`` only: how many indices (1 <= k <= number of outputs).
+    quota:
+        Queries (inputs, so a batch of b costs b) each user identity (its certificate's
+        ``party-<id>``) may make over the servers' lifetime; ``None`` is unlimited. A request
+        that would go beyond it is refused whole, with an error that reaches the user.
+    """
+
+    mode: str = "logits"
+    k: int | None = None
+    quota: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in OUTPUT_MODES:
+            raise ValueError(f"output mode must be one of {', '.join(OUTPUT_MODES)}, "
+                             f"got {self.mode!r}")
+        if self.mode == "topk":
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+                raise ValueError(f"output mode topk needs an integer k >= 1, got {self.k!r}")
+        elif self.k is not None:
+            raise ValueError(f"k is only meaningful for output mode topk (mode {self.mode!r})")
+        if self.quota is not None and (isinstance(self.quota, bool)
+                                       or not isinstance(self.quota, int) or self.quota < 1):
+            raise ValueError(f"quota must be a positive integer or None, got {self.quota!r}")
+
+    @property
+    def code(self) -> int:
+        return OUTPUT_MODES.index(self.mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "k": self.k, "quota": self.quota}
+
+    @classmethod
+    def from_dict(cls, raw: object) -> OutputPolicy:
+        if not isinstance(raw, dict):
+            raise ValueError(f"output policy must be a JSON object, got {raw!r}")
+        unknown = sorted(set(raw) - {"mode", "k", "quota"})
+        if unknown:
+            raise ValueError(f"unknown output policy key(s) {', '.join(unknown)}")
+        return cls(mode=raw.get("mode", "logits"), k=raw.get("k"), quota=raw.get("quota"))
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> OutputPolicy:
+        """The policy of a loaded bundle's manifest (bundles without one: logits, unlimited)."""
+        raw = manifest.get("output_policy")
+        return cls() if raw is None else cls.from_dict(raw)
+
+    def describe(self) -> str:
+        what = f"top-{self.k} indices" if self.mode == "topk" else self.mode
+        limit = "unlimited queries" if self.quota is None else f"{self.quota} queries per user"
+        return f"{what}, {limit}"
+
+
 def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str | Path,
                   frac_bits: int = 12, relu_spec: Mapping[str, torch.Tensor] | None = None,
-                  ) -> list[Path]:
+                  output_policy: OutputPolicy | None = None) -> list[Path]:
     """Capture ``model`` and write the three party bundles under ``out``; returns their dirs.
+
+    ``output_policy`` (default: logits, unlimited) is the owner's choice of what the servers
+    reveal to users and each user's query quota; see :class:`OutputPolicy`.
 
     ``relu_spec`` (layer -> int [C, 2] block sizes, see :mod:`secinfer.knapsack.spec`) turns
     the named ReLUs into block ReLUs first; the caller's model is not modified.
@@ -51,6 +128,7 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         from ..knapsack.spec import apply_spec
 
         model = apply_spec(copy.deepcopy(model), relu_spec)
+    policy = output_policy or OutputPolicy()
     plan, weights = capture(model, input_shape, frac_bits=frac_bits)
     out = Path(out)
     prg = PRG(new_seed())
@@ -70,7 +148,8 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
             save_file(shares, str(d / "weights.safetensors"))
             files["weights.safetensors"] = sha256_file(d / "weights.safetensors")
         manifest = {"format": FORMAT, "party": party, "role": ROLES[party],
-                    "frac_bits": frac_bits, "input_shape": list(input_shape), "files": files}
+                    "frac_bits": frac_bits, "input_shape": list(input_shape),
+                    "output_policy": policy.to_dict(), "files": files}
         (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
         dirs.append(d)
     return dirs
@@ -100,4 +179,8 @@ def load_bundle(path: str | Path, expect_party: int | None = None,
             raise BundleError(f"{d}: weights.safetensors is unreadable: {e}") from e
     elif manifest.get("party") in (0, 1):
         raise BundleError(f"{d}: a compute party's bundle must hold weight shares")
+    try:
+        OutputPolicy.from_manifest(manifest)
+    except ValueError as e:
+        raise BundleError(f"{d / 'manifest.json'}: {e}") from e
     return plan, shares, manifest

@@ -10,6 +10,7 @@ __all__ = [
     "FrameError",
     "HandshakeError",
     "TopologyError",
+    "RequestRefused",
 ]
 
 
@@ -56,3 +57,9 @@ class FrameError(SecinferNetError, ValueError):
 
 class HandshakeError(SecinferNetError, ConnectionError):
     """TLS or hello handshake failed: wrong CA, wrong identity, wrong topology."""
+
+
+class RequestRefused(SecinferNetError):
+    """A server refused a user's request: a limit (batch, frame), the query quota, or a
+    malformed request. The message names the limit and the value; the servers send it to the
+    user verbatim (it holds no secret: only sizes, counts and the user's id)."""

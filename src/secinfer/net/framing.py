@@ -53,7 +53,9 @@ MAGIC = b"SIF1"
 _FIXED = struct.Struct("<4sBB16sQQ")
 HEADER_FIXED = _FIXED.size  # 38
 MAX_NDIM = 16
-DEFAULT_MAX_PAYLOAD = 1 << 36  # 64 GiB: a sanity bound, not a memory plan
+# 4 GiB: the bound for party programs when the topology sets no [limits] max_frame_bytes;
+# `secinfer serve` sizes its links from the plan instead (see secinfer.serve.limits)
+DEFAULT_MAX_PAYLOAD = 1 << 32
 
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.bool: 1,
@@ -147,7 +149,8 @@ def _validate(code, ndim, session, counter, nbytes, shape, max_payload) -> Frame
     if any(d < 0 for d in shape):
         raise FrameError(f"negative dimension in frame shape {shape}")
     if nbytes > max_payload:
-        raise FrameError(f"frame payload of {nbytes} bytes exceeds the limit of {max_payload}")
+        raise FrameError(f"frame payload of {nbytes} bytes exceeds the frame limit "
+                         f"max_frame_bytes = {max_payload}")
     itemsize = torch.empty((), dtype=dtype).element_size()
     expect = math.prod(shape) * itemsize
     if expect != nbytes:

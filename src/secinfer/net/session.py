@@ -52,10 +52,16 @@ class Session:
         party_id: int,
         peers: Sequence[int] | None = None,
         listener: Listener | None = None,
+        max_payload: int | None = None,
     ) -> Session:
-        """Connect over mutual TLS to ``peers`` (default: every other party of the topology)."""
+        """Connect over mutual TLS to ``peers`` (default: every other party of the topology).
+
+        ``max_payload``: the largest frame payload accepted from these peers (default: the
+        topology's ``[limits] max_frame_bytes``, else 4 GiB); a larger frame header fails the
+        link with a :class:`~secinfer.net.errors.FrameError` naming the limit and the size.
+        """
         transport = TlsTransport(topology, party_id, list(peers) if peers is not None else None,
-                                 listener=listener)
+                                 listener=listener, max_payload=max_payload)
         return cls(transport, timeout=topology.timeout, role=topology.party(party_id).role)
 
     # -- identity
@@ -133,15 +139,18 @@ def run_in_memory(
     *args: Any,
     timeout: float = 30.0,
     party_args: Sequence[Sequence[Any]] | None = None,
+    max_frame_bytes: int | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``program(session, *args, **kwargs)`` for every party as threads of this process.
 
-    ``party_args[i]`` (optional) are extra positional arguments for party ``i`` only. Returns
+    ``party_args[i]`` (optional) are extra positional arguments for party ``i`` only.
+    ``max_frame_bytes`` (optional) is every link's frame limit, as on a TLS link. Returns
     the per-party results in party order; the first exception raised by any party is re-raised
     (the other parties then fail fast instead of waiting out their timeout).
     """
-    hub = InMemoryHub(n_parties)
+    hub = (InMemoryHub(n_parties) if max_frame_bytes is None
+           else InMemoryHub(n_parties, max_payload=max_frame_bytes))
     results: list[Any] = [None] * n_parties
     errors: list[tuple[int, BaseException]] = []
     sessions = [Session(hub.transport(i), timeout=timeout) for i in range(n_parties)]

@@ -1,9 +1,22 @@
 """Certificates and mutual-TLS contexts.
 
-``make_certs`` creates a fresh CA (EC P-256) and one certificate per party signed by it, with the
-party's identity ``party-<id>`` as DNS SAN. Contexts require TLS 1.3 and a peer certificate
-signed by the topology's CA on both sides; a plaintext peer or one with a foreign CA fails the
-handshake.
+Deployment flow (every private key stays on the machine that made it)::
+
+    owner:      init_ca(ca_cert, ca_key)                      # secinfer certs init-ca
+    each party: make_key_and_csr(topology, id, key, csr)      # secinfer certs keygen
+                (sends the CSR, never the key, to the owner)
+    owner:      sign_csr(topology, id, csr, cert)             # secinfer certs sign
+                (checks that the CSR names party-<id> with the topology's role for <id>)
+
+``make_certs`` is the one-machine shortcut for local demos and tests: it creates the CA and
+EVERY party's private key in one place, so whoever runs it holds the keys of both
+non-colluding servers and of the helper and can impersonate any of them. Never use it for a
+deployment whose privacy rests on non-collusion.
+
+Certificates are EC P-256 with the party's identity ``party-<id>`` as DNS SAN. Contexts require
+TLS 1.3 and a peer certificate signed by the topology's CA on both sides; a plaintext peer or
+one with a foreign CA fails the handshake. Private keys are always written with mode 0600,
+also when they replace an existing file with other permissions.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 import ssl
 from pathlib import Path
 
@@ -19,23 +33,47 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .errors import SecinferNetError
 from .topology import PartySpec, Topology, party_dns_name
 
-__all__ = ["make_certs", "server_context", "client_context", "peer_party_id"]
+__all__ = [
+    "make_certs", "init_ca", "make_key_and_csr", "sign_csr", "CertificateRequestError",
+    "server_context", "client_context", "peer_party_id", "KEY_MODE",
+]
 
 _VALID_DAYS = 365
+KEY_MODE = 0o600
+
+
+class CertificateRequestError(SecinferNetError, ValueError):
+    """A certificate signing request is malformed, badly signed, or names another party/role."""
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write a private key with mode 0600, atomically.
+
+    The key goes to a fresh temporary file created 0600 (``O_EXCL``, fchmod'ed so no umask or
+    inherited mode can widen it) that then replaces ``path``: a key file that existed with mode
+    0644 ends up 0600, and the key bytes are never in a file anybody else can read.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_MODE)
+    try:
+        os.fchmod(fd, KEY_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
@@ -43,11 +81,12 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "secinfer"),
-         x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    )
+def _name(cn: str, role: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "secinfer")]
+    if role is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    return x509.Name(attrs)
 
 
 def _make_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -79,17 +118,24 @@ def _make_leaf(
     party: PartySpec, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
+    return key, _issue(party, key.public_key(), ca_key, ca_cert)
+
+
+def _issue(party: PartySpec, public_key, ca_key: ec.EllipticCurvePrivateKey,
+           ca_cert: x509.Certificate) -> x509.Certificate:
+    """The CA's certificate for ``party``: names, SANs and usages come from the topology, never
+    from the request."""
     now = dt.datetime.now(dt.UTC)
     sans: list[x509.GeneralName] = [x509.DNSName(party_dns_name(party.id))]
     try:
         sans.append(x509.IPAddress(ipaddress.ip_address(party.host)))
     except ValueError:
         sans.append(x509.DNSName(party.host))
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(party_dns_name(party.id)))
+        .subject_name(_name(party_dns_name(party.id), party.role))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
@@ -103,14 +149,18 @@ def _make_leaf(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return key, cert
 
 
 def make_certs(topology: Topology, overwrite: bool = False) -> list[Path]:
-    """Create the CA and each party's certificate and key at the paths the topology names.
+    """LOCAL DEMOS AND TESTS ONLY: create the CA and EVERY party's key and certificate here.
 
-    Refuses to overwrite existing files unless ``overwrite`` is set, so a running deployment's
-    keys are never silently replaced.
+    INSECURE FOR A REAL DEPLOYMENT: whoever runs this holds the private keys of both
+    non-colluding compute servers and of the helper, so it can impersonate any of them and the
+    non-collusion assumption is void. A deployment uses :func:`init_ca` (owner),
+    :func:`make_key_and_csr` (each party, on its own machine) and :func:`sign_csr` (owner).
+
+    Writes at the paths the topology names; refuses to overwrite existing files unless
+    ``overwrite`` is set, so a running deployment's keys are never silently replaced.
     """
     targets = [topology.ca_cert]
     targets += [p for party in topology.parties for p in (party.cert, party.key)]
@@ -130,6 +180,131 @@ def make_certs(topology: Topology, overwrite: bool = False) -> list[Path]:
         _write_key(party.key, key)
         _write_cert(party.cert, cert)
     return targets
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True / --force")
+
+
+def _load_pem_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as e:
+        raise CertificateRequestError(f"{path} is not a PEM certificate: {e}") from e
+
+
+def init_ca(ca_cert: str | Path, ca_key: str | Path, overwrite: bool = False,
+            name: str = "secinfer CA") -> x509.Certificate:
+    """The owner's step 1: a fresh CA key (0600) and self-signed CA certificate."""
+    ca_cert, ca_key = Path(ca_cert), Path(ca_key)
+    _refuse_existing([ca_cert, ca_key], overwrite)
+    key, cert = _make_ca(name)
+    _write_key(ca_key, key)
+    _write_cert(ca_cert, cert)
+    return cert
+
+
+def make_key_and_csr(topology: Topology, party_id: int, key_path: str | Path | None = None,
+                     csr_path: str | Path | None = None, overwrite: bool = False,
+                     ) -> tuple[Path, Path]:
+    """A party's step, on its own machine: a private key (0600) that never leaves it, and a
+    certificate signing request for ``party-<id>`` with its role (sent to the owner's CA).
+
+    Defaults: the key at the topology's key path for this party, the CSR beside it
+    (``<key>.csr``). Returns (key path, CSR path).
+    """
+    party = topology.party(party_id)
+    key_file = Path(key_path) if key_path is not None else party.key
+    csr_file = Path(csr_path) if csr_path is not None else key_file.with_suffix(".csr")
+    _refuse_existing([key_file, csr_file], overwrite)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(party_dns_name(party.id), party.role))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(party_dns_name(party.id))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(key_file, key)
+    csr_file.parent.mkdir(parents=True, exist_ok=True)
+    csr_file.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    return key_file, csr_file
+
+
+def _check_csr(csr: x509.CertificateSigningRequest, party: PartySpec, where: str) -> None:
+    if not csr.is_signature_valid:
+        raise CertificateRequestError(f"{where}: the request's signature is invalid")
+    want = party_dns_name(party.id)
+    cns = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cns != [want]:
+        raise CertificateRequestError(
+            f"{where}: the request is for {', '.join(cns) or 'no name'}, not for {want} "
+            f"(party {party.id}); refused")
+    roles = [str(a.value)
+             for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+    if roles != [party.role]:
+        raise CertificateRequestError(
+            f"{where}: the request claims role {', '.join(roles) or '(none)'}, but party "
+            f"{party.id} has role {party.role!r} in the topology; refused")
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        others = [n for n in names if n != want and n.startswith("party-")]
+        if others:
+            raise CertificateRequestError(
+                f"{where}: the request also names {', '.join(others)}; refused")
+    pub = csr.public_key()
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        if pub.curve.key_size < 256:
+            raise CertificateRequestError(f"{where}: EC key of {pub.curve.key_size} bits is "
+                                          "too small (at least 256)")
+    else:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        if not isinstance(pub, rsa.RSAPublicKey) or pub.key_size < 2048:
+            raise CertificateRequestError(f"{where}: only EC (>= 256 bits) or RSA (>= 2048 "
+                                          "bits) keys are signed")
+
+
+def sign_csr(topology: Topology, party_id: int, csr_path: str | Path,
+             cert_path: str | Path, ca_cert: str | Path | None = None,
+             ca_key: str | Path | None = None, overwrite: bool = False) -> x509.Certificate:
+    """The owner's step 2: check a party's CSR and issue its certificate.
+
+    The request must be validly self-signed and name exactly ``party-<id>`` with the role the
+    topology gives ``party_id``; anything else raises :class:`CertificateRequestError`. The
+    certificate's names and usages come from the topology (the id and host), not from the
+    request. ``ca_cert`` / ``ca_key`` default to the topology's ``[tls]`` paths.
+    """
+    party = topology.party(party_id)
+    csr_file, cert_file = Path(csr_path), Path(cert_path)
+    ca_cert_file = Path(ca_cert) if ca_cert is not None else topology.ca_cert
+    if ca_key is not None:
+        ca_key_file = Path(ca_key)
+    elif topology.ca_key is not None:
+        ca_key_file = topology.ca_key
+    else:
+        raise CertificateRequestError("no CA key: pass ca_key / --ca, or set [tls] ca_key")
+    _refuse_existing([cert_file], overwrite)
+    try:
+        csr = x509.load_pem_x509_csr(csr_file.read_bytes())
+    except ValueError as e:
+        raise CertificateRequestError(f"{csr_file} is not a PEM certificate request: {e}") from e
+    _check_csr(csr, party, str(csr_file))
+    ca = _load_pem_cert(ca_cert_file)
+    key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateRequestError(f"{ca_key_file} is not an EC CA key")
+    if key.public_key().public_numbers() != ca.public_key().public_numbers():  # type: ignore[union-attr]
+        raise CertificateRequestError(f"{ca_key_file} does not belong to {ca_cert_file}")
+    cert = _issue(party, csr.public_key(), key, ca)
+    _write_cert(cert_file, cert)
+    return cert
 
 
 def _base_context(purpose: ssl.Purpose, topology: Topology, me: PartySpec) -> ssl.SSLContext:

@@ -10,6 +10,12 @@ Example::
     ca_cert = "certs/ca.pem"       # paths are resolved against this file's folder
     ca_key = "certs/ca.key"        # only `secinfer certs` needs the CA key
 
+    [limits]                       # optional; every key optional, positive integers only
+    max_frame_bytes = 1073741824   # largest frame payload a party accepts on any link
+                                   # (default: 4 GiB for party programs; `serve` sizes its
+                                   # links from the plan unless this is set)
+    max_batch = 256                # largest batch a server accepts from a user (default 256)
+
     [[party]]
     id = 0
     role = "server"
@@ -31,8 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import TopologyError
+from .framing import DEFAULT_MAX_PAYLOAD
 
-__all__ = ["PartySpec", "Topology", "party_dns_name", "free_ports", "write_local_topology"]
+__all__ = ["PartySpec", "Topology", "party_dns_name", "free_ports", "write_local_topology",
+           "DEFAULT_MAX_BATCH", "LIMIT_KEYS"]
+
+DEFAULT_MAX_BATCH = 256
+LIMIT_KEYS = ("max_frame_bytes", "max_batch")
 
 
 def party_dns_name(party_id: int) -> str:
@@ -62,6 +73,13 @@ class Topology:
     connect_timeout: float = 30.0
     source: Path | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False)
+    max_frame_bytes: int | None = None  # [limits]; None: the caller's default
+    max_batch: int = DEFAULT_MAX_BATCH  # [limits]
+
+    @property
+    def frame_limit(self) -> int:
+        """The frame payload limit of a link: ``[limits] max_frame_bytes`` or the default."""
+        return self.max_frame_bytes if self.max_frame_bytes is not None else DEFAULT_MAX_PAYLOAD
 
     def party(self, party_id: int) -> PartySpec:
         for p in self.parties:
@@ -126,7 +144,9 @@ class Topology:
         timeout = float(sess.get("timeout", 30.0))
         if timeout <= 0:
             raise TopologyError(f"{where}: session.timeout must be positive")
-        extra = {k: v for k, v in data.items() if k not in ("tls", "party", "session")}
+        limits = _parse_limits(data.get("limits", {}), where)
+        extra = {k: v for k, v in data.items()
+                 if k not in ("tls", "party", "session", "limits")}
         return cls(
             parties=tuple(sorted(parties, key=lambda p: p.id)),
             ca_cert=(base / tls["ca_cert"]).resolve(),
@@ -135,7 +155,25 @@ class Topology:
             connect_timeout=float(sess.get("connect_timeout", 30.0)),
             source=source,
             extra=extra,
+            **limits,
         )
+
+
+def _parse_limits(raw: object, where: str) -> dict[str, int]:
+    """``[limits]``: known keys only, each a positive integer (not a bool, float or string)."""
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{where}: [limits] must be a table")
+    unknown = sorted(set(raw) - set(LIMIT_KEYS))
+    if unknown:
+        raise TopologyError(f"{where}: unknown [limits] key(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(LIMIT_KEYS)})")
+    out: dict[str, int] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TopologyError(f"{where}: limits.{key} must be a positive integer, "
+                                f"got {value!r}")
+        out[key] = value
+    return out
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -172,8 +210,11 @@ def write_local_topology(
     host: str = "127.0.0.1",
     ports: list[int] | None = None,
     connect_timeout: float = 30.0,
+    limits: dict[str, int] | None = None,
 ) -> Path:
     """Write ``topology.toml`` for ``len(roles)`` parties on loopback; returns its path.
+
+    ``limits`` (optional) becomes the ``[limits]`` table (``max_frame_bytes``, ``max_batch``).
 
     Certificates are not created here: call :func:`secinfer.net.tls.make_certs` (or
     ``secinfer certs``) next.
@@ -190,6 +231,8 @@ def write_local_topology(
         'ca_cert = "certs/ca.pem"',
         'ca_key = "certs/ca.key"',
     ]
+    if limits:
+        lines += ["", "[limits]"] + [f"{k} = {int(v)}" for k, v in limits.items()]
     for i, (role, port) in enumerate(zip(roles, ports, strict=True)):
         lines += [
             "",

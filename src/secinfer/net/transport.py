@@ -75,8 +75,9 @@ class Transport(ABC):
 class InMemoryHub:
     """Queues for every directed link among ``n`` in-process parties."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, max_payload: int = framing.DEFAULT_MAX_PAYLOAD) -> None:
         self.n = n
+        self.max_payload = max_payload  # same frame limit as a TLS link: checked on receipt
         self.session_id = secrets.token_bytes(16)
         self.queues: dict[tuple[int, int], queue.Queue] = {
             (i, j): queue.Queue() for i in range(n) for j in range(n) if i != j
@@ -122,6 +123,10 @@ class InMemoryTransport(Transport):
         session, counter, tensor = item
         if session != self.session_id or counter != self._recvd[peer]:
             raise FrameError(f"out-of-order message from party {peer}")
+        nbytes = tensor.numel() * tensor.element_size()
+        if nbytes > self.hub.max_payload:
+            raise FrameError(f"frame from {self.peer_name(peer)}: payload of {nbytes} bytes "
+                             f"exceeds the frame limit max_frame_bytes = {self.hub.max_payload}")
         self._recvd[peer] += 1
         return tensor, framing.header_size(tensor.dim()) + tensor.numel() * tensor.element_size()
 
@@ -326,7 +331,7 @@ class TlsTransport(Transport):
         party_id: int,
         peers: list[int] | None = None,
         listener: Listener | None = None,
-        max_payload: int = framing.DEFAULT_MAX_PAYLOAD,
+        max_payload: int | None = None,
     ) -> None:
         self.topology = topology
         self.me = topology.party(party_id)
@@ -334,7 +339,8 @@ class TlsTransport(Transport):
         self.peers = [p for p in (peers if peers is not None else topology.ids) if p != party_id]
         for p in self.peers:
             topology.party(p)
-        self.max_payload = max_payload
+        # the largest frame payload accepted from a peer (default: the topology's [limits])
+        self.max_payload = max_payload if max_payload is not None else topology.frame_limit
         self._own_listener = listener is None
         self.listener = listener or Listener(topology, self.me)
         self._closed = threading.Event()
@@ -481,7 +487,10 @@ class TlsTransport(Transport):
                 if _recv_exact(sock, memoryview(shape_bytes), self._closed) < len(shape_bytes):
                     q.put(FrameError(f"truncated frame header from {name}"))
                     return
-                h = framing.decode_header(bytes(fixed), bytes(shape_bytes), self.max_payload)
+                try:
+                    h = framing.decode_header(bytes(fixed), bytes(shape_bytes), self.max_payload)
+                except FrameError as e:
+                    raise FrameError(f"frame from {name}: {e}") from None
                 framing.check_expected(h, self.session_id, counter, name)
                 buf, view = framing.empty_for(h)
                 if h.nbytes and _recv_exact(sock, view, self._closed) < h.nbytes:

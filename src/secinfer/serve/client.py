@@ -3,24 +3,36 @@
 Threat model: the user trusts no server; P0 and P1 each see one uniformly random share of the
 input and of the output, the helper sees only shapes. The user must trust that the servers do not
 collude (semi-honest, non-colluding 3-party setting).
+
+What the user gets is the model owner's output policy, announced by P0 on connect: float64
+logits ``[batch, C]``, the int64 indices of the top k ``[batch, k]`` (best first), or the
+int64 label ``[batch]``; with ``topk`` and ``label`` the user never receives a share of a
+logit. A refused request (batch over the limit, query quota spent, malformed input) raises
+:class:`~secinfer.net.RequestRefused` with the servers' reason and ends the session.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..mpc.engine import decode, encode
+from ..models.bundle import OUTPUT_MODES, OutputPolicy
+from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
-from ..net import Listener, Session, Topology
+from ..net import Listener, PeerAborted, RequestRefused, SecinferNetError, Session, Topology
+from .output import decode_policy_output
 
 __all__ = ["Client"]
 
 
 class Client:
-    """``with Client(topology) as c: logits = c.predict(x)``"""
+    """``with Client(topology) as c: y = c.predict(x)`` (logits, top-k indices or labels).
+
+    ``record_view=True`` keeps every tensor received from the servers in ``self.view`` as
+    ``(server, tensor)``: the user's whole view, for audits and tests.
+    """
 
     def __init__(self, topology: Topology, user_id: int | None = None,
-                 compute_timeout: float = 600.0) -> None:
+                 compute_timeout: float = 600.0, record_view: bool = False) -> None:
         users = [p.id for p in topology.parties if p.role == "user"]
         if user_id is None:
             if not users:
@@ -34,6 +46,12 @@ class Client:
         self._prg = PRG(new_seed())
         self.frac_bits = 0
         self.input_shape: tuple[int, ...] = ()
+        self.policy = OutputPolicy()
+        self.max_batch = 0
+        self.queries_left: int | None = None
+        self.classes = 0
+        self.record_view = record_view
+        self.view: list[tuple[int, torch.Tensor]] = []
 
     def __enter__(self) -> Client:
         self.connect()
@@ -42,40 +60,80 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _recv(self, server: int, timeout: float | None = None) -> torch.Tensor:
+        t = self._sessions[server].recv(server, timeout=timeout)
+        if self.record_view:
+            self.view.append((server, t.clone()))
+        return t
+
     def connect(self) -> None:
         self._listener = Listener(self.topology, self.topology.party(self.user_id))
         try:
             for server in (0, 1, 2):
                 self._sessions[server] = Session.connect(
                     self.topology, self.user_id, peers=[server], listener=self._listener)
-            meta = self._sessions[0].recv(0).tolist()
+            meta = self._recv(0).tolist()
+            pol = [int(v) for v in self._recv(0).tolist()]
         except BaseException:
             self.close()
             raise
         self.frac_bits, self.input_shape = int(meta[0]), tuple(int(v) for v in meta[1:])
+        mode, k, self.max_batch, left, self.classes = pol
+        self.policy = OutputPolicy(OUTPUT_MODES[mode], k if OUTPUT_MODES[mode] == "topk" else None)
+        self.queries_left = None if left < 0 else left
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Secure inference on a batch ``[batch, *input_shape]``; returns float64 outputs."""
+        """Secure inference on a batch ``[batch, *input_shape]``.
+
+        Returns float64 logits, or int64 indices, as the owner's output policy says.
+        """
         if not self._sessions:
             raise RuntimeError("client is not connected")
         if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
             raise ValueError(f"input of shape {tuple(x.shape)}; the model takes "
                              f"[batch, {', '.join(map(str, self.input_shape))}]")
         header = torch.tensor(list(x.shape), dtype=torch.int64)
-        for s in self._sessions.values():
-            s.send(s.peers[0], header)
-        enc = encode(x, self.frac_bits)
-        r = self._prg.int64(enc.shape)
-        self._sessions[0].send(0, enc - r)
-        self._sessions[1].send(1, r)
-        out = (self._sessions[0].recv(0, timeout=self.compute_timeout)
-               + self._sessions[1].recv(1, timeout=self.compute_timeout))
-        return decode(out, self.frac_bits)
+        try:
+            for s in self._sessions.values():
+                s.send(s.peers[0], header)
+            enc = encode(x, self.frac_bits)
+            r = self._prg.int64(enc.shape)
+            self._sessions[0].send(0, enc - r)
+            self._sessions[1].send(1, r)
+            out = (self._recv(0, timeout=self.compute_timeout)
+                   + self._recv(1, timeout=self.compute_timeout))
+        except PeerAborted as e:
+            self.close()
+            raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
+        except SecinferNetError as e:  # our send hit a server that already gave up: why?
+            refusal = self._refusal()
+            self.close()
+            if refusal is not None:
+                raise refusal from e
+            raise
+        if self.queries_left is not None:
+            self.queries_left -= len(x)
+        return decode_policy_output(out, self.policy, self.frac_bits, self.classes)
+
+    def _refusal(self) -> RequestRefused | None:
+        for server, s in self._sessions.items():
+            try:
+                s.recv(server, timeout=2.0)
+            except PeerAborted as e:
+                return RequestRefused(f"{e.peer} refused the request: {e.reason}")
+            except SecinferNetError:
+                continue
+        return None
 
     def report(self) -> dict[int, dict]:
         return {sid: s.report() for sid, s in self._sessions.items()}
 
     def close(self) -> None:
+        # the listener first: a server that sees our links drop may dial again at once, and
+        # must find the port closed rather than this session's listener about to go
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for s in self._sessions.values():
             try:
                 s.send(s.peers[0], torch.empty(0, dtype=torch.int64))
@@ -83,6 +141,3 @@ class Client:
                 pass
             s.close()
         self._sessions.clear()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
