@@ -95,10 +95,11 @@ def _embed(enc, x, keep, cfg) -> list[Any]:
                          tuple(keep.shape), party_args=party_args, timeout=120.0)
 
 
-def test_hidden_sentence_embeddings_match_unpadded_plaintext() -> None:
+@pytest.mark.parametrize("cfg", [HIDE, REVEAL], ids=["hide_length", "reveal_length"])
+def test_sentence_embeddings_match_unpadded_plaintext(cfg) -> None:
     enc = random_encoder(2, 32, 4, 64)
     x, keep = _texts()
-    outs = _embed(enc, x, keep, HIDE)
+    outs = _embed(enc, x, keep, cfg)
     assert outs[0] is None and outs[1] is None and outs[2] is None
     for i, n in enumerate(LENGTHS):
         ref = mean_pool(plain_encoder(enc, x[i : i + 1, :n],
@@ -191,10 +192,13 @@ def _tiny_clip():
 
 
 @torch.no_grad()
-def test_hidden_clip_matches_each_unpadded_prompt() -> None:
+@pytest.mark.parametrize("hide", [True, False], ids=["hide_length", "reveal_length"])
+def test_clip_matches_each_unpadded_prompt(hide: bool) -> None:
     bundle = _tiny_clip()
     images = torch.randn(2, 1, 28, 28, dtype=torch.float64)
-    res = secure_clip(bundle, images, CLIP_PROMPTS)  # hide_length is the default
+    cfg = SecureTransformerConfig(hide_length=hide)
+    assert SecureTransformerConfig().hide_length  # hiding is the default
+    res = secure_clip(bundle, images, CLIP_PROMPTS, cfg)
     m = copy.deepcopy(bundle.model).double().eval()
     tol = 4e-3 * float(bundle.model.logit_scale.detach().exp())  # type: ignore[operator]
     assert res.text_embeds is not None and res.image_embeds is not None
@@ -204,9 +208,11 @@ def test_hidden_clip_matches_each_unpadded_prompt() -> None:
         assert F.cosine_similarity(res.text_embeds[j], ref.text_embeds[0], 0) >= 0.999
         assert (res.text_embeds[j] - ref.text_embeds[0]).abs().max() <= 0.01
         assert (res.logits[:, j] - ref.logits_per_image[:, 0]).abs().max() <= tol
-    # the prompts were padded to the text tower's context length, not to the longest prompt
+    # hiding pads the prompts to the text tower's context length, else to the longest prompt
     user_side, _ = capture_clip(bundle.model)
-    assert bundle.tokenize(CLIP_PROMPTS)[0].shape[1] < user_side.position.shape[0]
+    longest = bundle.tokenize(CLIP_PROMPTS)[0].shape[1]
+    assert longest < user_side.position.shape[0]
+    assert res.text_length == (user_side.position.shape[0] if hide else longest)
 
 
 def _clip_view(dims, weights, patches, text, keep, eos, cfg) -> View:

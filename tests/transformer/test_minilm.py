@@ -44,8 +44,9 @@ def test_capture_matches_transformers(minilm):
 @pytest.mark.slow
 def test_secure_minilm_sentence_embeddings(minilm):
     model, tok, batch, hf = minilm
+    # length hidden (the default): both sentences padded to 16 tokens, the mask on shares
     out = secure_sentence_embeddings(model, tok, SENTENCES, SecureTransformerConfig(),
-                                     timeout=300.0)
+                                     max_length=16, timeout=300.0)
     ref = mean_pool(hf, batch["attention_mask"])
     cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
     assert (cos >= 0.99).all(), cos

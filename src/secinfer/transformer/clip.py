@@ -235,17 +235,20 @@ def clip_program(session: Session, dims: ClipDims, cfg: SecureTransformerConfig,
             if text is None or keep is None or eos is None or tuple(text.shape) != tshape:
                 raise ValueError(f"the user must pass text {tshape}, keep and eos")
             _check_public(keep, eos, t, s)
-            if cfg.hide_length:
-                pad = _padding_of(keep, t, s)
-                send_shares(session, hidden_bias(pad, cfg.nonlinear), cfg.frac_bits)
-                send_shares(session, torch.nn.functional.one_hot(eos.to(torch.int64), s)
-                            .to(torch.float64), 0)
-            else:
-                for p in (P0, P1, HELPER):
-                    session.send(p, keep.to(torch.int64))
-                    session.send(p, eos.to(torch.int64))
-            send_shares(session, patches, cfg.frac_bits)
-            send_shares(session, text, cfg.frac_bits)
+            with session.op("text"):  # the user's upload is charged to the tower it feeds
+                if cfg.hide_length:
+                    pad = _padding_of(keep, t, s)
+                    send_shares(session, hidden_bias(pad, cfg.nonlinear), cfg.frac_bits)
+                    send_shares(session, torch.nn.functional.one_hot(eos.to(torch.int64), s)
+                                .to(torch.float64), 0)
+                else:
+                    for p in (P0, P1, HELPER):
+                        session.send(p, keep.to(torch.int64))
+                        session.send(p, eos.to(torch.int64))
+            with session.op("vision"):
+                send_shares(session, patches, cfg.frac_bits)
+            with session.op("text"):
+                send_shares(session, text, cfg.frac_bits)
             out: dict[str, Any] = {"logits": receive_output(session, cfg.frac_bits)}
             if with_embeddings:
                 out["image"] = receive_output(session, cfg.frac_bits)
@@ -291,6 +294,7 @@ class SecureClipResult:
     bytes_inference: int                 # bytes sent by all parties after weight sharing
     bytes_weights: int                   # bytes sent to share and prepare the weights
     rounds: int                          # the largest per-party round count of the inference
+    text_length: int = 0                 # the padded prompt length the servers saw
 
 
 def _cost(reports: list[dict[str, dict[str, Any]]], op: str, key: str) -> list[int]:
@@ -338,7 +342,7 @@ def secure_clip(bundle: Any, images: torch.Tensor, prompts: list[str],
         res["logits"], res.get("image"), res.get("text"), seconds,
         sum(_cost(reports, "inference", "bytes_sent")),
         sum(_cost(reports, "weights", "bytes_sent")),
-        max(_cost(reports[:3], "inference", "rounds")))
+        max(_cost(reports[:3], "inference", "rounds")), shapes[2])
 
 
 def pad_prompts(user_side: ClipUserSide, ids: torch.Tensor, mask: torch.Tensor, length: int

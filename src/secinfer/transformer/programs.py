@@ -68,7 +68,10 @@ def encoder_latency(session: Session, n_layers: int = 1, hidden: int = 384, head
     cfg = SecureTransformerConfig(hidden_act=hidden_act,  # type: ignore[arg-type]
                                   softmax_act=softmax_act,  # type: ignore[arg-type]
                                   drelu_high_bits=drelu_high_bits,
-                                  truncation=truncation)  # type: ignore[arg-type]
+                                  truncation=truncation,  # type: ignore[arg-type]
+                                  # P1 plays the user and the mask is public here (the
+                                  # recorded figures); --length-hiding measures the hidden one
+                                  hide_length=False)
     enc: EncoderWeights | None = None
     x: torch.Tensor | None = None
     keep = torch.ones(1, seq, dtype=torch.int64)
