@@ -89,7 +89,8 @@ def test_length_mismatch_rejected():
 
 def test_payload_limit_enforced():
     stream = framing.frame_bytes(torch.ones(1000), SESSION, 0)
-    with pytest.raises(FrameError, match="exceeds the limit"):
+    with pytest.raises(FrameError,
+                       match="4000 bytes exceeds the frame limit max_frame_bytes = 100"):
         framing.FrameDecoder(SESSION, max_payload=100).feed(stream)
 
 

@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--frac-bits", type=int, default=12)
     p.add_argument("--relu-spec", type=Path, default=None, help="block ReLU spec (JSON)")
+    _policy_args(p, default="logits")
     p.set_defaults(handler=_compile)
 
     p = sub.add_parser("serve", help="run a long-lived server (P0, P1) or helper (P2)")
@@ -27,12 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", required=True, type=Path)
     p.add_argument("--max-clients", type=int, default=None)
     p.add_argument("--report", type=Path, default=None, help="JSON cost report per user")
+    _policy_args(p, default=None)
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("infer", help="secure inference of one input file as the user")
     p.add_argument("--topology", required=True, type=Path)
     p.add_argument("--input", required=True, type=Path, help="safetensors file with tensor 'x'")
-    p.add_argument("--out", type=Path, default=None, help="write logits (safetensors 'y')")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the result (safetensors 'y': logits, top-k indices or labels, as "
+                        "the owner's output policy says)")
     p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
     p.set_defaults(handler=_infer)
 
@@ -47,6 +51,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--relu-spec", type=Path, default=None)
         p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
         p.set_defaults(handler=_eval)
+
+
+def _policy_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    where = ("stored in every bundle" if default else
+             "overrides the bundle's; give all three servers the same")
+    p.add_argument("--output", choices=["logits", "topk", "label"], default=default,
+                   help=f"what the servers reveal to users ({where}): logits, the top-k "
+                        "indices, or the label only (both computed on shares); logits make "
+                        "model extraction easiest")
+    p.add_argument("--top-k", type=int, default=None, help="k for --output topk")
+    p.add_argument("--quota", type=int, default=None,
+                   help="queries (inputs) each user identity may make (default: unlimited)")
+
+
+def _policy(args: argparse.Namespace):
+    from secinfer.models.bundle import OutputPolicy
+
+    if args.output is None:
+        if args.top_k is not None or args.quota is not None:
+            raise ValueError("--top-k / --quota need --output")
+        return None
+    return OutputPolicy(args.output, args.top_k, args.quota)
 
 
 def load_model(spec: str, weights: Path | None, relu_spec=None):
@@ -93,7 +119,8 @@ def _compile(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.relu_spec) if args.relu_spec else None
     dirs = compile_model(load_model(args.model, args.weights, spec), _shape(args.input_shape),
-                         args.out, frac_bits=args.frac_bits, relu_spec=spec)
+                         args.out, frac_bits=args.frac_bits, relu_spec=spec,
+                         output_policy=_policy(args))
     for d in dirs:
         print(f"wrote {d}")
     return 0
@@ -104,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
     from secinfer.serve.server import serve
 
     serve(Topology.load(args.topology), args.id, args.bundle, max_clients=args.max_clients,
-          report=args.report)
+          report=args.report, policy=_policy(args))
     return 0
 
 
@@ -119,7 +146,13 @@ def _infer(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.input} has no tensor named 'x'")
     with Client(Topology.load(args.topology), args.id) as client:
         y = client.predict(x)
-    print("prediction:", y.argmax(-1).tolist())
+        mode = client.policy.mode
+    if mode == "logits":
+        print("prediction:", y.argmax(-1).tolist())
+    elif mode == "label":
+        print("label:", y.tolist())
+    else:
+        print(f"top-{y.shape[-1]} indices:", y.tolist())
     if args.out:
         save_file({"y": y.contiguous()}, str(args.out))
     return 0

@@ -1,0 +1,130 @@
+"""Output policy, query quota and batch limit through real servers and a user over mutual TLS.
+
+The three servers run as threads of this process (cheap), each with its own listener and TLS
+links, exactly the code ``secinfer serve`` runs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from secinfer.data import fashion_mnist
+from secinfer.models import zoo
+from secinfer.models.bundle import OutputPolicy, compile_model
+from secinfer.net import (
+    RequestRefused,
+    SecinferNetError,
+    Topology,
+    make_certs,
+    write_local_topology,
+)
+from secinfer.serve.client import Client
+from secinfer.serve.server import serve
+
+pytestmark = pytest.mark.network
+
+
+class _Servers:
+    def __init__(self, tmp_path, policy, sessions, max_batch=4, server_policies=None):
+        self.model = zoo.pretrained("fmnist_cnn")
+        self.dirs = compile_model(self.model, (1, 28, 28), tmp_path / "b", output_policy=policy)
+        self.topo = Topology.load(write_local_topology(
+            tmp_path, ["server", "server", "helper", "user"], timeout=20, connect_timeout=10,
+            limits={"max_batch": max_batch}))
+        make_certs(self.topo, overwrite=True)
+        self.errors: dict[int, BaseException] = {}
+        self.threads = [threading.Thread(target=self._run, daemon=True,
+                                         args=(i, sessions, (server_policies or {}).get(i)))
+                        for i in range(3)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i, sessions, policy):
+        try:
+            serve(self.topo, i, self.dirs[i], max_clients=sessions, policy=policy)
+        except BaseException as e:  # noqa: BLE001 - inspected by the test
+            self.errors[i] = e
+
+    def join(self):
+        for t in self.threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in self.threads)
+
+
+def _confident(model, x, margin=0.1):
+    with torch.no_grad():
+        logits = model(x).double()
+    top2 = logits.topk(2, dim=1).values
+    return logits, (top2[:, 0] - top2[:, 1]) > margin
+
+
+def test_label_mode_reveals_only_the_label_and_the_quota_is_enforced(tmp_path):
+    srv = _Servers(tmp_path, OutputPolicy("label", quota=5), sessions=3)
+    x, _ = fashion_mnist.load("test", limit=8)
+    logits, sure = _confident(srv.model, x)
+    with Client(srv.topo, record_view=True) as c:
+        assert c.policy.mode == "label" and c.queries_left == 5 and c.max_batch == 4
+        labels = c.predict(x[:3])
+        with pytest.raises(RequestRefused, match="query quota exceeded: user 3 has 2 of its "
+                                                 "quota of 5 queries left and asked for 3"):
+            c.predict(x[3:6])
+        view = list(c.view)
+    assert labels.dtype == torch.int64 and labels.shape == (3,)
+    assert torch.equal(labels[sure[:3]], logits[:3].argmax(1)[sure[:3]]) and bool(sure[:3].any())
+    # the user's whole view: meta and policy from P0, then one [3] share from P0 and one from
+    # P1; nothing with a logit's shape, and 8 bytes per input from each: only the label
+    assert [(s, tuple(t.shape)) for s, t in view] == [(0, (4,)), (0, (5,)), (0, (3,)),
+                                                     (1, (3,))]
+    s0, s1 = view[2][1], view[3][1]
+    assert s0.dtype == s1.dtype == torch.int64
+    assert torch.equal(s0 + s1, labels)
+    assert bool((s0.abs() > 2**40).all()) and bool((s1.abs() > 2**40).all())  # each uniform
+
+    # over the limit: refused before the quota is even looked at
+    with Client(srv.topo) as c, pytest.raises(RequestRefused,
+                                              match="batch of 5 exceeds the limit max_batch = 4"):
+        c.predict(torch.zeros(5, 1, 28, 28))
+    # the count belongs to the identity, across sessions: 2 queries left, then none
+    with Client(srv.topo) as c:
+        assert c.queries_left == 2
+        more = c.predict(x[3:5])
+        assert torch.equal(more[sure[3:5]], logits[3:5].argmax(1)[sure[3:5]])
+        with pytest.raises(RequestRefused, match="has 0 of its quota of 5 queries left"):
+            c.predict(x[5:6])
+    srv.join()
+    assert not srv.errors, srv.errors
+
+
+def test_logits_mode_is_unchanged_and_topk_gives_indices(tmp_path):
+    srv = _Servers(tmp_path / "l", OutputPolicy(), sessions=1)
+    x, _ = fashion_mnist.load("test", limit=4)
+    logits, sure = _confident(srv.model, x)
+    with Client(srv.topo, record_view=True) as c:
+        assert c.policy.mode == "logits" and c.queries_left is None
+        out = c.predict(x)
+    assert out.dtype == torch.float64 and out.shape == (4, 10)
+    assert (out - logits).abs().max().item() < 0.05
+    assert [tuple(t.shape) for _, t in c.view[2:]] == [(4, 10), (4, 10)]
+    srv.join()
+    assert not srv.errors, srv.errors
+
+    srv = _Servers(tmp_path / "k", OutputPolicy("topk", 2), sessions=1)
+    with Client(srv.topo, record_view=True) as c:
+        top = c.predict(x)
+    assert top.shape == (4, 2) and torch.equal(top[:, 0][sure], logits.argmax(1)[sure])
+    assert [tuple(t.shape) for _, t in c.view[2:]] == [(4, 2), (4, 2)]
+    srv.join()
+    assert not srv.errors, srv.errors
+
+
+def test_servers_with_different_policies_refuse_to_start(tmp_path):
+    srv = _Servers(tmp_path, OutputPolicy("label"), sessions=1,
+                   server_policies={2: OutputPolicy("logits")})
+    srv.join()
+    assert set(srv.errors) == {0, 1, 2}
+    for e in srv.errors.values():
+        assert isinstance(e, SecinferNetError)
+        assert "output policy / limits" in str(e) or "aborted" in str(e)
