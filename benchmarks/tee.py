@@ -17,13 +17,22 @@ Sections (default: all; pick with ``--sections``), each merged into benchmarks/r
   forward pass), in-process, as a fraction of the split latency stored by ``latency``.
 * ``checks``: the enclave-side cost of the checksum check alone (2 vectors), in-process, as a
   fraction of the split latency stored by ``latency``.
+* ``integrity``: the per-query bound against a device that corrupts ONE layer (a top-bit flip,
+  +2^31, on one item): detection rate at every layer position over ``--trials`` queries and
+  false alarms over as many honest queries, for the old check (2 vectors mod 2^32), more
+  vectors (10 mod 2^32), and the check mod 2^64 (1 and 2 vectors, 2 is the default), each with
+  its cost (the enclave's checksum work of one forward pass, batch 1 + 2 triples, fmnist_cnn and
+  vgg11); plus the default on the real fmnist_cnn with Fashion-MNIST test images
+  (``--fmnist-trials`` queries). Queries run through ``Enclave.run_trials`` (the enclave's own
+  per-layer code, vectorised) against ``Device.compute``.
 * ``faults``: the fault campaign (``secinfer tee faults``), ``--trials`` per class; ``msb`` (a
   top-bit flip) is the probe that shows the stated bound is tight, not one of the issue's classes.
 * ``fmnist``: trains (if needed) and provisions the Fashion-MNIST CNN, the r-sweep, and the whole
   test set (10,000 queries) through the split as two processes: accuracy, bit-identity, alarms.
 * ``steal``: de-similarity training and the stealing experiment (1% of the training data).
 
-    .venv/bin/python benchmarks/tee.py [--sections latency,faults,fmnist,steal] [--threads 1]
+    .venv/bin/python benchmarks/tee.py [--sections latency,integrity,faults,fmnist,steal]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -242,6 +251,150 @@ def checks(reps: int, batches: list[int], models: list[str], k: int = 2) -> dict
     return {"rows": rows}
 
 
+class _TinyNet(nn.Module):
+    """The tests' 5-linear-layer CNN: conv-BN-ReLU, pool, residual conv, depthwise conv, two FC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 6, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.dw = nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)
+        self.avg = nn.AdaptiveAvgPool2d(2)
+        self.fc1 = nn.Linear(24, 16)
+        self.fc2 = nn.Linear(16, 5)
+        self.r1, self.r2, self.r3, self.r4 = nn.ReLU(), nn.ReLU6(), nn.ReLU(), nn.ReLU()
+        self.flat = nn.Flatten()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.r1(self.bn1(self.conv1(x))))
+        x = x + self.r2(self.conv2(x))
+        x = self.avg(self.r3(self.dw(x)))
+        return self.fc2(self.r4(self.fc1(self.flat(x))))
+
+
+INTEGRITY_CONFIGS = (("mod 2^32, 2 vectors (before)", 32, 2), ("mod 2^32, 10 vectors", 32, 10),
+                     ("mod 2^64, 1 vector", 64, 1), ("mod 2^64, 2 vectors (default)", 64, 2))
+
+
+def _one_layer_rates(enc: Any, x: torch.Tensor, fault: str, chunk: int = 2500) -> torch.Tensor:
+    """Per layer, the fraction of queries (one item each) whose layer check fired."""
+    from secinfer.tee import Device, Fault
+
+    dev = Device(enc.bundle.device_bundle(), Fault(fault, "one"))
+    flags = []
+    for s0 in range(0, len(x), chunk):
+        xb = x[s0:s0 + chunk]
+        t = len(xb)
+        rep = enc.run_trials(xb, t, lambda i, u, t=t: dev.compute(i, u, t))
+        flags.append((rep.triples_failed + rep.checksums_failed) > 0)
+    return torch.cat(flags).double().mean(dim=0)
+
+
+def integrity(trials: int, fmnist_trials: int, reps: int) -> dict[str, Any]:
+    """One-layer faults: detection per layer position, false alarms, and the checks' cost."""
+    from secinfer.tee import Enclave, MonitorConfig
+    from secinfer.tee.mask import ring_linear
+    from secinfer.tee.monitor import checksum_pass
+
+    gen = training_generator()  # test data and weights: not secret
+    tiny = _randomize_bn(_TinyNet(), gen)
+    item = (2, 8, 8)
+    qm = calibrate(capture(tiny), [torch.randn(64, *item, generator=gen)])
+    bundle = provision(qm)
+    rows = []
+    for name, bits, k in INTEGRITY_CONFIGS:
+        enc = Enclave(bundle, MonitorConfig(2, k, bits), on_failure="record")
+        bound = enc.monitor.one_layer_bound()
+        t0 = time.perf_counter()
+        msb = _one_layer_rates(enc, torch.randn(trials, *item, generator=gen), "msb")
+        honest = _one_layer_rates(enc, torch.randn(trials, *item, generator=gen), "none")
+        rows.append({"config": name, "check_bits": bits, "checksums": k, "bound": bound,
+                     "bound_one_item": detection_guarantee_1(bits, k),
+                     "trials": trials, "msb_rate_per_layer": msb.tolist(),
+                     "msb_min_rate": float(msb.min()),
+                     "false_alarm_queries": int(round(float(honest.sum()) * trials)),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    # cost of each check on real model shapes (enclave-side checksum work of one forward pass)
+    costs: dict[str, dict[str, float]] = {}
+    for model_name in ("fmnist_cnn", "vgg11"):
+        shape = (1, 28, 28) if model_name == "fmnist_cnn" else ITEM
+        m = _randomize_bn(build(model_name), gen)
+        enc = Enclave(provision(calibrate(capture(m), [torch.randn(4, *shape, generator=gen)])))
+        layers, shapes = enc.dev.layers, enc.input_shapes(shape)
+        n = 1 + 6
+        xs = [torch.randint(-128, 128, (1, n, *sh), generator=gen) for sh in shapes]
+        rs = [ring_linear(sp, x[0], sp.weight).to(torch.int64).unsqueeze(0)
+              for sp, x in zip(layers, xs, strict=True)]
+        costs[model_name] = {}
+        for name, bits, k in INTEGRITY_CONFIGS:
+            def run(bits: int = bits, k: int = k, layers: Any = layers, xs: Any = xs,
+                    rs: Any = rs, enc: Any = enc) -> None:
+                for sp, x, r in zip(layers, xs, rs, strict=True):
+                    s = enc.rng.checksum_vectors(1, k, sp.out_channels)
+                    if not bool(checksum_pass(sp, sp.weight, x, r, s, bits).all()):
+                        raise AssertionError(f"honest result failed its checksum in {sp.name}")
+
+            costs[model_name][name] = _median_time(run, reps)
+    real: dict[str, Any] = {}
+    if fmnist_trials:
+        from secinfer.data.fashion_mnist import load
+        from secinfer.models.zoo import pretrained
+
+        xt, _ = load("test", limit=fmnist_trials)
+        qf = calibrate(capture(pretrained("fmnist_cnn").eval()), [xt[:500]])
+        enc = Enclave(provision(qf), MonitorConfig(), on_failure="record")
+        t0 = time.perf_counter()
+        msb = _one_layer_rates(enc, xt, "msb", chunk=250)
+        honest = _one_layer_rates(enc, xt, "none", chunk=250)
+        real = {"model": "fmnist_cnn (zoo, pretrained)", "queries": len(xt),
+                "bound": enc.monitor.one_layer_bound(), "msb_rate_per_layer": msb.tolist(),
+                "false_alarm_queries": int(round(float(honest.sum()) * len(xt))),
+                "seconds": round(time.perf_counter() - t0, 1)}
+    _print_integrity(rows, costs, real)
+    return {"rows": rows, "checksum_cost_s": costs, "fmnist": real, "batch": 1, "triples": 2}
+
+
+def detection_guarantee_1(bits: int, k: int) -> float:
+    """Detection bound for a one-item fault with B = 1, t = 2 (fingerprints and checksums)."""
+    from secinfer.tee.monitor import detection_guarantee
+
+    return detection_guarantee(1, 2, checksums=k, check_bits=bits)
+
+
+def _print_integrity(rows: list[dict[str, Any]], costs: dict[str, dict[str, float]],
+                     real: dict[str, Any]) -> None:
+    print(f"one-layer fault (+2^31 on one item of one layer), B = 1, 2 triples, "
+          f"{rows[0]['trials']} queries per row and layer position (5 linear layers)")
+    head = (f"{'check':<32}{'bound':>13}{'min rate':>10}{'per-layer rates':>44}"
+            f"{'false':>7}{'fmnist ms':>11}{'vgg11 ms':>10}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        rates = " ".join(f"{v:.4f}" for v in r["msb_rate_per_layer"])
+        print(f"{r['config']:<32}{r['bound']:>13.10f}{r['msb_min_rate']:>10.4f}{rates:>44}"
+              f"{r['false_alarm_queries']:>7}{costs['fmnist_cnn'][r['config']] * 1e3:>11.2f}"
+              f"{costs['vgg11'][r['config']] * 1e3:>10.2f}")
+    new, old, more = rows[3], rows[0], rows[1]
+    print(f"one-layer msb detection/bound ratio (default): "
+          f"{new['msb_min_rate'] / new['bound']:.4f}")
+    print(f"one-layer msb detection/bound ratio (before): {old['msb_min_rate'] / 0.999:.4f}"
+          f" (against the 0.999 target)")
+    for m in costs:
+        c = costs[m]
+        print(f"{m} checksum cost ratio (mod 2^64 k=2 / mod 2^32 k=2): "
+              f"{c[new['config']] / c[old['config']]:.3f}")
+        print(f"{m} checksum cost ratio (mod 2^32 k=10 / mod 2^64 k=2): "
+              f"{c[more['config']] / c[new['config']]:.3f}")
+    if real:
+        rates = " ".join(f"{v:.4f}" for v in real["msb_rate_per_layer"])
+        print(f"{real['model']}, {real['queries']} Fashion-MNIST test queries: per-layer rates "
+              f"{rates}, false alarms {real['false_alarm_queries']}, bound {real['bound']:.10f}")
+        print(f"fmnist one-layer msb detection/bound ratio: "
+              f"{min(real['msb_rate_per_layer']) / real['bound']:.4f}")
+
+
 def faults(trials: int) -> dict[str, Any]:
     res = fault_campaign(trials)
     g = res["guarantee"]
@@ -319,12 +472,14 @@ def steal(workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="latency,faults,fmnist,steal")
+    ap.add_argument("--sections", default="latency,integrity,faults,fmnist,steal")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--trials", type=int, default=10000)
     ap.add_argument("--limit", type=int, default=None, help="Fashion-MNIST test queries")
+    ap.add_argument("--fmnist-trials", type=int, default=1000,
+                    help="integrity: Fashion-MNIST queries through the real fmnist_cnn")
     ap.add_argument("--tampered-queries", type=int, default=2000)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "secinfer-tee")
     ap.add_argument("--threads", type=int, default=None)
@@ -347,6 +502,8 @@ def main() -> None:
         elif s == "checks":
             results[s] = checks(max(args.reps, 5), [int(b) for b in args.batches.split(",")],
                                 args.models.split(","))
+        elif s == "integrity":
+            results[s] = integrity(args.trials, args.fmnist_trials, max(args.reps, 5))
         elif s == "faults":
             results[s] = faults(args.trials)
         elif s == "fmnist":
