@@ -28,7 +28,8 @@ pytestmark = pytest.mark.network
 
 
 class _Servers:
-    def __init__(self, tmp_path, policy, sessions, max_batch=4, server_policies=None):
+    def __init__(self, tmp_path, policy, sessions, max_batch=4, server_policies=None,
+                 serve_max_batch=None):
         self.model = zoo.pretrained("fmnist_cnn")
         self.dirs = compile_model(self.model, (1, 28, 28), tmp_path / "b", output_policy=policy)
         self.topo = Topology.load(write_local_topology(
@@ -36,6 +37,7 @@ class _Servers:
             limits={"max_batch": max_batch}))
         make_certs(self.topo, overwrite=True)
         self.errors: dict[int, BaseException] = {}
+        self.serve_max_batch = serve_max_batch
         self.threads = [threading.Thread(target=self._run, daemon=True,
                                          args=(i, sessions, (server_policies or {}).get(i)))
                         for i in range(3)]
@@ -44,7 +46,8 @@ class _Servers:
 
     def _run(self, i, sessions, policy):
         try:
-            serve(self.topo, i, self.dirs[i], max_clients=sessions, policy=policy)
+            serve(self.topo, i, self.dirs[i], max_clients=sessions, policy=policy,
+                  max_batch=self.serve_max_batch)
         except BaseException as e:  # noqa: BLE001 - inspected by the test
             self.errors[i] = e
 
@@ -128,3 +131,23 @@ def test_servers_with_different_policies_refuse_to_start(tmp_path):
     for e in srv.errors.values():
         assert isinstance(e, SecinferNetError)
         assert "output policy / limits" in str(e) or "aborted" in str(e)
+
+
+def test_an_oversize_share_frame_is_refused_naming_the_limit_and_servers_keep_serving(tmp_path):
+    # serve config max_batch = 2 overrides the topology's 4: user frames are sized for 2 inputs
+    srv = _Servers(tmp_path, OutputPolicy("label"), sessions=2, serve_max_batch=2)
+    x, _ = fashion_mnist.load("test", limit=2)
+    with Client(srv.topo) as c:
+        assert c.max_batch == 2
+        header = torch.tensor([2, 1, 28, 28], dtype=torch.int64)
+        for sid in (0, 1, 2):
+            c._sessions[sid].send(sid, header)
+        c._sessions[0].send(0, torch.zeros(9, 1, 28, 28, dtype=torch.int64))  # 56448 bytes
+        c._sessions[1].send(1, torch.zeros(2, 1, 28, 28, dtype=torch.int64))
+        with pytest.raises(SecinferNetError, match="56448 bytes exceeds the frame limit "
+                                                   f"max_frame_bytes = {2 * 784 * 8}"):
+            c._recv(0, timeout=30)
+    with Client(srv.topo) as c:  # the servers are still in step
+        assert c.predict(x).shape == (2,)
+    srv.join()
+    assert not srv.errors, srv.errors

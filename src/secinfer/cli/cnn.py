@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clients", type=int, default=None)
     p.add_argument("--report", type=Path, default=None, help="JSON cost report per user")
     _policy_args(p, default=None)
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="largest user batch (overrides [limits] max_batch; default 256)")
+    p.add_argument("--max-frame-bytes", type=int, default=None,
+                   help="frame limit on every link (overrides [limits]; default: sized from "
+                        "the plan)")
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("infer", help="secure inference of one input file as the user")
@@ -131,7 +136,8 @@ def _serve(args: argparse.Namespace) -> int:
     from secinfer.serve.server import serve
 
     serve(Topology.load(args.topology), args.id, args.bundle, max_clients=args.max_clients,
-          report=args.report, policy=_policy(args))
+          report=args.report, policy=_policy(args), max_batch=args.max_batch,
+          max_frame_bytes=args.max_frame_bytes)
     return 0
 
 

@@ -97,6 +97,10 @@ class Session:
         """Charge everything inside to op ``name`` (nests as ``outer/inner``)."""
         return self.acct.op(name)
 
+    def wait_hangup(self, peer: int, timeout: float) -> bool:
+        """Wait until ``peer`` has closed its links to this party; True if it did in time."""
+        return self.transport.wait_hangup(peer, timeout)
+
     # -- reporting
     def report(self) -> dict[str, dict[str, object]]:
         return self.acct.report()

@@ -68,6 +68,10 @@ class Transport(ABC):
     def abort(self, reason: str) -> None:  # noqa: B027 - optional hook
         """Best effort: tell every peer that this party gives up, and why."""
 
+    def wait_hangup(self, peer: int, timeout: float) -> bool:
+        """Wait until ``peer`` has closed its end of the links; True if it did in time."""
+        return True
+
 
 # --------------------------------------------------------------------------- in memory
 
@@ -518,6 +522,29 @@ class TlsTransport(Transport):
             self._queues[peer].put(item)  # sticky: every later recv fails the same way
             raise item
         return item
+
+    def wait_hangup(self, peer: int, timeout: float) -> bool:
+        """Wait for ``peer`` to close our outgoing link (nothing else is ever read from it).
+
+        Works whatever state the reader of the incoming link is in (it stops at a bad frame),
+        so a server that refused a user can wait until the user has really gone before dialing
+        that user's address again.
+        """
+        sock = self._out.get(peer)
+        if sock is None or self._closed.is_set():
+            return True
+        deadline = time.monotonic() + timeout
+        with self._send_locks[peer]:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    sock.settimeout(min(left, 0.5))
+                    if not sock.recv(1):
+                        return True
+                except (TimeoutError, ssl.SSLWantReadError):
+                    continue
+                except OSError:  # reset, or EOF without close_notify
+                    return True
+        return False
 
     def abort(self, reason: str) -> None:
         if self._closed.is_set():

@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -87,15 +87,24 @@ class QuotaBook:
 
 def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: int | None = None,
           report: str | Path | None = None, mpc_config: MPCConfig | None = None,
-          policy: OutputPolicy | None = None) -> int:
+          policy: OutputPolicy | None = None, max_batch: int | None = None,
+          max_frame_bytes: int | None = None) -> int:
     """Serve until ``max_clients`` user sessions have ended (forever if None). Returns count.
 
     ``policy`` (the owner's serve config) overrides the bundle's output policy; the three
     servers must run the same one. Limits come from the topology's ``[limits]`` (see
-    :mod:`.limits`).
+    :mod:`.limits`), or from ``max_batch`` / ``max_frame_bytes`` here, which override it.
     """
     if party_id not in SERVER_IDS:
         raise ValueError(f"party {party_id} is not a server (servers are 0, 1 and 2)")
+    for name, value in (("max_batch", max_batch), ("max_frame_bytes", max_frame_bytes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if max_batch is not None:
+        topology = replace(topology, max_batch=max_batch)
+    if max_frame_bytes is not None:
+        topology = replace(topology, max_frame_bytes=max_frame_bytes)
     plan, shares, manifest = load_bundle(bundle, expect_party=party_id)
     policy = policy or OutputPolicy.from_manifest(manifest)
     users = _users(topology)
@@ -136,6 +145,8 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                         try:
                             n = _serve_client(engine, model, servers, client, user, manifest,
                                               policy, limits, quota, classes)
+                            # before dialing again: the user's listener must be gone
+                            client.wait_hangup(user, min(servers.timeout, 5.0))
                             print(f"server {party_id}: user {user} done ({n} requests)",
                                   flush=True)
                         except RequestRefused as e:
@@ -153,12 +164,8 @@ def _refuse(client: Session, user: int, why: RequestRefused, patience: float) ->
     """Tell the user why (an abort frame with the message), then wait for it to hang up, so
     that the next session's dial cannot land in this user's old, closing listener."""
     client.fail(why)
-    deadline = time.monotonic() + min(patience, 10.0)
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            client.recv(user, timeout=left)
-        except SecinferNetError:
-            return
+    if not client.wait_hangup(user, min(patience, 10.0)):
+        log.warning("user %d did not hang up after its refusal", user)
 
 
 def _agree_config(servers: Session, policy: OutputPolicy, limits: ServeLimits,
@@ -245,9 +252,10 @@ def _serve_client(engine: MPCEngine, model: SecureModel, servers: Session, clien
         verdict, why, data = _read_request(engine, client, user, shape, limits, quota)
         others = _agree(servers, verdict, agree_timeout)
         if any(v != verdict for v in others.values()):
+            here = f"; server {engine.role}: {why}" if verdict < 0 and why else ""
             raise RequestRefused(
                 f"the servers received different requests from user {user} (verdicts "
-                f"{dict(sorted({**others, engine.role: verdict}.items()))}); refused")
+                f"{dict(sorted({**others, engine.role: verdict}.items()))}){here}; refused")
         if verdict == GOODBYE:
             return requests
         if verdict == USER_GONE:
