@@ -11,6 +11,14 @@ identity (no comparison), (1, 0) outputs zero.
    = 1[s > 0] (see :func:`secinfer.mpc.compare.drelu`);
 4. one Beaver product ``x * expand(sign)`` whose opened sign mask has one entry per patch, so
    the product costs 8 bytes per element plus 8 per patch from each compute party.
+
+What each party receives: in step 3, a DReLU's messages (see :mod:`.compare`: P0 the opened
+z = s + r, P1 bit-shares, z0 and delta's share, the helper the padded, multiplied and rotated
+comparison terms), all independent of the patch sums; in step 4, the Beaver openings
+x_i - a_i and g_i - b_i (one b entry per patch, fresh per call) and, at P1, c1, each masked by
+a seed draw the receiver lacks. The patch sizes per channel are public (they are part of the
+compiled plan, like every layer's shape). The view tests and the helper's ratio attack in
+``tests/mpc/test_view.py`` cover this function.
 """
 
 from __future__ import annotations

@@ -4,27 +4,57 @@ DReLU follows the bitwise private comparison of SecureNN (Wagh, Gupta, Chandran 
 reads the sign from a masked opening instead of ShareConvert + ComputeMSB, which saves their
 extra rounds:
 
-1. helper: r = r0 + r1 (from its seeds with P0 and P1); bit-shares mod p of the compared bits
-   of r (P0's from the seed, P1's sent: ``k`` bytes per element);
+1. helper: r = r0 + r1 (r0 from its seed with P0, r1 from its seed with P1); bit-shares mod p
+   of the compared bits of r (P0's from the seed, P1's sent: ``k`` bytes per element);
 2. P0, P1: open z = x + r (one round, 8 bytes per element each way);
 3. with z public, the sign bit of x is ``z_k xor r_k xor borrow``, where
    ``borrow = [r' > z']`` compares the bits of z and r below k (k = 63 exactly, or lower with
    ignored high bits; ignored low bits are dropped from both). P0 and P1 evaluate SecureNN's
    PrivateCompare terms ``c_j = B_j - A_j + 1 + sum_{i>j} (A_i xor B_i)`` on the bit-shares,
    with the operands swapped (and z + 1 used) when a common random bit beta is 1, multiply
-   each term by a common random non-zero s_j, rotate the terms by a common random offset
-   (at most one term is zero, so a uniform rotation hides its position as well as SecureNN's
-   full permutation), and send them to the helper (``k + 1`` bytes per element each);
-4. helper: gamma = [some term is 0] = borrow xor beta; it shares delta = gamma xor r_k (P0's
-   share from the seed, P1's sent: 8 bytes per element);
+   each term by a common random non-zero s_j, add a common pad q_j (P0 adds it, P1 subtracts
+   it), rotate the terms by a common random offset (at most one term is zero, so a uniform
+   rotation hides its position as well as SecureNN's full permutation), and send them to the
+   helper (``k + 1`` bytes per element each); beta, s_j, q_j and the offset come from the
+   P0-P1 seed, which the helper never sees;
+4. helper: gamma = [some term of t0 + t1 is 0] = borrow xor beta; it shares
+   delta = gamma xor r_k (P0's share from the seed, P1's sent: 8 bytes per element);
 5. P_i: sign = z_k xor beta xor delta, linear in delta's shares; DReLU = 1 - sign.
 
-The helper sees only uniformly masked, permuted, randomly flipped terms: it learns nothing.
+What each party receives, message by message (everything else it holds it derived from its
+own seeds), and why the whole view is independent of x:
+
+- P0 receives z1 = x1 + r1 (step 2). r1 comes from the helper-P1 seed, which P0 never sees,
+  so z = z0 + z1 is uniform mod 2^64 whatever x is. P0 receives nothing else.
+- P1 receives the bit-shares bits(r') - b0 (step 1), z0 = x0 + r0 (step 2) and delta - d0
+  (step 4). b0, r0 and d0 are independent draws from the helper-P0 seed, which P1 never sees:
+  the three messages are independent and uniform (over Z_p, Z_2^64, Z_2^64).
+- The helper receives t0 = s c0 + q and t1 = s c1 - q, rotated (step 3). It knows r and both
+  parties' bit-shares of r, so it can compute anything from (t0, t1) and those. The pad q
+  makes t0 uniform on its own and leaves only t0 + t1 = s (c0 + c1), rotated: w terms, each
+  a uniform non-zero value mod p except, when gamma = 1, one zero at a uniform position.
+  gamma = borrow xor beta with beta a uniform bit the helper does not know, so the whole
+  view is one uniform bit and uniform noise. Without the pad, t0_j / t1_j = c0_j / c1_j
+  would cancel s_j and, with the bit-shares the helper dealt, give away z and hence x (the
+  attack in ``tests/mpc/test_view.py``, which recovers 197-200 of 200 inputs without the pad
+  and none with it).
+- The user receives nothing from a DReLU.
+
+Cost of the pad: no message; w draws mod p per element from the P0-P1 PRG.
 Latency: three message hops (open z; terms to the helper; delta to P1). In the accounting's
 per-party definition (see :mod:`secinfer.net.accounting`) that is 1 round at P0, whose result
 share comes from its seed, and 2 at P1. ReLU adds one Beaver product (1 round each).
 
-Threat model: semi-honest, non-colluding (see :mod:`.engine`).
+ReLU, ReLU6, max, argmax and max pooling are DReLUs and Beaver products (see
+:meth:`.engine.MPCEngine.beaver`) of the DReLU's bit share with differences of shares. Every
+sub-protocol draws fresh masks for every message, so each party's view of the composition is
+the concatenation of independent uniform views; no value is opened to anyone. Padding of a
+max pool is a public constant added by P0 and reveals only the (public) layer shape. The
+view tests (``tests/mpc/test_view.py``) fix the receiver's seeds, vary the secret and test
+the joint law of everything it receives, for every function here.
+
+Threat model: semi-honest, non-colluding (see :mod:`.engine`); the helper colluding with
+either compute party learns everything.
 """
 
 from __future__ import annotations
@@ -135,7 +165,11 @@ def _drelu(engine: MPCEngine, x: Share) -> Share:
         xor = r_sh * (1 - 2 * u) + (u if is0 else 0)
         suffix = torch.flip(torch.cumsum(torch.flip(xor, [1]), 1, dtype=torch.int16), [1]) - xor
         c = sgn * r_sh + suffix + ((1 - sgn * u) if is0 else 0)
-        c = torch.remainder(c.to(torch.int32) * mult, p)
+        # a pad common to P0 and P1 (P0 adds it, P1 subtracts it): without it the helper
+        # would get both s_j c0_j and s_j c1_j, whose ratio c0_j / c1_j no longer depends
+        # on s_j and, with the bit-shares the helper dealt, gives away z (and x)
+        pad = _mod_small(engine.prg_01, (m, w), p)
+        c = torch.remainder(c.to(torch.int32) * mult + (pad if is0 else -pad), p)
         # one uniform rotation per element hides where the (at most one) zero term sits; the
         # other terms are uniform non-zero after the random multipliers
         idx = cols + shift

@@ -2,16 +2,42 @@
 
 Threat model (as in the Knapsack seed, Gorski & Avidan, and SecureNN, Wagh et al. 2019):
 semi-honest, non-colluding parties. P0 and P1 hold additive shares mod 2^64 of every activation
-and weight; the helper P2 deals correlated randomness and assists comparisons. No single party
-learns anything about a secret beyond its shape: every value a party receives is masked by
-randomness it does not know (checked statistically by the view tests). Collusion of the helper
-with either compute party reveals everything. A party that deviates is not detected by this
-engine (integrity is a separate layer).
+and weight; the helper P2 deals correlated randomness and assists comparisons. Collusion of the
+helper with either compute party reveals everything. A party that deviates is not detected by
+this engine (integrity is a separate layer). Out of scope: the model's architecture and every
+tensor's shape (public to all three servers), the number and timing of queries, side channels.
 
 Randomness: three pairwise seeds agreed at set-up over the session's (TLS) channels: P0-P1,
-helper-P0 and helper-P1, each 16 bytes from the OS CSPRNG, fresh per session. Whatever a party
-can derive from a seed it shares with the helper is never sent ("seed compression"): the
-helper sends only P1's correction terms.
+helper-P0 and helper-P1, each 16 bytes from the OS CSPRNG, fresh per session, expanded by the
+AES-CTR PRG of :mod:`.prg`. Whatever a party can derive from a seed it shares with the helper is
+never sent ("seed compression"): the helper sends only P1's correction terms.
+
+What each party receives from the methods here (each method's docstring gives the steps):
+
+- set-up: P1 gets the P0-P1 seed and the helper-P1 seed, P0 the helper-P0 seed; seeds are the
+  receiver's own randomness.
+- :meth:`share_input` from an outside owner (the user): P0 gets enc(x) - r, P1 gets r, with r
+  uniform from the owner's CSPRNG: each share alone is uniform.
+- :meth:`beaver` / :meth:`beaver_fixed`: P0 gets e1 = x1 - a1 (and f1 = y1 - b1), P1 gets
+  e0, f0 and c1 = c - c0; a1, b1 come from the helper-P1 seed (unknown to P0), a0, b0, c0
+  from the helper-P0 seed (unknown to P1): every message is a fresh uniform value. The helper
+  receives nothing.
+- :meth:`prepare_weight`: P0 and P1 open F = W - B once per weight; B = B0 + B1 with each half
+  from a seed the other compute party lacks, so F is uniform to each. The helper, which knows
+  B, never sees F. B is reused across requests, but F is opened once, so this is one use of
+  a one-time pad; each request's activation is masked by a fresh a.
+- :meth:`truncate` ("local"): no message. ("exact"): P0 gets b - beta, P1 gets a - alpha and
+  alpha beta - gamma0 mod 2^d, each masked by a fresh helper seed draw the receiver lacks.
+- :meth:`reveal` to both compute parties opens the value (only used on values meant to be
+  public, or under ``debug_reveal_insecure``); to an outside party, and
+  :meth:`send_share_to`, send :meth:`output_share`: re-randomised by the P0-P1 seed, so the
+  recipient's two shares are a uniform pair that sums to the value and nothing else (the
+  shares left by a local truncation would otherwise show P0's sign-extended top bits).
+
+The view tests (``tests/mpc/test_view.py``) fix one party's seeds, vary every other party's
+and the secret, and test that the joint law of what that party receives does not depend on
+the secret, for every protocol here and in :mod:`.compare`, :mod:`.block_relu` and the
+nonlinear modules.
 
 All methods are SPMD: every party calls the same method with the same shapes in the same order;
 the party's role decides what it computes and sends.
@@ -35,6 +61,12 @@ __all__ = ["MPCEngine", "PreparedWeight", "encode", "decode"]
 log = logging.getLogger(__name__)
 
 Bilinear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Where a party's seeds come from: called with "h0", "h1" (at the helper) or "01" (at P0).
+SeedSource = Callable[[str], bytes]
+
+
+def _fresh_seed(_purpose: str) -> bytes:
+    return new_seed()
 
 
 def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
@@ -73,8 +105,13 @@ class PreparedWeight:
 class MPCEngine:
     """One party's engine over a :class:`Session` with parties ``P0=0, P1=1, HELPER=2``."""
 
-    def __init__(self, session: Session, config: MPCConfig | None = None) -> None:
+    def __init__(self, session: Session, config: MPCConfig | None = None,
+                 seed_source: SeedSource | None = None) -> None:
+        """``seed_source`` exists for the view tests, which fix one party's randomness and
+        vary everyone else's; the default, and the only sound choice in production, draws
+        every seed fresh from the OS CSPRNG."""
         self.session = session
+        self._seed_source = seed_source or _fresh_seed
         self.config = config or MPCConfig()
         self.role = session.party_id
         if self.role not in (P0, P1, HELPER) or not {P0, P1, HELPER} <= {*session.peers,
@@ -93,12 +130,12 @@ class MPCEngine:
         s = self.session
         with s.op("setup"):
             if self.role == HELPER:
-                h0, h1 = new_seed(), new_seed()
+                h0, h1 = self._seed_source("h0"), self._seed_source("h1")
                 s.send(P0, torch.frombuffer(bytearray(h0), dtype=torch.uint8))
                 s.send(P1, torch.frombuffer(bytearray(h1), dtype=torch.uint8))
                 self.prg_h0, self.prg_h1 = PRG(h0), PRG(h1)
             elif self.role == P0:
-                s01 = new_seed()
+                s01 = self._seed_source("01")
                 s.send(P1, torch.frombuffer(bytearray(s01), dtype=torch.uint8))
                 self.prg_h = PRG(bytes(s.recv(HELPER).tolist()))
                 self.prg_01 = PRG(s01)
@@ -161,7 +198,7 @@ class MPCEngine:
             other = s.exchange({self.other: x.data})[self.other]
             return decode(x.data + other, x.frac_bits)
         if self.role in (P0, P1) and self.role != to:
-            s.send(to, x.data)
+            s.send(to, x.data if to in (P0, P1) else self.output_share(x))
         if self.role != to:
             return None
         total = x.data.clone() if self.role in (P0, P1) else torch.zeros(x.shape, dtype=torch.int64)
@@ -170,9 +207,25 @@ class MPCEngine:
                 total += s.recv(p)
         return decode(total, x.frac_bits)
 
+    def output_share(self, x: Share) -> torch.Tensor:
+        """This compute party's share of ``x`` for an outside recipient, re-randomised.
+
+        1. P0 and P1 draw the same fresh m from their common PRG;
+        2. P0 returns x0 + m, P1 returns x1 - m.
+        The recipient then holds a uniform pair summing to x, whatever the computation left in
+        the shares (after a local truncation, for example, P0's share keeps the sign-extended
+        top bits of a uniform value, and the carry of the two shares' low bits depends on the
+        value before truncation). Cost: none (no message; 8 bytes per element of PRG output).
+        """
+        if self.is_helper:
+            raise ValueError("the helper holds no share to send")
+        m = self.prg_01.int64(x.shape)
+        return x.data + m if self.role == P0 else x.data - m
+
     def send_share_to(self, x: Share, to: int) -> None:
+        """Send this party's (re-randomised, see :meth:`output_share`) share to ``to``."""
         if self.role in (P0, P1):
-            self.session.send(to, x.data)
+            self.session.send(to, self.output_share(x) if to not in (P0, P1) else x.data)
 
     # ------------------------------------------------------------------ public operands
     def add_public(self, x: Share, c: torch.Tensor | float) -> Share:

@@ -36,7 +36,12 @@ quick_gelu_sig     all reals             abs 3e-4 (1 + |x|) vs plaintext (6.7e-5
 =================  ====================  ==========================================
 
 Threat model: semi-honest, non-colluding (see :mod:`secinfer.mpc.engine`). Inputs and outputs
-are secret; the knobs, ranges and thresholds are public.
+are secret; the knobs, ranges and thresholds are public. What each party receives: only the
+messages of the DReLUs (:mod:`.compare`), Beaver products and truncations (:mod:`.engine`) each
+function is built from, each masked by fresh randomness the receiver lacks. No intermediate is
+opened (the selections by comparison bits are products with bit shares, not openings), so the
+joint view of every party is independent of the inputs; the view tests cover exp, reciprocal,
+rsqrt, sigmoid, GELU, softmax (both forms) and LayerNorm with the receiver's seeds fixed.
 """
 
 from __future__ import annotations
@@ -76,7 +81,9 @@ class NonlinearConfig:
         significant bits at f = 16; 2^14 keeps every compared value inside the approximate
         DReLU's window at f = 16 with 32 ignored high bits (|x| < 2^15).
     mask_offset (1e4): added (negated) to masked attention scores before the max, so they
-        fall far under exp_lower; the mask is public (padding positions).
+        fall far under exp_lower. With a public mask (``hide_length=False``) it is added
+        publicly; with length hiding the user shares -mask_offset / 2 per padded key, so
+        the offset is public but where it applies is not.
     quant_max_shift (16): I-BERT softmax's 2^-z is computed for z in [0, 16] (from 5 bit
         comparisons); 2^-17 is below one unit at f = 16, so larger z give 0.
     """

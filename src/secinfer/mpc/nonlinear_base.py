@@ -5,7 +5,9 @@ matter how many tensors it is given, because on this engine latency is counted i
 each call is one (or, for DReLU, up to two) rounds at each compute party.
 
 Threat model: semi-honest, non-colluding parties, as in :mod:`secinfer.mpc.engine`; nothing in
-this module opens a secret. Public values (constants, attention masks) are known to every party.
+this module opens a secret: each function's messages are those of one DReLU or one Beaver
+product (see :mod:`.compare` and :mod:`.engine` for what each party receives there). Public values
+(constants, and attention masks when length hiding is off) are known to every party.
 """
 
 from __future__ import annotations

@@ -13,8 +13,15 @@ layer_norm        row variance in [2^-8, 2^14)    abs 2e-3 max|gamma| + 1e-3 (6.
 mean_last         any                             abs 2 units (2^-15)
 ================  ==============================  ==========================================
 
-Threat model: semi-honest, non-colluding (see :mod:`secinfer.mpc.engine`). The attention mask
-is public: it marks padding, whose length the servers know anyway from the input's shape.
+Threat model: semi-honest, non-colluding (see :mod:`secinfer.mpc.engine`). What each party
+receives: only the messages of the DReLUs, Beaver products and truncations these functions are
+made of (see :mod:`.compare` and :mod:`.engine`), each masked by fresh randomness the receiver
+lacks; nothing is opened, so every party's view is independent of the scores and of the
+activations. The ``keep`` argument, when given, is a PUBLIC mask known to all three servers:
+it reveals which positions are padding, i.e. each text's token count. The transformer passes it
+only with ``hide_length=False``; by default (``SecureTransformerConfig.hide_length``) the user
+secret-shares the padding as a score bias (see :mod:`secinfer.transformer.layer`) and these
+functions get ``keep=None``.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def _normalise(engine: MPCEngine, e: Share, keep: torch.Tensor | None,
 
 def softmax(engine: MPCEngine, x: Share, keep: torch.Tensor | None = None,
             cfg: NonlinearConfig | None = None) -> Share:
-    """Softmax over the last dim, masked entries (``keep == 0``, public) set to 0.
+    """Softmax over the last dim, masked entries (``keep == 0``, a public mask) set to 0.
 
     Steps (PUMA-style, ``clip.approx.softmax_mpc``): 1. x' = x - max (a tournament of
     ceil(log2 n) DReLU + product levels); 2. e = exp(x') with the clamp at ``exp_lower``;
