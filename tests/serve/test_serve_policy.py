@@ -21,6 +21,7 @@ from secinfer.net import (
     make_certs,
     write_local_topology,
 )
+from secinfer.net.accounting import CostAccountant
 from secinfer.serve.client import Client
 from secinfer.serve.server import serve
 
@@ -149,5 +150,34 @@ def test_an_oversize_share_frame_is_refused_naming_the_limit_and_servers_keep_se
             c._recv(0, timeout=30)
     with Client(srv.topo) as c:  # the servers are still in step
         assert c.predict(x).shape == (2,)
+    srv.join()
+    assert not srv.errors, srv.errors
+
+
+def _bytes_sent(c: Client) -> dict[int, int]:
+    return {sid: int(s.report().get(CostAccountant.TOTAL, {}).get("bytes_sent", 0))  # type: ignore[call-overload]
+            for sid, s in c._sessions.items()}
+
+
+@pytest.mark.parametrize("bad, error", [
+    (torch.full((2, 1, 28, 28), float("nan")), "NaN or infinite"),
+    (torch.full((1, 1, 28, 28), float("inf")), "NaN or infinite"),
+    (torch.full((1, 1, 28, 28), 1e16), "exceeds the fixed-point range"),
+    (torch.zeros(0, 1, 28, 28), "empty batch"),
+    (torch.zeros(1, 28, 28), "the model takes"),
+    (torch.zeros(1, 1, 28, 28, dtype=torch.bool), "real numbers"),
+])
+def test_a_bad_input_is_refused_before_anything_is_sent_and_the_session_goes_on(
+        tmp_path, bad, error):
+    srv = _Servers(tmp_path, OutputPolicy("label"), sessions=1)
+    x, _ = fashion_mnist.load("test", limit=2)
+    logits, sure = _confident(srv.model, x)
+    with Client(srv.topo) as c:
+        sent_before = _bytes_sent(c)
+        with pytest.raises((ValueError, TypeError), match=error):
+            c.predict(bad)
+        assert _bytes_sent(c) == sent_before
+        labels = c.predict(x)  # the same session, still in step with the servers
+    assert torch.equal(labels[sure], logits.argmax(1)[sure])
     srv.join()
     assert not srv.errors, srv.errors

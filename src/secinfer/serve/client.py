@@ -89,14 +89,11 @@ class Client:
         """
         if not self._sessions:
             raise RuntimeError("client is not connected")
-        if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
-            raise ValueError(f"input of shape {tuple(x.shape)}; the model takes "
-                             f"[batch, {', '.join(map(str, self.input_shape))}]")
+        enc = self._validate(x)
         header = torch.tensor(list(x.shape), dtype=torch.int64)
         try:
             for s in self._sessions.values():
                 s.send(s.peers[0], header)
-            enc = encode(x, self.frac_bits)
             r = self._prg.int64(enc.shape)
             self._sessions[0].send(0, enc - r)
             self._sessions[1].send(1, r)
@@ -114,6 +111,25 @@ class Client:
         if self.queries_left is not None:
             self.queries_left -= len(x)
         return decode_policy_output(out, self.policy, self.frac_bits, self.classes)
+
+    def _validate(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoded batch, or a ValueError/TypeError naming what is wrong with ``x``.
+
+        Everything is checked before the first byte goes out: once the servers have the
+        request header they expect shares, so a bad value found later would end the session.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"input must hold real numbers, got {x.dtype}")
+        if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
+            raise ValueError(f"input of shape {tuple(x.shape)}; the model takes "
+                             f"[batch, {', '.join(map(str, self.input_shape))}]")
+        if x.shape[0] == 0:
+            raise ValueError("empty batch: send at least one input")
+        # the batch limit and the quota are the servers' to enforce (they refuse the request
+        # cleanly, with the reason); values the servers cannot check on shares are ours
+        return encode(x, self.frac_bits)
 
     def _refusal(self) -> RequestRefused | None:
         for server, s in self._sessions.items():
