@@ -41,7 +41,8 @@ messages of the DReLUs (:mod:`.compare`), Beaver products and truncations (:mod:
 function is built from, each masked by fresh randomness the receiver lacks. No intermediate is
 opened (the selections by comparison bits are products with bit shares, not openings), so the
 joint view of every party is independent of the inputs; the view tests cover exp, reciprocal,
-rsqrt, GELU (and with it the sigmoid), softmax (both forms) and LayerNorm with the receiver's seeds fixed.
+rsqrt, GELU (and with it the sigmoid), softmax (both forms) and LayerNorm with the receiver's
+seeds fixed.
 """
 
 from __future__ import annotations
