@@ -24,7 +24,7 @@ from torch import nn
 
 from secinfer.knapsack.spec import apply_spec
 
-__all__ = ["FinetuneConfig", "evaluate", "finetune"]
+__all__ = ["FinetuneConfig", "distill", "evaluate", "finetune"]
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,22 @@ def finetune(
 
     ``on_epoch(epoch, mean_loss, seconds)`` is called after each epoch.
     """
+    return distill(teacher, apply_spec(copy.deepcopy(teacher), spec), x, y, config, on_epoch)
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: FinetuneConfig | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> nn.Module:
+    """Steps 2-3 for any student (trained in place and returned), e.g. a block-ReLU copy or a
+    copy whose max pools became average pools; the teacher is frozen and unchanged."""
     cfg = config or FinetuneConfig()
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need matching non-empty inputs and labels, got {len(x)} and {len(y)}")
-    student = apply_spec(copy.deepcopy(teacher), spec)
     teacher = teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

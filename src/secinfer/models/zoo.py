@@ -341,6 +341,15 @@ def fmnist_cnn(num_classes: int = 10) -> MNISTNet:
     return MNISTNet(num_classes, 1, 28)
 
 
+def fmnist_cnn_avgpool(num_classes: int = 10) -> nn.Module:
+    """The demo CNN with its max pools replaced by average pools (the Knapsack seed's swap,
+    :func:`secinfer.models.transforms.maxpool_to_avgpool`); its fine-tuned weights are written
+    by ``benchmarks/avgpool.py``."""
+    from .transforms import maxpool_to_avgpool
+
+    return maxpool_to_avgpool(MNISTNet(num_classes, 1, 28))[0]
+
+
 def fmnist_resnet(
     num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), blocks: Sequence[int] = (1, 1, 1)
 ) -> ResNet:
@@ -372,6 +381,7 @@ def vgg(depth: int = 11, num_classes: int = 10, in_channels: int = 3,
 ZOO: dict[str, tuple[Callable[..., nn.Module], tuple[int, int, int]]] = {
     "lenet": (lenet, (1, 28, 28)),
     "fmnist_cnn": (fmnist_cnn, (1, 28, 28)),
+    "fmnist_cnn_avgpool": (fmnist_cnn_avgpool, (1, 28, 28)),
     "fmnist_resnet": (fmnist_resnet, (1, 28, 28)),
     "resnet18": (resnet18, (3, 32, 32)),
     "resnet50": (resnet50, (3, 224, 224)),
