@@ -18,6 +18,7 @@ from secinfer.net import (
     RequestRefused,
     SecinferNetError,
     Topology,
+    framing,
     make_certs,
     write_local_topology,
 )
@@ -178,6 +179,56 @@ def test_a_bad_input_is_refused_before_anything_is_sent_and_the_session_goes_on(
             c.predict(bad)
         assert _bytes_sent(c) == sent_before
         labels = c.predict(x)  # the same session, still in step with the servers
+    assert torch.equal(labels[sure], logits.argmax(1)[sure])
+    srv.join()
+    assert not srv.errors, srv.errors
+
+
+def _raw_to_p0(c: Client, data: bytes) -> None:
+    """Write bytes on the user's TLS link to P0 below the framing layer (a hostile client)."""
+    sock = c._sessions[0].transport._out[0]  # type: ignore[attr-defined]
+    sock.sendall(data)
+
+
+def _garbage(c: Client) -> bytes:
+    return bytes(range(256)) * 4
+
+
+def _ndim_17(c: Client) -> bytes:
+    s = c._sessions[0].transport  # type: ignore[attr-defined]
+    h = framing.FrameHeader(torch.int64, (4,), s.session_id, s._send_counter[0], 32)
+    raw = bytearray(framing.encode_header(h))
+    raw[5] = 17
+    return bytes(raw)
+
+
+def _truncated(c: Client) -> bytes:
+    s = c._sessions[0].transport  # type: ignore[attr-defined]
+    h = framing.FrameHeader(torch.int64, (4, 1, 28, 28), s.session_id, s._send_counter[0],
+                            4 * 784 * 8)
+    return framing.encode_header(h) + b"\0" * 100  # then the user hangs up
+
+
+def _wrong_request_shape(c: Client) -> bytes:
+    s = c._sessions[0].transport  # type: ignore[attr-defined]
+    t = torch.tensor([2, 3], dtype=torch.int64)  # a request header [batch, *shape] of rank 1
+    h = framing.FrameHeader(t.dtype, tuple(t.shape), s.session_id, s._send_counter[0], 16)
+    return framing.encode_header(h) + t.numpy().tobytes()
+
+
+@pytest.mark.parametrize("attack", [_garbage, _ndim_17, _truncated, _wrong_request_shape])
+def test_a_malformed_frame_from_a_user_ends_only_that_session(tmp_path, attack):
+    srv = _Servers(tmp_path, OutputPolicy("label"), sessions=2)
+    x, _ = fashion_mnist.load("test", limit=2)
+    logits, sure = _confident(srv.model, x)
+    c = Client(srv.topo)
+    c.connect()
+    try:
+        _raw_to_p0(c, attack(c))
+    finally:
+        c.close()
+    with Client(srv.topo) as c2:  # the next user is served
+        labels = c2.predict(x)
     assert torch.equal(labels[sure], logits.argmax(1)[sure])
     srv.join()
     assert not srv.errors, srv.errors
