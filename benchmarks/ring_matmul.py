@@ -153,6 +153,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     for what, value in ratios.items():
         print(f"{what} ratio: {value:.3f}")
+    from secinfer.ring.kernels import auto_choice, cache_path
+
+    chosen = auto_choice("cpu")
+    print(f"auto = matmul {chosen.matmul}, conv {chosen.conv} (measured for this machine, "
+          f"cached in {cache_path()})")
 
     result: dict[str, object] = {
         "benchmark": "ring_matmul",
@@ -173,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         },
         "rows": rows,
         "ratios": ratios,
+        "auto_choice": {"matmul": chosen.matmul, "conv": chosen.conv,
+                        "seconds": chosen.seconds},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -94,6 +94,10 @@ REVIEWED = {
     ("transformer/weights.py", "random_encoder.r", "torch.randn"):
         "random test/benchmark weights, generator chosen by the caller",
     ("tee/desim.py", "desim_train", "torch.randperm"): "training-data shuffle order",
+    ("ring/kernels.py", "measure", "torch.Generator"):
+        "fixed-seed operands for timing the two ring kernels; no secret goes near them",
+    ("ring/kernels.py", "measure", "manual_seed"): "same timing operands",
+    ("ring/kernels.py", "measure.rnd", "torch.randint"): "same timing operands",
 }
 
 _TORCH_SAMPLERS = {

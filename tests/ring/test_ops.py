@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from secinfer.ring import MAX_TERMS, resolve_method, ring_conv2d, ring_linear, ring_matmul, ring_mul
+from secinfer.ring.kernels import auto_choice
 from secinfer.ring.limbs import LIMB_BITS, bilinear_mod64, split
 
 from ._reference import EXTREMES, conv2d_ref, matmul_ref, mul_ref, ring_random
@@ -135,7 +136,10 @@ def test_conv2d_unbatched(method: str) -> None:
 
 
 def test_auto_method() -> None:
-    assert resolve_method("auto", torch.device("cpu")) == "int64"
+    # on the CPU: what was measured (and cached) for this machine, per op kind
+    choice = auto_choice("cpu")
+    assert resolve_method("auto", torch.device("cpu")) == choice.matmul
+    assert resolve_method("auto", torch.device("cpu"), "conv") == choice.conv
     assert resolve_method("auto", torch.device("cuda", 0)) == "limbs"
     assert resolve_method("limbs", torch.device("cpu")) == "limbs"
     a, b = ring_random(3, 9), ring_random(9, 2)

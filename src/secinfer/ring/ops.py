@@ -13,8 +13,10 @@ Two methods compute the same thing:
   Karatsuba, exact by the argument in :mod:`secinfer.ring.limbs`. It needs only float64
   kernels, so it also runs on devices whose PyTorch backend lacks int64 matmul (CUDA).
 
-``method="auto"`` (the default) picks ``"int64"`` on CPU and ``"limbs"`` elsewhere. This
-choice was made from CPU measurements only; no GPU was available to measure on.
+``method="auto"`` (the default) runs whichever is faster on this machine, per op kind
+(matmul, convolution), as measured once and cached by :mod:`secinfer.ring.kernels`: the two
+differ by 20x or more between hosts of the same kind, so no constant choice is right. Off the
+CPU ``auto`` is ``"limbs"`` (no GPU was available to measure on).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .conv import ConvGeometry, conv2d_limbs
+from .kernels import auto_choice
 from .limbs import Limbs, bilinear_mod64, num_chunks, split
 
 __all__ = ["RingMethod", "ring_matmul", "ring_linear", "ring_conv2d", "ring_mul", "resolve_method"]
@@ -35,12 +38,14 @@ _METHODS = ("auto", "int64", "limbs")
 IntPair = int | tuple[int, int]
 
 
-def resolve_method(method: str, device: torch.device) -> Literal["int64", "limbs"]:
-    """The concrete method ``"auto"`` stands for on ``device``; validates ``method``."""
+def resolve_method(method: str, device: torch.device,
+                   op: Literal["matmul", "conv"] = "matmul") -> Literal["int64", "limbs"]:
+    """The concrete method ``"auto"`` stands for for ``op`` on ``device``; validates ``method``."""
     if method not in _METHODS:
         raise ValueError(f"ring method must be one of {_METHODS}, got {method!r}")
     if method == "auto":
-        return "int64" if device.type == "cpu" else "limbs"
+        choice = auto_choice(device.type)
+        return choice.matmul if op == "matmul" else choice.conv
     return "int64" if method == "int64" else "limbs"
 
 
@@ -191,7 +196,7 @@ def ring_conv2d(
             f"ring_conv2d: kernel {kh}x{kw} (dilation {geom.dilation}) does not fit the padded"
             f" input {tuple(x4.shape[2:])} with padding {geom.padding}"
         )
-    if resolve_method(method, device) == "int64":
+    if resolve_method(method, device, "conv") == "int64":
         top, bottom, left, right = geom.padding
         if top == bottom and left == right:
             out = torch.nn.functional.conv2d(
