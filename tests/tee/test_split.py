@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from secinfer.errors import ArtifactError
 from secinfer.mpc.prg import PRG
 from secinfer.net import run_in_memory
 from secinfer.tee import (
@@ -74,14 +75,14 @@ def test_bundles_round_trip_through_files(tiny: nn.Module, gen: torch.Generator,
     eb, db = EnclaveBundle.load(tmp_path / "enclave"), DeviceBundle.load(tmp_path / "device")
     from safetensors.torch import load_file
 
-    held = load_file(str(tmp_path / "device.safetensors"))
+    held = load_file(str(tmp_path / "device" / "tensors.safetensors"))
     assert all(t.dtype == torch.int8 for t in held.values())  # the device holds int8 only
     x = torch.randn(2, 2, 8, 8, generator=gen)
     out, _ = _split(eb, x, dev_bundle=db)
     assert torch.equal(out, b.model.forward(x))
-    with pytest.raises(ValueError, match="not a enclave bundle|not a device bundle"):
+    with pytest.raises(ArtifactError, match="is a 'enclave' artifact, not a 'device' one"):
         DeviceBundle.load(tmp_path / "enclave")
-    with pytest.raises(FileNotFoundError, match="bundle file"):
+    with pytest.raises(ArtifactError, match="missing is not an artifact: no such folder"):
         EnclaveBundle.load(tmp_path / "missing")
 
 

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--topology", type=Path, required=True)
         p.add_argument("--id", type=int, required=True)
         p.add_argument("--peer", type=int, default=1 if role == "enclave" else 0)
-        p.add_argument("--bundle", type=Path, required=True, help="bundle path without suffix")
+        p.add_argument("--bundle", type=Path, required=True, help="bundle folder")
         p.add_argument("--out", type=Path, default=None, help="safetensors result file")
         if role == "enclave":
             p.add_argument("--dataset", default=None, help="'fmnist' (test split)")
