@@ -74,6 +74,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import IntegrityError  # raised when the device's result fails the check
 from .graph import LinearSpec
 from .mask import wrap
 from .rand import CHECKSUM_ENTRY_BITS, EnclaveRandomness
@@ -93,10 +94,6 @@ __all__ = [
     "draw_checksum_vectors",
     "checksum_pass",
 ]
-
-
-class IntegrityError(RuntimeError):
-    """The device returned a result that fails the fingerprint check."""
 
 
 @dataclass(frozen=True)
