@@ -23,7 +23,8 @@ probability ``B / (B + 3t)``. Altering only real results is not a strategy the d
 it cannot tell them apart. Faults that alter every item (noise, scaling, a skipped layer, a
 replayed old result) make each triple pass only if the errors satisfy ``e1 + e2 == e3 (mod 2^32)``
 in every coordinate; with independent masks under the errors this is negligible, and is measured
-by ``faults.py``. A query crossing ``L`` layers, corrupted at each, escapes with ``(B/N)^L``.
+by ``experiments/tee_faults.py``. A query crossing ``L`` layers, corrupted at each, escapes
+with ``(B/N)^L``.
 
 Cost: ``3t`` extra items per layer batch, i.e. a factor ``(B + 3t) / B`` in device work and bytes.
 
