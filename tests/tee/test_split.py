@@ -83,6 +83,9 @@ def test_bundles_round_trip_through_files(tiny: nn.Module, gen: torch.Generator,
         DeviceBundle.load(tmp_path / "enclave")
     with pytest.raises(ArtifactError, match="missing is not an artifact: no such folder"):
         EnclaveBundle.load(tmp_path / "missing")
+    (tmp_path / "old.json").write_text('{"format": "secinfer.tee/1", "role": "enclave"}')
+    with pytest.raises(ArtifactError, match="old.json is a enclave bundle of the old format"):
+        EnclaveBundle.load(tmp_path / "old")
 
 
 # with the 64-bit check every fault, the top-bit flip included, escapes checksums alone with

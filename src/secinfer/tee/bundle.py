@@ -48,6 +48,10 @@ _TENSORS = "tensors.safetensors"
 
 
 def _read(path: Path, role: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if not path.exists() and path.with_suffix(".json").is_file():
+        # the format before checksums: PATH.json + PATH.safetensors beside each other
+        raise ArtifactError(f"{path.with_suffix('.json')} is a {role} bundle of the old format "
+                            f"(no checksums); provision again to write the folder {path}")
     art = read_artifact(path, _FORMAT, role)
     if _TENSORS not in art.files:
         raise ArtifactError(f"{path}: the {role} bundle lists no {_TENSORS}")
