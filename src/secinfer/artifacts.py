@@ -276,5 +276,10 @@ def _replace(tmp: Path, folder: Path) -> None:
         return
     old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
     os.rename(folder, old / "a")
-    os.rename(tmp, folder)
+    try:
+        os.rename(tmp, folder)
+    except BaseException:
+        os.rename(old / "a", folder)  # put the old artifact back rather than lose both
+        os.rmdir(old)
+        raise
     shutil.rmtree(old, ignore_errors=True)

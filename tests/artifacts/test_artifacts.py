@@ -244,3 +244,21 @@ def test_writer_is_atomic_and_refuses_to_clobber(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="checksum mismatch for b.txt: changed after"):
         art.read_bytes("b.txt")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_replace_keeps_the_old_artifact(tmp_path: Path, monkeypatch) -> None:
+    from secinfer import artifacts
+
+    d = artifacts.write_artifact(tmp_path / "a", "demo", "test", "x", {"a.txt": b"old"})
+    real = os.rename
+
+    def flaky(src: str | Path, dst: str | Path) -> None:
+        if Path(dst) == d and ".tmp-" in Path(src).name:  # the new folder's move into place
+            raise OSError("disk gone")
+        real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "rename", flaky)
+    with pytest.raises(OSError, match="disk gone"):
+        artifacts.write_artifact(d, "demo", "test", "x", {"a.txt": b"new"}, overwrite=True)
+    assert artifacts.read_artifact(d, "demo").text("a.txt") == "old"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
