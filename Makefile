@@ -24,10 +24,10 @@ demo: $(STAMP) data
 	$(PY) -m secinfer demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy src/secinfer experiments
 
 unit: $(STAMP) data
 	$(VENV)/bin/pytest -q

@@ -25,8 +25,9 @@ Sections (default: all; pick with ``--sections``), each merged into benchmarks/r
   vgg11); plus the default on the real fmnist_cnn with Fashion-MNIST test images
   (``--fmnist-trials`` queries). Queries run through ``Enclave.run_trials`` (the enclave's own
   per-layer code, vectorised) against ``Device.compute``.
-* ``faults``: the fault campaign (``secinfer tee faults``), ``--trials`` per class; ``msb`` (a
-  top-bit flip) is the probe that shows the stated bound is tight, not one of the issue's classes.
+* ``faults``: the fault campaign (``secinfer experiments tee faults``), ``--trials`` per
+  class; ``msb`` (a top-bit flip) is the probe that shows the stated bound is tight, not one of
+  the issue's classes.
 * ``fmnist``: trains (if needed) and provisions the Fashion-MNIST CNN, the r-sweep, and the whole
   test set (10,000 queries) through the split as two processes: accuracy, bit-identity, alarms.
 * ``steal``: de-similarity training and the stealing experiment (1% of the training data).
@@ -41,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,19 +51,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from secinfer.models.zoo import build
-from secinfer.tee import calibrate, capture, provision
-from secinfer.tee.experiments import (
+# the research runs live in the repository's top-level experiments/ package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.tee_experiments import (  # noqa: E402
     fault_campaign,
-    provision_fmnist,
     rsweep_fmnist,
     run_split_fmnist,
     stealing_experiment,
     train_fmnist,
-    two_party,
 )
-from secinfer.tee.qat import training_generator
-from secinfer.tee.rand import EnclaveRandomness
+
+from secinfer.models.zoo import build  # noqa: E402
+from secinfer.tee import calibrate, capture, provision  # noqa: E402
+from secinfer.tee.fmnist import provision_fmnist  # noqa: E402
+from secinfer.tee.programs import two_party  # noqa: E402
+from secinfer.tee.qat import training_generator  # noqa: E402
+from secinfer.tee.rand import EnclaveRandomness  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tee.json"
 MODELS = ("vgg11", "resnet18", "mobilenet_v2")

@@ -16,6 +16,7 @@ _LAZY = {
     "local_cluster": "secinfer.net",
     "run_in_memory": "secinfer.net",
     "CostAccountant": "secinfer.net",
+    "SecinferError": "secinfer.errors",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -155,7 +155,7 @@ def test_cli_flow_init_ca_keygen_sign(tmp_path, capsys):
                      str(csr)]) == 0
     assert (tmp_path / "helper" / "party2.pem").exists()
     assert cli_main(["certs", "sign", "--topology", str(path), "--id", "1", "--csr", str(csr),
-                     "--out", str(tmp_path / "x.pem")]) == 1
+                     "--out", str(tmp_path / "x.pem")]) == 2  # a SecinferError: exit 2
     assert "not for party-1" in capsys.readouterr().err
     assert cli_main(["certs", "--topology", str(path), "--force"]) == 0
     assert "LOCAL DEMO" in capsys.readouterr().err

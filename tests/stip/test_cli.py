@@ -29,5 +29,5 @@ def test_transform_command_writes_working_artifacts(tmp_path, capsys) -> None:
     assert float((user.classify(ids) - ref).abs().max() / ref.abs().max()) < 1e-5
     # a second run must not silently overwrite the artifacts
     assert main(["stip", "transform", "--model", str(tmp_path / "hf"), "--cloud-out",
-                 str(tmp_path / "cloud"), "--key-out", str(tmp_path / "key")]) == 1
+                 str(tmp_path / "cloud"), "--key-out", str(tmp_path / "key")]) == 2
     assert "already holds an artifact" in capsys.readouterr().err

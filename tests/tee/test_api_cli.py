@@ -21,10 +21,13 @@ def test_cli_parses_every_tee_command() -> None:
     a = p.parse_args(["tee", "device", "--topology", "t.toml", "--id", "1", "--bundle", "b",
                       "--fault", "noise"])
     assert a.role == "device" and a.peer == 0 and a.fault == "noise"
-    a = p.parse_args(["tee", "faults", "--trials", "50"])
-    assert a.trials == 50 and a.triples == 2
-    for cmd in ("train", "provision", "rsweep", "enclave", "run", "steal"):
+    a = p.parse_args(["tee", "provision", "--out", "d"])
+    assert a.weights is None and a.reduce_range == 0  # default: the shipped weights
+    for cmd in ("provision", "enclave", "device"):
         with pytest.raises(SystemExit):  # each one requires its arguments
+            p.parse_args(["tee", cmd])
+    for cmd in ("train", "rsweep", "run", "faults", "steal"):  # research: experiments tee
+        with pytest.raises(SystemExit):
             p.parse_args(["tee", cmd])
 
 

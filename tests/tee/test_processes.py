@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from secinfer.tee import calibrate, capture, provision
-from secinfer.tee.experiments import two_party
+from secinfer.tee.programs import two_party
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

@@ -1,4 +1,5 @@
-"""QAT, the r-sweep and de-similarity on a real (tiny) data set: scikit-learn digits."""
+"""QAT and the r-sweep on a real (tiny) data set: scikit-learn digits (de-similarity:
+tests/experiments/test_tee_desim.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from torch import nn
 
 from secinfer.data.digits import load_digits
 from secinfer.tee import QuantConfig, calibrate, capture, sweep_reduce_range
-from secinfer.tee.desim import desim_train, thief_init
 from secinfer.tee.qat import FakeQuantProgram, accuracy, qat, train_classifier
 
 
@@ -46,26 +46,3 @@ def test_ptq_qat_and_sweep_keep_accuracy(gen: torch.Generator) -> None:
     err = [float((calibrate(prog, [x], QuantConfig(r)).forward(xt) - ref).abs().mean())
            for r in (0, 240)]
     assert err[0] < err[1] / 2
-
-
-def test_desim_keeps_true_accuracy_and_hides_it_from_the_device_view(
-    gen: torch.Generator,
-) -> None:
-    x, y, xt, yt = _data(gen)
-    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    model = train_classifier(_net(), x, y, epochs=8, lr=3e-3, gen=gen)
-    prog = capture(model)
-    d = desim_train(prog, x, y, gen, epochs=6, lam=1.0, lr=2e-3)
-    qm = d.export(x, QuantConfig(0))
-    with torch.no_grad():
-        true_acc = accuracy(qm.forward, xt, yt)
-        thief_acc = accuracy(lambda t: d(t, thief=True), xt, yt)
-        # the int8 export and the float parametrisation agree
-        assert (qm.forward(xt[:50]).argmax(1) == d(xt[:50]).argmax(1)).float().mean() > 0.9
-    assert true_acc > 80.0
-    assert thief_acc < true_acc - 30.0
-    # the device's tensors are the exported int8 rows; negative scales carry the secret signs
-    assert any((s < 0).any() for s in qm.w_scale)
-    thief = thief_init(_net(), qm, None)
-    first = next(m for m in thief.modules() if isinstance(m, nn.Conv2d))
-    assert first.bias is not None and (first.bias == 0).all()

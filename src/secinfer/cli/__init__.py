@@ -2,14 +2,21 @@
 
 A module here defines ``register(subparsers)``; it is found automatically, so a feature adds
 its commands without touching a central list. Heavy imports happen inside the handlers.
+
+Errors: a :class:`~secinfer.errors.SecinferError` (bad artifact, dead peer, bad topology, ...)
+is the user's to fix, so it is printed as ``secinfer: error: <message>`` with exit status 2 and
+no traceback; ``--debug`` or ``SECINFER_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+
+from ..errors import SecinferError
 
 __all__ = ["main", "build_parser"]
 
@@ -18,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="secinfer", description="Secure neural-network inference."
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also SECINFER_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
@@ -30,11 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("SECINFER_DEBUG", "") not in ("", "0")
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SecinferError as e:
+        if debug:
+            raise
+        print(f"secinfer: error: {e or type(e).__name__}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as e:
+        if debug:
+            raise
         print(f"secinfer {args.command}: error: {e}", file=sys.stderr)
         return 1

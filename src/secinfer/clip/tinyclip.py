@@ -250,8 +250,8 @@ def load_clip(folder: Path | str) -> ClipBundle:
     if not path.is_dir():
         raise FileNotFoundError(
             f"CLIP checkpoint folder not found: {path} (no CLIP weights ship offline; give a "
-            "local Hugging Face CLIP folder, or make one with `secinfer clip zeroshot --task "
-            "fmnist-tinyclip --save DIR`)")
+            "local Hugging Face CLIP folder, or make one with `secinfer experiments clip "
+            "zeroshot --task fmnist-tinyclip --save DIR`)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json, not a Hugging Face model folder")
     weights = [p for p in ("model.safetensors", "model.safetensors.index.json",

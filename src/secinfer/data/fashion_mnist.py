@@ -19,6 +19,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..errors import SecinferError
+
 __all__ = ["FMNIST_DIR", "FMNIST_MEAN", "FMNIST_STD", "FashionMNISTMissing", "load", "normalize"]
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -35,7 +37,7 @@ _LABEL_MAGIC = 2049
 Split = Literal["train", "test"]
 
 
-class FashionMNISTMissing(FileNotFoundError):
+class FashionMNISTMissing(SecinferError, FileNotFoundError):
     """The Fashion-MNIST files are not installed."""
 
 

@@ -4,9 +4,10 @@ Layout of ``<out>/party<N>/``:
 
 * ``plan.json``           the public plan (every party);
 * ``weights.safetensors`` this party's additive shares of the weights (P0 and P1 only);
-* ``manifest.json``       format, party, role, fixed point, input shape, the owner's output
-                          policy, and the SHA-256 of every file above. Loading verifies each
-                          checksum.
+* ``manifest.json``       the common artifact manifest (:mod:`secinfer.artifacts`): format,
+                          party, role, the SHA-256 of every file above, and as metadata the
+                          fixed point, input shape and the owner's output policy. Loading
+                          verifies each checksum.
 
 The output policy (:class:`OutputPolicy`) is the model owner's: what the servers reveal to a
 user (``logits``, the ``topk`` indices, or the ``label`` only, computed on shares) and how many
@@ -21,17 +22,15 @@ only: no secret. Nothing is pickled.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from ..files import read_json_manifest, sha256_file, verify_listed_files
+from ..artifacts import MANIFEST, read_artifact, tensor_bytes, write_artifact
+from ..errors import ArtifactError
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from .capture import capture
@@ -40,12 +39,12 @@ from .plan import Plan
 __all__ = ["BundleError", "compile_model", "load_bundle", "FORMAT", "OutputPolicy",
            "OUTPUT_MODES"]
 
-FORMAT = "secinfer-bundle-v1"
+FORMAT = "secinfer-mpc-bundle"
 ROLES = {0: "server", 1: "server", 2: "helper"}
 
 
-class BundleError(ValueError):
-    """A bundle is missing, corrupt, tampered with, or for another party."""
+# a bundle is one artifact of the common format (:mod:`secinfer.artifacts`): one error class
+BundleError = ArtifactError
 
 
 OUTPUT_MODES = ("logits", "topk", "label")
@@ -140,47 +139,41 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         share0[name], share1[name] = (enc - r).contiguous(), r.contiguous()
     dirs = []
     for party, shares in ((0, share0), (1, share1), (2, None)):
-        d = out / f"party{party}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "plan.json").write_text(plan.to_json())
-        files = {"plan.json": sha256_file(d / "plan.json")}
+        files = {"plan.json": plan.to_json().encode()}
         if shares is not None:
-            save_file(shares, str(d / "weights.safetensors"))
-            files["weights.safetensors"] = sha256_file(d / "weights.safetensors")
-        manifest = {"format": FORMAT, "party": party, "role": ROLES[party],
-                    "frac_bits": frac_bits, "input_shape": list(input_shape),
-                    "output_policy": policy.to_dict(), "files": files}
-        (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        dirs.append(d)
+            files["weights.safetensors"] = tensor_bytes(shares)
+        meta = {"frac_bits": frac_bits, "input_shape": list(input_shape),
+                "output_policy": policy.to_dict()}
+        # the helper's bundle is the public plan only; a server's holds a uniform share
+        dirs.append(write_artifact(out / f"party{party}", FORMAT, "mpc", ROLES[party], files,
+                                   meta, party=party, secret=shares is not None,
+                                   overwrite=True))
     return dirs
 
 
 def load_bundle(path: str | Path, expect_party: int | None = None,
                 ) -> tuple[Plan, dict[str, torch.Tensor] | None, dict]:
-    """Verify and load a party bundle: (plan, weight shares or None, manifest)."""
+    """Verify and load a party bundle: (plan, weight shares or None, manifest).
+
+    The manifest is returned flat: its fields (``role``, ``party``, ``files``, ...) and its
+    ``meta`` (``frac_bits``, ``input_shape``, ``output_policy``) side by side.
+    """
     d = Path(path)
-    manifest = read_json_manifest(d / "manifest.json", BundleError,
-                                  f"{d} is not a bundle: manifest.json is missing")
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{d}: unknown bundle format {manifest.get('format')!r}")
-    if expect_party is not None and manifest.get("party") != expect_party:
-        raise BundleError(f"{d} is the bundle of party {manifest.get('party')}, "
+    art = read_artifact(d, FORMAT)
+    if expect_party is not None and art.party != expect_party:
+        raise BundleError(f"{d} is the bundle of party {art.party}, "
                           f"not of party {expect_party}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or "plan.json" not in files:
-        raise BundleError(f"{d / 'manifest.json'} does not list plan.json")
-    verify_listed_files(d, files, BundleError)
-    plan = Plan.from_json((d / "plan.json").read_text())
+    if "plan.json" not in art.files:
+        raise BundleError(f"{d / MANIFEST} does not list plan.json")
+    plan = Plan.from_json(art.text("plan.json"))
     shares = None
-    if "weights.safetensors" in manifest["files"]:
-        try:
-            shares = load_file(str(d / "weights.safetensors"))
-        except (SafetensorError, OSError) as e:
-            raise BundleError(f"{d}: weights.safetensors is unreadable: {e}") from e
-    elif manifest.get("party") in (0, 1):
+    if "weights.safetensors" in art.files:
+        shares = art.tensors("weights.safetensors")
+    elif art.party in (0, 1):
         raise BundleError(f"{d}: a compute party's bundle must hold weight shares")
+    manifest = {**{k: v for k, v in art.manifest().items() if k != "meta"}, **art.meta}
     try:
         OutputPolicy.from_manifest(manifest)
     except ValueError as e:
-        raise BundleError(f"{d / 'manifest.json'}: {e}") from e
+        raise BundleError(f"{d / MANIFEST}: {e}") from e
     return plan, shares, manifest

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..errors import UnsupportedOpError
 from .plan import Plan, PlanOp
 
 __all__ = ["UnsupportedOpError", "capture"]
@@ -24,11 +25,9 @@ _WHERE = ("add a branch in secinfer/models/capture.py (_module_op / _function_op
           "executor in secinfer/models/secure.py")
 
 
-class UnsupportedOpError(NotImplementedError):
-    def __init__(self, what: str, node: str) -> None:
-        super().__init__(f"unsupported op {what} at node '{node}'; to support it, {_WHERE}")
-        self.what = what
-        self.node = node
+def _unsupported(what: str, node: str) -> UnsupportedOpError:
+    return UnsupportedOpError(f"unsupported op {what} at node '{node}'; to support it, {_WHERE}",
+                              what, node)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -63,7 +62,7 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
     try:
         gm = torch.fx.GraphModule(model, _Tracer().trace(model))
     except Exception as e:  # fx raises many types on untraceable code
-        raise UnsupportedOpError(f"(model is not torch.fx-traceable: {e})", "<trace>") from e
+        raise _unsupported(f"(model is not torch.fx-traceable: {e})", "<trace>") from e
     param = next(model.parameters(), None)
     example = torch.zeros(1, *input_shape, dtype=param.dtype if param is not None else None)
     ShapeProp(gm).propagate(example)
@@ -89,17 +88,17 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if input_name:
-                raise UnsupportedOpError("(a second model input)", node.name)
+                raise _unsupported("(a second model input)", node.name)
             input_name = node.name
             continue
         if node.op == "output":
             arg = node.args[0]
             if not isinstance(arg, torch.fx.Node):
-                raise UnsupportedOpError("(non-tensor or multiple outputs)", node.name)
+                raise _unsupported("(non-tensor or multiple outputs)", node.name)
             output = src(arg)
             continue
         if node.op == "get_attr":
-            raise UnsupportedOpError(f"get_attr {node.target}", node.name)
+            raise _unsupported(f"get_attr {node.target}", node.name)
         args = [a for a in node.args if isinstance(a, torch.fx.Node)]
         if node.op == "call_module":
             mod = modules[str(node.target)]
@@ -107,7 +106,7 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
         elif node.op in ("call_function", "call_method"):
             _function_op(node, args, src, emit, alias, numel)
         else:  # pragma: no cover - fx has no other node kinds
-            raise UnsupportedOpError(node.op, node.name)
+            raise _unsupported(node.op, node.name)
     plan = Plan(input_name=input_name, input_shape=[int(d) for d in input_shape], ops=ops,
                 output=output, frac_bits=frac_bits)
     return plan.optimize(), weights
@@ -117,7 +116,7 @@ def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> N
     name, inp = node.name, node.args[0]
     if isinstance(mod, nn.Conv2d):
         if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-            raise UnsupportedOpError(f"Conv2d(padding={mod.padding!r}, "
+            raise _unsupported(f"Conv2d(padding={mod.padding!r}, "
                                      f"padding_mode={mod.padding_mode!r})", name)
         w = mod.weight.detach().double()
         weights[f"{name}.w"] = w
@@ -142,7 +141,7 @@ def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> N
             alias[name] = prev.name
         else:
             if isinstance(mod, nn.BatchNorm1d):
-                raise UnsupportedOpError("BatchNorm1d not after a Linear layer", name)
+                raise _unsupported("BatchNorm1d not after a Linear layer", name)
             c = int(mod.num_features)
             w2, b2 = _fold_bn(torch.ones(c, 1, 1, 1, dtype=torch.float64), None, mod)
             weights[f"{name}.w"], weights[f"{name}.b"] = w2.double(), b2.double()
@@ -159,14 +158,14 @@ def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> N
                                                      "drelus": _block_drelus(node, sizes)}))
     elif isinstance(mod, nn.MaxPool2d):
         if mod.ceil_mode or _pair(mod.dilation) != [1, 1]:
-            raise UnsupportedOpError("MaxPool2d(ceil_mode or dilation)", name)
+            raise _unsupported("MaxPool2d(ceil_mode or dilation)", name)
         k = _pair(mod.kernel_size)
         emit(PlanOp("maxpool2d", name, [src(inp)], {
             "kernel": k, "stride": _pair(mod.stride or mod.kernel_size),
             "padding": _pair(mod.padding), "drelus": numel(node) * (k[0] * k[1] - 1)}))
     elif isinstance(mod, nn.AvgPool2d):
         if mod.ceil_mode or not mod.count_include_pad or mod.divisor_override:
-            raise UnsupportedOpError("AvgPool2d(ceil_mode / count_include_pad=False / "
+            raise _unsupported("AvgPool2d(ceil_mode / count_include_pad=False / "
                                      "divisor_override)", name)
         emit(PlanOp("avgpool2d", name, [src(inp)], {
             "kernel": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size),
@@ -178,7 +177,7 @@ def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> N
     elif isinstance(mod, nn.Dropout | nn.Identity):
         alias[name] = src(inp)
     else:
-        raise UnsupportedOpError(f"module {type(mod).__name__}", name)
+        raise _unsupported(f"module {type(mod).__name__}", name)
 
 
 def _block_drelus(node, sizes) -> int:
@@ -203,7 +202,7 @@ def _adaptive(node, output_size, src, emit) -> None:
         emit(PlanOp("avgpool2d", node.name, [src(node.args[0])],
                     {"kernel": k, "stride": k, "padding": [0, 0]}))
     else:
-        raise UnsupportedOpError(f"AdaptiveAvgPool2d from {h}x{w} to {oh}x{ow}", node.name)
+        raise _unsupported(f"AdaptiveAvgPool2d from {h}x{w} to {oh}x{ow}", node.name)
 
 
 _ADD: set[Callable] = {operator.add, torch.add, operator.iadd}
@@ -214,7 +213,7 @@ def _function_op(node, args, src, emit, alias, numel) -> None:
     t, name = node.target, node.name
     if t in _ADD or t == "add" or t == "add_":
         if len(args) != 2:
-            raise UnsupportedOpError("add with a constant", name)
+            raise _unsupported("add with a constant", name)
         emit(PlanOp("add", name, [src(a) for a in args]))
     elif t in _RELU or t in ("relu", "relu_"):
         emit(PlanOp("relu", name, [src(args[0])], {"drelus": numel(node)}))
@@ -223,7 +222,7 @@ def _function_op(node, args, src, emit, alias, numel) -> None:
     elif t in (torch.flatten, "flatten"):
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         if start != 1:
-            raise UnsupportedOpError("flatten over the batch dimension", name)
+            raise _unsupported("flatten over the batch dimension", name)
         emit(PlanOp("flatten", name, [src(args[0])], {"start_dim": 1}))
     elif t in ("view", "reshape") or t is torch.reshape:
         shape = list(node.meta["tensor_meta"].shape)
@@ -234,7 +233,7 @@ def _function_op(node, args, src, emit, alias, numel) -> None:
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if dim == 0:
-            raise UnsupportedOpError("cat over the batch dimension", name)
+            raise _unsupported("cat over the batch dimension", name)
         emit(PlanOp("cat", name, [src(a) for a in tensors], {"dim": int(dim)}))
     elif t is F.adaptive_avg_pool2d:
         _adaptive(node, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"],
@@ -242,7 +241,7 @@ def _function_op(node, args, src, emit, alias, numel) -> None:
     elif t in ("contiguous", F.dropout) or t is torch.nn.functional.dropout:
         alias[name] = src(args[0])
     elif t == operator.getitem:
-        raise UnsupportedOpError("indexing (getitem)", name)
+        raise _unsupported("indexing (getitem)", name)
     else:
         what = t if isinstance(t, str) else getattr(t, "__name__", str(t))
-        raise UnsupportedOpError(f"function {what}", name)
+        raise _unsupported(f"function {what}", name)

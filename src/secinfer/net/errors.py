@@ -1,6 +1,12 @@
-"""Errors raised by the party runtime. Each one names the peer or the frame field at fault."""
+"""Errors raised by the party runtime. Each one names the peer or the frame field at fault.
+
+They sit under :class:`secinfer.errors.NetworkError` (so under ``SecinferError``); each keeps
+its built-in base (``TimeoutError``, ``ConnectionError``, ``ValueError``) for older callers.
+"""
 
 from __future__ import annotations
+
+from ..errors import ConfigError, NetworkError
 
 __all__ = [
     "SecinferNetError",
@@ -14,11 +20,12 @@ __all__ = [
 ]
 
 
-class SecinferNetError(RuntimeError):
-    """Base class of every runtime error."""
+# the runtime's base is the tree's network error itself: ``except SecinferNetError`` and
+# ``except NetworkError`` catch the same errors
+SecinferNetError = NetworkError
 
 
-class TopologyError(SecinferNetError, ValueError):
+class TopologyError(SecinferNetError, ConfigError):
     """The topology file is malformed or inconsistent."""
 
 

@@ -1,31 +1,33 @@
-"""Folders of tensors on disk: safetensors files plus a JSON manifest with SHA-256 checksums.
+"""STIP's two artifacts on the common format (:mod:`secinfer.artifacts`), tensors as safetensors.
 
 Both STIP artifacts use this layout — the cloud's transformed model and the user's key — so
 neither is ever pickled and a corrupted or swapped file is caught before it is used::
 
-    <folder>/manifest.json        {"format": ..., "files": {name: sha256}, "meta": {...}}
+    <folder>/manifest.json        the common manifest: format (kind), role, files, meta
     <folder>/<name>.safetensors   tensors
     <folder>/config.json          (cloud model only) the transformers config
+
+The cloud folder is also a plain transformers folder (``config.json`` + ``model.safetensors``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..files import read_json_manifest, sha256_file, verify_listed_files
+from .. import artifacts as common
+from ..artifacts import MANIFEST, sha256_file
+from ..errors import ArtifactError
 
-__all__ = ["ArtifactError", "sha256_file", "write_artifact", "read_manifest", "read_artifact"]
+__all__ = ["ArtifactError", "CLOUD_KIND", "KEY_KIND", "MANIFEST", "sha256_file",
+           "write_artifact", "read_manifest", "read_artifact"]
 
-MANIFEST = "manifest.json"
-
-
-class ArtifactError(ValueError):
-    """An artifact folder is missing, incomplete, of the wrong kind or fails its checksums."""
+CLOUD_KIND = "secinfer-stip-cloud"
+KEY_KIND = "secinfer-stip-key"
+# who holds each kind; both are secret: the key un-permutes, the cloud model is the owner's
+_ROLES = {CLOUD_KIND: "cloud", KEY_KIND: "user"}
 
 
 def write_artifact(
@@ -38,50 +40,24 @@ def write_artifact(
 ) -> Path:
     """Write ``tensors[file_stem]`` as ``<file_stem>.safetensors`` and ``texts`` verbatim.
 
-    Returns the folder. Refuses to overwrite an existing manifest unless ``overwrite``.
+    Returns the folder. Refuses to overwrite an existing artifact unless ``overwrite``.
     """
-    folder = Path(folder)
-    if (folder / MANIFEST).exists() and not overwrite:
-        raise FileExistsError(f"{folder} already holds an artifact; pass overwrite=True")
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    for stem, group in tensors.items():
-        name = f"{stem}.safetensors"
-        clean = {k: v.detach().cpu().contiguous() for k, v in group.items()}
-        save_file(clean, str(folder / name), metadata={"format": "pt"})
-        files[name] = sha256_file(folder / name)
-    for name, text in (texts or {}).items():
-        (folder / name).write_text(text)
-        files[name] = sha256_file(folder / name)
-    manifest = {"format": kind, "files": files, "meta": meta or {}}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    return folder
+    files = {f"{stem}.safetensors": common.tensor_bytes(group) for stem, group in tensors.items()}
+    files.update({name: text.encode() for name, text in (texts or {}).items()})
+    return common.write_artifact(folder, kind, "stip", _ROLES.get(kind, kind), files,
+                                 meta or {}, secret=True, overwrite=overwrite)
 
 
 def read_manifest(folder: str | Path, kind: str) -> dict[str, Any]:
     """Load and check the manifest: right kind, every listed file present with its checksum."""
-    folder = Path(folder)
-    manifest = read_json_manifest(folder / MANIFEST, ArtifactError,
-                                  f"{folder} is not a STIP artifact folder (no {MANIFEST})")
-    if not isinstance(manifest, dict) or manifest.get("format") != kind:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ArtifactError(f"{folder} holds a {got!r} artifact, expected {kind!r}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{folder / MANIFEST} lists no files")
-    verify_listed_files(folder, files, ArtifactError)
-    return manifest
+    return common.read_artifact(folder, kind).manifest()
 
 
 def read_artifact(
     folder: str | Path, kind: str
 ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
     """Checked manifest plus every safetensors file it lists, as ``{stem: tensors}``."""
-    folder = Path(folder)
-    manifest = read_manifest(folder, kind)
-    groups = {
-        name[: -len(".safetensors")]: load_file(str(folder / name))
-        for name in manifest["files"]
-        if name.endswith(".safetensors")
-    }
-    return manifest, groups
+    art = common.read_artifact(folder, kind)
+    groups = {name[: -len(".safetensors")]: art.tensors(name)
+              for name in art.files if name.endswith(".safetensors")}
+    return art.manifest(), groups

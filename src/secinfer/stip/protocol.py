@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
+from secinfer.errors import ProtocolError
 from secinfer.net import (
     Listener,
     PeerDisconnected,
@@ -57,7 +58,7 @@ _TASK_OPS = {
 }
 
 
-class StipError(RuntimeError):
+class StipError(ProtocolError):
     """The cloud refused a request; the message is the cloud's."""
 
 

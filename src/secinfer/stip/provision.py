@@ -12,8 +12,9 @@ A party program for ``secinfer party`` / ``local_cluster`` (roles ``owner``, ``c
 2. P1 sends every file of the cloud folder to P2 only and of the key folder to P3 only, over
    their mutually authenticated TLS links: a count, then per file its name, size and bytes in
    chunks (uint8 frames; nothing pickled).
-3. The receiver writes the files to a fresh folder and re-checks the manifest: the kind it
-   expects (a cloud must never receive a key) and every checksum.
+3. The receiver writes the files to a private staging folder and re-checks the manifest: the
+   kind it expects (a cloud must never receive a key) and every checksum; only then is the
+   folder renamed into place.
 
 Threat model: links are authenticated by the topology's certificates, so only P2 gets the
 transformed weights and only P3 the permutations; P1 trusts both to keep what they receive.
@@ -21,11 +22,15 @@ transformed weights and only P3 the permutations; P1 trusts both to keep what th
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..artifacts import install, staging_dir
+from ..errors import ArtifactExistsError
 from .artifacts import MANIFEST, read_manifest
 from .transform import CLOUD_KIND, KEY_KIND
 
@@ -56,34 +61,49 @@ def send_folder(session: Any, peer: int, folder: Path, kind: str) -> int:
 
 
 def recv_folder(session: Any, peer: int, out: Path, kind: str, timeout: float = 600.0) -> int:
-    """Step 3: receive a folder into ``out`` (must not hold an artifact yet)."""
+    """Step 3: receive a folder into ``out`` (must not hold an artifact yet).
+
+    The files land in a private staging folder beside ``out`` and are renamed into place only
+    once the manifest and every checksum pass, so a failed transfer leaves nothing behind.
+    """
     if (out / MANIFEST).exists():
-        raise FileExistsError(f"{out} already holds an artifact")
-    out.mkdir(parents=True, exist_ok=True)
+        raise ArtifactExistsError(f"{out} already holds an artifact")
     n = int(session.recv(peer, timeout=timeout)[0])
     if not 0 < n <= _MAX_FILES:
         raise ValueError(f"the owner announced {n} files")
+    tmp = staging_dir(out)
     total = 0
-    for _ in range(n):
-        raw = session.recv(peer, timeout=timeout)
-        name = bytes(raw.tolist()).decode("utf-8", "replace")
-        if (not name or len(name) > _MAX_NAME or "/" in name or "\\" in name
-                or name.startswith(".")):
-            raise ValueError(f"the owner sent a bad file name {name!r}")
-        size, chunks = (int(v) for v in session.recv(peer, timeout=timeout))
-        if size < 0 or chunks != max(1, -(-size // _CHUNK)):
-            raise ValueError(f"{name}: bad size {size} / chunk count {chunks}")
-        got = 0
-        with open(out / name, "wb") as fh:
-            for _ in range(chunks):
-                part = session.recv(peer, timeout=timeout)
-                fh.write(part.numpy().tobytes())
-                got += part.numel()
-        if got != size:
-            raise ValueError(f"{name}: received {got} bytes, announced {size}")
-        total += got
-    read_manifest(out, kind)
+    try:
+        for _ in range(n):
+            total += _recv_file(session, peer, tmp, timeout)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    install(tmp, out, kind)
     return total
+
+
+def _recv_file(session: Any, peer: int, folder: Path, timeout: float) -> int:
+    raw = session.recv(peer, timeout=timeout)
+    name = bytes(raw.tolist()).decode("utf-8", "replace")
+    if (not name or len(name) > _MAX_NAME or "/" in name or "\\" in name
+            or name.startswith(".")):
+        raise ValueError(f"the owner sent a bad file name {name!r}")
+    size, chunks = (int(v) for v in session.recv(peer, timeout=timeout))
+    if size < 0 or chunks != max(1, -(-size // _CHUNK)):
+        raise ValueError(f"{name}: bad size {size} / chunk count {chunks}")
+    got = 0
+    # O_EXCL: a name sent twice must not overwrite the first copy after it was counted;
+    # 0600: both STIP artifacts are secret
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(folder / name, flags, 0o600), "wb") as fh:
+        for _ in range(chunks):
+            part = session.recv(peer, timeout=timeout)
+            fh.write(part.numpy().tobytes())
+            got += part.numel()
+    if got != size:
+        raise ValueError(f"{name}: received {got} bytes, announced {size}")
+    return got
 
 
 def run(

@@ -29,15 +29,13 @@ from typing import Any
 import torch
 
 from .archs import ArchSpec, spec_for
-from .artifacts import read_artifact, write_artifact
+from .artifacts import CLOUD_KIND, KEY_KIND, read_artifact, write_artifact
 
 __all__ = [
     "CLOUD_KIND", "KEY_KIND", "StipKey", "random_permutation", "inverse_permutation",
     "transform_state", "transform_model", "write_cloud", "write_key", "load_key",
 ]
 
-CLOUD_KIND = "secinfer-stip-cloud/1"
-KEY_KIND = "secinfer-stip-key/1"
 
 
 def random_permutation(n: int) -> torch.Tensor:

@@ -3,19 +3,23 @@
 The model owner calls :func:`provision` once. The device bundle holds only int8 weights in the
 secret per-layer row order and each layer's geometry (stride, padding, groups); the enclave
 bundle holds everything else: the trusted-side program, scales, zero points, biases and the
-permutations. On disk each bundle is one safetensors file plus one JSON manifest (no pickle).
+permutations. On disk each bundle is a folder in the common artifact format
+(:mod:`secinfer.artifacts`): ``tensors.safetensors`` plus ``manifest.json`` with its SHA-256 and
+the bundle's structure as metadata (no pickle). A flipped bit anywhere is refused at load: before
+the checksums, one flipped weight bit loaded silently and cost accuracy.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from ..artifacts import read_artifact, tensor_bytes, write_artifact
+from ..errors import ArtifactError
 from ..mpc.prg import PRG
 from .graph import LinearSpec, Program, Step
 from .mask import LayerSecret, device_weight, draw_secrets
@@ -24,7 +28,8 @@ from .rand import permutation_prg
 
 __all__ = ["DeviceBundle", "EnclaveBundle", "provision"]
 
-_FORMAT = "secinfer.tee/1"
+_FORMAT = "secinfer-tee-bundle"
+T = TypeVar("T")
 
 
 def _geometry(layer: LinearSpec) -> dict[str, Any]:
@@ -39,22 +44,35 @@ def _spec(name: str, weight: torch.Tensor, bias: torch.Tensor, g: dict[str, Any]
                       tuple(g["dilation"]), int(g["groups"]))
 
 
+_TENSORS = "tensors.safetensors"
+
+
 def _read(path: Path, role: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    meta_path, data_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
-    for p in (meta_path, data_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{role} bundle file {p} not found")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != _FORMAT or meta.get("role") != role:
-        raise ValueError(f"{meta_path} is not a {role} bundle of format {_FORMAT}")
-    return meta, load_file(str(data_path))
+    if not path.exists() and path.with_suffix(".json").is_file():
+        # the format before checksums: PATH.json + PATH.safetensors beside each other
+        raise ArtifactError(f"{path.with_suffix('.json')} is a {role} bundle of the old format "
+                            f"(no checksums); provision again to write the folder {path}")
+    art = read_artifact(path, _FORMAT, role)
+    if _TENSORS not in art.files:
+        raise ArtifactError(f"{path}: the {role} bundle lists no {_TENSORS}")
+    return art.meta, art.tensors(_TENSORS)
 
 
-def _write(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {k: v.contiguous().clone() for k, v in tensors.items()}  # no shared storage
-    save_file(data, str(path.with_suffix(".safetensors")))
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+def _write(path: Path, role: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    # both are secret: the enclave's holds the permutations, the device's the owner's weights
+    write_artifact(path, _FORMAT, "tee", role, {_TENSORS: tensor_bytes(tensors)}, meta,
+                   secret=True, overwrite=True)
+
+
+def _load(path: Path, role: str, build: Callable[[dict[str, Any], dict[str, torch.Tensor]], T],
+          ) -> T:
+    """Rebuild a bundle from its checked files; a manifest that passed its checksums can still
+    be malformed (hand-written, or written by a buggy tool): name it instead of a KeyError."""
+    meta, tensors = _read(path, role)
+    try:
+        return build(meta, tensors)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: malformed {role} bundle: {type(e).__name__}: {e}") from e
 
 
 @dataclass
@@ -64,13 +82,15 @@ class DeviceBundle:
     layers: list[LinearSpec]  # weight is the int8 device weight; bias empty
 
     def save(self, path: str | Path) -> None:
-        meta = {"format": _FORMAT, "role": "device",
-                "layers": [_geometry(s) for s in self.layers]}
-        _write(Path(path), meta, {f"w.{i}": s.weight for i, s in enumerate(self.layers)})
+        meta = {"layers": [_geometry(s) for s in self.layers]}
+        _write(Path(path), "device", meta, {f"w.{i}": s.weight for i, s in enumerate(self.layers)})
 
     @classmethod
     def load(cls, path: str | Path) -> DeviceBundle:
-        meta, t = _read(Path(path), "device")
+        return _load(Path(path), "device", cls._build)
+
+    @classmethod
+    def _build(cls, meta: dict[str, Any], t: dict[str, torch.Tensor]) -> DeviceBundle:
         layers = []
         for i, g in enumerate(meta["layers"]):
             w = t[f"w.{i}"]
@@ -100,7 +120,7 @@ class EnclaveBundle:
         qm = self.model
         prog = qm.program
         meta = {
-            "format": _FORMAT, "role": "enclave", "reduce_range": qm.config.reduce_range,
+            "reduce_range": qm.config.reduce_range,
             "input": prog.input, "output": prog.output,
             "steps": [{"op": s.op, "inputs": list(s.inputs), "output": s.output,
                        "attrs": s.attrs, "layer": s.layer} for s in prog.steps],
@@ -115,11 +135,14 @@ class EnclaveBundle:
             tensors[f"out_perm.{i}"] = self.secrets[i].out_perm
             if self.secrets[i].in_perm is not None:
                 tensors[f"in_perm.{i}"] = self.secrets[i].in_perm  # type: ignore[assignment]
-        _write(Path(path), meta, tensors)
+        _write(Path(path), "enclave", meta, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> EnclaveBundle:
-        meta, t = _read(Path(path), "enclave")
+        return _load(Path(path), "enclave", cls._build)
+
+    @classmethod
+    def _build(cls, meta: dict[str, Any], t: dict[str, torch.Tensor]) -> EnclaveBundle:
         layers, wq, ws, sec = [], [], [], []
         for i, g in enumerate(meta["layers"]):
             w = t[f"w_q.{i}"]

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..errors import UnsupportedOpError
+
 __all__ = ["LinearSpec", "Step", "Program", "UnsupportedOp", "capture"]
 
 
-class UnsupportedOp(ValueError):
-    """A model op the enclave split cannot place; the message names the node and the fix."""
+# a model op the enclave split cannot place: the same error as the MPC capture's
+UnsupportedOp = UnsupportedOpError
 
 
 @dataclass

@@ -23,7 +23,8 @@ probability ``B / (B + 3t)``. Altering only real results is not a strategy the d
 it cannot tell them apart. Faults that alter every item (noise, scaling, a skipped layer, a
 replayed old result) make each triple pass only if the errors satisfy ``e1 + e2 == e3 (mod 2^32)``
 in every coordinate; with independent masks under the errors this is negligible, and is measured
-by ``faults.py``. A query crossing ``L`` layers, corrupted at each, escapes with ``(B/N)^L``.
+by ``experiments/tee_faults.py``. A query crossing ``L`` layers, corrupted at each, escapes
+with ``(B/N)^L``.
 
 Cost: ``3t`` extra items per layer batch, i.e. a factor ``(B + 3t) / B`` in device work and bytes.
 
@@ -74,6 +75,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import IntegrityError  # raised when the device's result fails the check
 from .graph import LinearSpec
 from .mask import wrap
 from .rand import CHECKSUM_ENTRY_BITS, EnclaveRandomness
@@ -93,10 +95,6 @@ __all__ = [
     "draw_checksum_vectors",
     "checksum_pass",
 ]
-
-
-class IntegrityError(RuntimeError):
-    """The device returned a result that fails the fingerprint check."""
 
 
 @dataclass(frozen=True)

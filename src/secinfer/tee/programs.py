@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -22,7 +23,7 @@ from .device import Device, Fault
 from .enclave import Enclave
 from .monitor import MonitorConfig
 
-__all__ = ["enclave", "device", "load_queries"]
+__all__ = ["enclave", "device", "load_queries", "two_party"]
 
 
 def load_queries(inputs: str | None, dataset: str | None,
@@ -94,3 +95,25 @@ def device(session: Session, bundle: str, fault: str = "none", target: str = "on
     dev = Device(DeviceBundle.load(bundle), Fault(fault, target, rate))
     served = dev.serve(session, peer)
     return {"served": torch.tensor([served], dtype=torch.int64)}
+
+
+def two_party(enclave: tuple[str, dict[str, Any]], device: tuple[str, dict[str, Any]],
+              timeout: float = 600.0) -> tuple[dict[str, torch.Tensor], dict[int, Any], float]:
+    """Run two programs as party 0 (enclave) and party 1 (device), separate OS processes on
+    loopback over mutual TLS (``local_cluster``). Each is ``("module:function", kwargs)``.
+
+    Returns the enclave's result, both parties' cost reports, and the wall time.
+    """
+    import json
+
+    from ..net.launcher import local_cluster
+
+    with local_cluster(roles=["enclave", "device"], timeout=120.0) as cl:
+        t0 = time.perf_counter()
+        p0 = cl.start(enclave[0], enclave[1], ids=[0])
+        p1 = cl.start(device[0], device[1], ids=[1])
+        res = cl.wait(p0 + p1, timeout)
+        wall = time.perf_counter() - t0
+        costs = {p.party_id: json.loads(p.out.with_suffix(".cost.json").read_text())
+                 for p in p0 + p1}
+    return res[0], costs, wall

@@ -1,9 +1,9 @@
 """One protected linear-layer call, vectorised over ``T`` independent layer batches ("trials").
 
 :class:`~secinfer.tee.enclave.Enclave` runs it with ``T = 1`` for every linear layer of a query;
-:meth:`Enclave.run_trials` and the fault campaign (``faults.py``) run it with ``T`` in the
-thousands, so a detection rate over 10,000 queries is a handful of tensor operations and is
-measured with exactly the code that serves real queries.
+:meth:`Enclave.run_trials` and the fault campaign (the repository's ``experiments/tee_faults.py``)
+run it with ``T`` in the thousands, so a detection rate over 10,000 queries is a handful of
+tensor operations and is measured with exactly the code that serves real queries.
 
 Per trial (``B`` real items, ``t`` triples, ``N = B + 3t``), all randomness from the enclave's
 per-purpose PRGs (``rand.py``):

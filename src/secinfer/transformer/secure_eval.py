@@ -1,4 +1,4 @@
-"""Secure-vs-plaintext evaluations behind ``secinfer clip ... --secure``.
+"""Secure-vs-plaintext evaluations behind ``secinfer experiments clip ... --secure``.
 
 * :func:`secure_clip_zeroshot`: CLIP zero-shot of a subset of images on shares
   (:func:`~secinfer.transformer.clip.secure_clip`, the image and the prompts shared by the

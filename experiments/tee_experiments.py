@@ -1,5 +1,8 @@
-"""End-to-end experiments behind ``secinfer tee``: Fashion-MNIST training, provisioning, the
-r-sweep, split inference as two OS processes over mutual TLS, the fault campaign, stealing.
+"""TSQP experiments behind ``secinfer experiments tee``: Fashion-MNIST training, the r-sweep,
+the test set through the split as two OS processes over mutual TLS, the fault campaign, stealing.
+
+Provisioning the shipped CNN is product code (``secinfer.tee.fmnist``, ``secinfer tee
+provision``).
 
 Every function here returns plain JSON-able figures; the CLI prints them and the benchmark
 stores them. Randomness comes from CSPRNG-seeded generators (no fixed seeds).
@@ -12,45 +15,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .bundle import provision
-from .device import FAULT_KINDS
-from .graph import capture
-from .monitor import detection_guarantee
-from .qat import accuracy, qat, train_classifier, training_generator
-from .quantize import QuantConfig, calibrate, sweep_reduce_range
+from secinfer.tee.bundle import provision
+from secinfer.tee.device import FAULT_KINDS
+from secinfer.tee.fmnist import CALIB, fmnist_data, fmnist_model
+from secinfer.tee.graph import capture
+from secinfer.tee.monitor import detection_guarantee
+from secinfer.tee.programs import two_party
+from secinfer.tee.qat import accuracy, train_classifier, training_generator
+from secinfer.tee.quantize import QuantConfig, calibrate, sweep_reduce_range
+
+from . import child_pythonpath
 
 __all__ = [
-    "train_fmnist", "provision_fmnist", "rsweep_fmnist", "run_split_fmnist", "two_party",
-    "fault_campaign", "stealing_experiment",
+    "train_fmnist", "rsweep_fmnist", "run_split_fmnist", "fault_campaign", "stealing_experiment",
 ]
-
-_CALIB = 2000  # calibration images (training split)
-
-
-def _fmnist() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ..data.fashion_mnist import load
-
-    x, y = load("train")
-    xt, yt = load("test")
-    return x, y, xt, yt
 
 
 def _model(weights: Path | None = None) -> torch.nn.Module:
-    from ..models.zoo import build
-
-    m = build("fmnist_cnn")
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"weights file {weights} not found (run 'secinfer tee train')")
-        m.load_state_dict(load_file(str(weights)))
-    return m.eval()
+    return fmnist_model(weights)
 
 
 def train_fmnist(out: Path, epochs: int = 2) -> dict[str, Any]:
     """Train ``fmnist_cnn`` briefly; writes ``out/float.safetensors``."""
-    x, y, xt, yt = _fmnist()
+    x, y, xt, yt = fmnist_data()
     t0 = time.perf_counter()
     m = train_classifier(_model(), x, y, epochs=epochs, gen=training_generator())
     out.mkdir(parents=True, exist_ok=True)
@@ -60,50 +49,11 @@ def train_fmnist(out: Path, epochs: int = 2) -> dict[str, Any]:
             "float_accuracy": accuracy(m, xt, yt), "weights": str(out / "float.safetensors")}
 
 
-def provision_fmnist(weights: Path, out: Path, reduce_range: int = 0, qat_epochs: int = 0,
-                     permute: bool = True) -> dict[str, Any]:
-    """Quantize (PTQ, optionally then QAT) and write ``out/enclave.*`` and ``out/device.*``."""
-    m = _model(weights)
-    x, y, xt, yt = _fmnist()
-    prog = capture(m)
-    cfg = QuantConfig(reduce_range)
-    calib = x[torch.randperm(len(x), generator=training_generator())[:_CALIB]]
-    qm = (qat(prog, x, y, cfg, epochs=qat_epochs, gen=training_generator()) if qat_epochs
-          else calibrate(prog, [calib], cfg))
-    bundle = provision(qm, permute=permute)
-    bundle.save(out / "enclave")
-    bundle.device_bundle().save(out / "device")
-    return {"float_accuracy": accuracy(m, xt, yt), "int8_accuracy": accuracy(qm.forward, xt, yt),
-            "reduce_range": reduce_range, "qat_epochs": qat_epochs, "permute": permute,
-            "enclave": str(out / "enclave"), "device": str(out / "device")}
-
-
 def rsweep_fmnist(weights: Path, values: list[int]) -> list[dict[str, float]]:
     prog = capture(_model(weights))
-    x, _, xt, yt = _fmnist()
-    calib = x[torch.randperm(len(x), generator=training_generator())[:_CALIB]]
+    x, _, xt, yt = fmnist_data()
+    calib = x[torch.randperm(len(x), generator=training_generator())[:CALIB]]
     return sweep_reduce_range(prog, [calib], xt, yt, values)
-
-
-def two_party(enclave: tuple[str, dict[str, Any]], device: tuple[str, dict[str, Any]],
-              timeout: float = 600.0) -> tuple[dict[str, torch.Tensor], dict[int, Any], float]:
-    """Run two programs as party 0 (enclave) and party 1 (device), separate OS processes.
-
-    Returns the enclave's result, both parties' cost reports, and the wall time.
-    """
-    import json
-
-    from ..net.launcher import local_cluster
-
-    with local_cluster(roles=["enclave", "device"], timeout=120.0) as cl:
-        t0 = time.perf_counter()
-        p0 = cl.start(enclave[0], enclave[1], ids=[0])
-        p1 = cl.start(device[0], device[1], ids=[1])
-        res = cl.wait(p0 + p1, timeout)
-        wall = time.perf_counter() - t0
-        costs = {p.party_id: json.loads(p.out.with_suffix(".cost.json").read_text())
-                 for p in p0 + p1}
-    return res[0], costs, wall
 
 
 def run_split_fmnist(bundle_dir: Path, limit: int | None = None, batch: int = 100,
@@ -143,8 +93,9 @@ def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2,
             enc_kw = {"trials": trials, "batch": batch, "triples": triples,
                       "checksums": checksums, "check_bits": check_bits}
             dev_kw = {"fault": kind, "target": target}
-            res, _, wall = two_party(("secinfer.tee.faults:enclave_trials", enc_kw),
-                                     ("secinfer.tee.faults:device_trials", dev_kw))
+            with child_pythonpath():  # the party processes import experiments.tee_faults
+                res, _, wall = two_party(("experiments.tee_faults:enclave_trials", enc_kw),
+                                         ("experiments.tee_faults:device_trials", dev_kw))
             alarm, altered = res["alarm"], res["altered"]
             n_alt = int(altered.sum())
             rows.append({
@@ -165,14 +116,15 @@ def fault_campaign(trials: int = 10000, batch: int = 1, triples: int = 2,
 
 def stealing_experiment(weights: Path, frac: float = 0.01, thief_epochs: int = 30,
                         desim_epochs: int = 1, lam: float = 1.0) -> dict[str, Any]:
-    """De-similarity training and fine-tuning attacks from each starting point (see desim.py)."""
-    from .desim import desim_train, steal, thief_init
+    """De-similarity training and fine-tuning attacks from each starting point (see
+    ``tee_desim.py``)."""
+    from .tee_desim import desim_train, steal, thief_init
 
     victim = _model(weights)
-    x, y, xt, yt = _fmnist()
+    x, y, xt, yt = fmnist_data()
     gen = training_generator()
     prog = capture(victim)
-    calib = x[torch.randperm(len(x), generator=gen)[:_CALIB]]
+    calib = x[torch.randperm(len(x), generator=gen)[:CALIB]]
     cfg = QuantConfig(0)
     qm = calibrate(prog, [calib], cfg)
     secrets = provision(qm).secrets

@@ -1,4 +1,5 @@
-"""End-to-end plaintext experiments behind ``secinfer clip ...`` (BBC/MiniLM and tiny CLIP).
+"""End-to-end plaintext experiments behind ``secinfer experiments clip ...`` (BBC/MiniLM and
+tiny CLIP).
 
 Each function takes an ``ApproxConfig`` and an ``ExperimentConfig`` and returns a JSON-ready
 dict of figures. Data subsets are stratified and drawn with a seeded generator so reports are

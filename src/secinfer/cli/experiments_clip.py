@@ -1,4 +1,5 @@
-"""``secinfer clip zeroshot|fewshot|finetune|report``: SecLMM tasks, plaintext and on shares.
+"""``secinfer experiments clip zeroshot|fewshot|finetune|report``: SecLMM tasks, plaintext and
+on shares (the code: ``experiments/clip_experiments.py`` in the repository).
 
 ``--secure`` also runs a random subset of ``--secure-limit`` test examples on secret shares
 (four thread parties: P0 model owner and server, P1 server, P2 helper, the user): for
@@ -20,7 +21,8 @@ from typing import Any
 _COMBOS = [("gelu", "softmax"), ("gelu", "quant"), ("sig", "softmax"), ("sig", "quant")]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The ``clip`` group under ``secinfer experiments`` (not a top-level ``register``)."""
     p = sub.add_parser("clip", help="SecLMM tasks: zero-shot, few-shot, fine-tuning "
                                     "(plaintext; --secure on shares)")
     csub = p.add_subparsers(dest="clip_command", required=True, metavar="ACTION")
@@ -114,10 +116,13 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.secure_limit is not None and args.secure_limit < 1:
         raise ValueError(f"--secure-limit must be positive, got {args.secure_limit}")
+    from .experiments import load
+
+    ex = load("clip_experiments")  # first: a missing folder fails before any heavy import
+    ExperimentConfig, run_task = ex.ExperimentConfig, ex.run_task
     import torch
 
     from secinfer.clip.approx import ApproxConfig
-    from secinfer.clip.experiments import ExperimentConfig, run_task
 
     if args.threads is not None:
         if args.threads < 1:

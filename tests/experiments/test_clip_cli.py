@@ -1,4 +1,4 @@
-"""``secinfer clip ...`` end to end on small subsets."""
+"""``secinfer experiments clip ...`` end to end on small subsets."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import pytest
 
 from secinfer.cli import main
 
+_CLIP = ["experiments", "clip"]
+
 
 @pytest.mark.slow
 def test_cli_zeroshot_tinyclip_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "res.json"
-    rc = main(["clip", "zeroshot", "--task", "fmnist-tinyclip", "--hidden_act", "sig",
+    rc = main([*_CLIP, "zeroshot", "--task", "fmnist-tinyclip", "--hidden_act", "sig",
                "--softmax_act", "quant", "--train-per-class", "30", "--test-per-class", "10",
                "--clip-train-steps", "40", "--episodes", "2", "--seed", "3", "--threads", "1",
                "--save", str(tmp_path / "tiny"), "--json", str(out)])
@@ -30,7 +32,7 @@ def test_cli_zeroshot_tinyclip_writes_json(tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.slow
 def test_cli_secure_tinyclip_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "res.json"
-    rc = main(["clip", "zeroshot", "--task", "fmnist-tinyclip", "--train-per-class", "30",
+    rc = main([*_CLIP, "zeroshot", "--task", "fmnist-tinyclip", "--train-per-class", "30",
                "--test-per-class", "5", "--clip-train-steps", "40", "--episodes", "2",
                "--seed", "4", "--threads", "1", "--secure", "--secure-limit", "8",
                "--json", str(out)])
@@ -49,7 +51,7 @@ def test_cli_secure_tinyclip_side_by_side(tmp_path: Path, capsys: pytest.Capture
 def test_cli_secure_bbc_zeroshot_and_probe(tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bbc.json"
-    rc = main(["clip", "fewshot", "--task", "bbc", "--train-per-class", "4",
+    rc = main([*_CLIP, "fewshot", "--task", "bbc", "--train-per-class", "4",
                "--test-per-class", "2", "--max-length", "16", "--episodes", "1",
                "--k-shot", "2", "--seed", "2", "--threads", "1", "--secure",
                "--secure-limit", "2", "--json", str(out)])
@@ -63,13 +65,13 @@ def test_cli_secure_bbc_zeroshot_and_probe(tmp_path: Path,
 
 
 def test_cli_secure_limit_must_be_positive(capsys: pytest.CaptureFixture) -> None:
-    rc = main(["clip", "zeroshot", "--task", "bbc", "--secure", "--secure-limit", "0"])
+    rc = main([*_CLIP, "zeroshot", "--task", "bbc", "--secure", "--secure-limit", "0"])
     assert rc == 1
     assert "--secure-limit must be positive" in capsys.readouterr().err
 
 
 def test_cli_rejects_unknown_choices() -> None:
     with pytest.raises(SystemExit):
-        main(["clip", "zeroshot", "--task", "cifar"])
+        main([*_CLIP, "zeroshot", "--task", "cifar"])
     with pytest.raises(SystemExit):
-        main(["clip", "fewshot", "--task", "bbc", "--hidden_act", "relu"])
+        main([*_CLIP, "fewshot", "--task", "bbc", "--hidden_act", "relu"])

@@ -1,8 +1,8 @@
 """Fault-injection campaign: a tampering device process against the integrity monitor.
 
 Each trial is one independent layer batch built by the same code as ``Enclave.linear``
-(``protocol.py``): ``B`` real items and ``t`` fingerprint triples, a fresh secret shuffle, fresh
-one-time masks, a secret channel permutation, fresh checksum vectors, all from an
+(``secinfer/tee/protocol.py``): ``B`` real items and ``t`` fingerprint triples, a fresh secret
+shuffle, fresh one-time masks, a secret channel permutation, fresh checksum vectors, all from an
 :class:`EnclaveRandomness` (per-purpose AES-CTR PRGs). Trials are vectorised: the enclave
 sends ``T`` trials' inputs as one tensor,
 the device (its own process, :func:`device_trials`) computes them and applies its :class:`Fault`
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import torch
 
-from ..mpc.prg import PRG, new_seed
-from ..net.session import Session
-from . import protocol
-from .device import Fault
-from .graph import LinearSpec
-from .mask import LayerSecret, ring_linear
-from .monitor import MonitorConfig, detection_guarantee
-from .rand import EnclaveRandomness
+from secinfer.mpc.prg import PRG, new_seed
+from secinfer.net.session import Session
+from secinfer.tee import protocol
+from secinfer.tee.device import Fault
+from secinfer.tee.graph import LinearSpec
+from secinfer.tee.mask import LayerSecret, ring_linear
+from secinfer.tee.monitor import MonitorConfig, detection_guarantee
+from secinfer.tee.rand import EnclaveRandomness
 
 __all__ = ["trial_layer", "enclave_trials", "device_trials"]
 

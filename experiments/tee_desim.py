@@ -14,7 +14,7 @@ device's view alone: ``V`` rescaled per layer to a standard initialisation, no b
 (the information-bottleneck flavour: the device-side view should carry no label information,
 pushed here at the output, where it is cheap to measure). The true model keeps its accuracy; the
 device's weights become a poor starting point. Combined with the secret row permutations
-(``mask.py``), the thief also faces a mis-wired network.
+(``secinfer/tee/mask.py``), the thief also faces a mis-wired network.
 
 Stealing experiment (:func:`steal`): an attacker with ``frac`` of the training data fine-tunes a
 float network of the public architecture, initialised from (a) nothing (scratch), (b) the full
@@ -30,11 +30,11 @@ import math
 import torch
 from torch import nn
 
-from ..mpc.prg import PRG, new_seed
-from .graph import LinearSpec, Program
-from .mask import LayerSecret
-from .qat import _RoundSTE, accuracy, train_classifier
-from .quantize import QuantConfig, QuantModel, _ranges, act_params, quantize_weight
+from secinfer.mpc.prg import PRG, new_seed
+from secinfer.tee.graph import LinearSpec, Program
+from secinfer.tee.mask import LayerSecret
+from secinfer.tee.qat import _RoundSTE, accuracy, train_classifier
+from secinfer.tee.quantize import QuantConfig, QuantModel, _ranges, act_params, quantize_weight
 
 __all__ = ["DesimProgram", "desim_train", "thief_init", "steal"]
 
