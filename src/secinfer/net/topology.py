@@ -33,7 +33,7 @@ from __future__ import annotations
 import secrets
 import socket
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import TopologyError
@@ -72,7 +72,6 @@ class Topology:
     timeout: float = 30.0
     connect_timeout: float = 30.0
     source: Path | None = None
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
     max_frame_bytes: int | None = None  # [limits]; None: the caller's default
     max_batch: int = DEFAULT_MAX_BATCH  # [limits]
 
@@ -111,15 +110,22 @@ class Topology:
 
     @classmethod
     def from_dict(cls, data: dict, base: Path, source: Path | None = None) -> Topology:
+        """Validate strictly: an unknown table or key (a typo such as ``[sesion]`` or
+        ``timout``) is an error naming it, never silently ignored."""
         where = str(source) if source else "topology"
+        _known(data, _TOP_KEYS, where, "top-level table")
         tls = data.get("tls")
         if not isinstance(tls, dict) or "ca_cert" not in tls:
             raise TopologyError(f"{where}: missing [tls] ca_cert")
+        _known(tls, _TLS_KEYS, where, "[tls] key")
         raw_parties = data.get("party")
         if not isinstance(raw_parties, list) or not raw_parties:
             raise TopologyError(f"{where}: no [[party]] entries")
         parties = []
         for i, p in enumerate(raw_parties):
+            if not isinstance(p, dict):
+                raise TopologyError(f"{where}: party entry #{i} must be a [[party]] table")
+            _known(p, _PARTY_KEYS, where, f"key in party entry #{i}")
             missing = [k for k in ("id", "host", "port", "cert", "key") if k not in p]
             if missing:
                 raise TopologyError(f"{where}: party entry #{i} lacks {', '.join(missing)}")
@@ -141,22 +147,43 @@ class Topology:
         if len(set(endpoints)) != len(endpoints):
             raise TopologyError(f"{where}: two parties share a host:port")
         sess = data.get("session", {})
-        timeout = float(sess.get("timeout", 30.0))
-        if timeout <= 0:
-            raise TopologyError(f"{where}: session.timeout must be positive")
+        if not isinstance(sess, dict):
+            raise TopologyError(f"{where}: [session] must be a table")
+        _known(sess, _SESSION_KEYS, where, "[session] key")
+        timeout = _positive_seconds(sess, "timeout", where)
+        connect_timeout = _positive_seconds(sess, "connect_timeout", where)
         limits = _parse_limits(data.get("limits", {}), where)
-        extra = {k: v for k, v in data.items()
-                 if k not in ("tls", "party", "session", "limits")}
         return cls(
             parties=tuple(sorted(parties, key=lambda p: p.id)),
             ca_cert=(base / tls["ca_cert"]).resolve(),
             ca_key=(base / tls["ca_key"]).resolve() if "ca_key" in tls else None,
             timeout=timeout,
-            connect_timeout=float(sess.get("connect_timeout", 30.0)),
+            connect_timeout=connect_timeout,
             source=source,
-            extra=extra,
             **limits,
         )
+
+
+_TOP_KEYS = ("session", "tls", "limits", "party")
+_TLS_KEYS = ("ca_cert", "ca_key")
+_SESSION_KEYS = ("timeout", "connect_timeout")
+_PARTY_KEYS = ("id", "role", "host", "port", "cert", "key")
+
+
+def _known(table: dict, known: tuple[str, ...], where: str, what: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise TopologyError(f"{where}: unknown {what}(s) {', '.join(map(repr, unknown))} "
+                            f"(known: {', '.join(known)})")
+
+
+def _positive_seconds(sess: dict, key: str, where: str, default: float = 30.0) -> float:
+    value = sess.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
+            or value == float("inf"):
+        raise TopologyError(f"{where}: session.{key} must be a positive number of seconds, "
+                            f"got {value!r}")
+    return float(value)
 
 
 def _parse_limits(raw: object, where: str) -> dict[str, int]:
