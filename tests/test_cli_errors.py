@@ -55,3 +55,18 @@ def test_real_process_exit_status_and_no_traceback(corrupt) -> None:
     res = subprocess.run(cmd, env={**env, "SECINFER_DEBUG": "1"}, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" in res.stderr and "ArtifactError" in res.stderr
+
+
+def test_version_names_secinfer_torch_and_python(capsys) -> None:
+    import platform
+
+    import torch
+
+    import secinfer
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"secinfer {secinfer.__version__} ")
+    assert torch.__version__ in out and platform.python_version() in out

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (also SECINFER_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
@@ -34,6 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
         if register is not None:
             register(sub)
     return parser
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    return (f"secinfer {__version__} (torch {torch.__version__}, "
+            f"Python {platform.python_version()})")
 
 
 def main(argv: list[str] | None = None) -> int:
