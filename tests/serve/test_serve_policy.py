@@ -31,9 +31,10 @@ pytestmark = pytest.mark.network
 
 class _Servers:
     def __init__(self, tmp_path, policy, sessions, max_batch=4, server_policies=None,
-                 serve_max_batch=None):
+                 serve_max_batch=None, input_range=None):
         self.model = zoo.pretrained("fmnist_cnn")
-        self.dirs = compile_model(self.model, (1, 28, 28), tmp_path / "b", output_policy=policy)
+        self.dirs = compile_model(self.model, (1, 28, 28), tmp_path / "b", output_policy=policy,
+                                  input_range=input_range)
         self.topo = Topology.load(write_local_topology(
             tmp_path, ["server", "server", "helper", "user"], timeout=20, connect_timeout=10,
             limits={"max_batch": max_batch}))
@@ -79,11 +80,12 @@ def test_label_mode_reveals_only_the_label_and_the_quota_is_enforced(tmp_path):
         view = list(c.view)
     assert labels.dtype == torch.int64 and labels.shape == (3,)
     assert torch.equal(labels[sure[:3]], logits[:3].argmax(1)[sure[:3]]) and bool(sure[:3].any())
-    # the user's whole view: meta and policy from P0, then one [3] share from P0 and one from
+    # the user's whole view: meta, policy and input range from P0, then one [3] share from
+    # P0 and one from
     # P1; nothing with a logit's shape, and 8 bytes per input from each: only the label
-    assert [(s, tuple(t.shape)) for s, t in view] == [(0, (4,)), (0, (5,)), (0, (3,)),
-                                                     (1, (3,))]
-    s0, s1 = view[2][1], view[3][1]
+    assert [(s, tuple(t.shape)) for s, t in view] == [(0, (4,)), (0, (5,)), (0, (2,)),
+                                                     (0, (3,)), (1, (3,))]
+    s0, s1 = view[3][1], view[4][1]
     assert s0.dtype == s1.dtype == torch.int64
     assert torch.equal(s0 + s1, labels)
     assert bool((s0.abs() > 2**40).all()) and bool((s1.abs() > 2**40).all())  # each uniform
@@ -112,7 +114,7 @@ def test_logits_mode_is_unchanged_and_topk_gives_indices(tmp_path):
         out = c.predict(x)
     assert out.dtype == torch.float64 and out.shape == (4, 10)
     assert (out - logits).abs().max().item() < 0.05
-    assert [tuple(t.shape) for _, t in c.view[2:]] == [(4, 10), (4, 10)]
+    assert [tuple(t.shape) for _, t in c.view[3:]] == [(4, 10), (4, 10)]
     srv.join()
     assert not srv.errors, srv.errors
 
@@ -120,7 +122,7 @@ def test_logits_mode_is_unchanged_and_topk_gives_indices(tmp_path):
     with Client(srv.topo, record_view=True) as c:
         top = c.predict(x)
     assert top.shape == (4, 2) and torch.equal(top[:, 0][sure], logits.argmax(1)[sure])
-    assert [tuple(t.shape) for _, t in c.view[2:]] == [(4, 2), (4, 2)]
+    assert [tuple(t.shape) for _, t in c.view[3:]] == [(4, 2), (4, 2)]
     srv.join()
     assert not srv.errors, srv.errors
 
@@ -229,6 +231,24 @@ def test_a_malformed_frame_from_a_user_ends_only_that_session(tmp_path, attack):
         c.close()
     with Client(srv.topo) as c2:  # the next user is served
         labels = c2.predict(x)
+    assert torch.equal(labels[sure], logits.argmax(1)[sure])
+    srv.join()
+    assert not srv.errors, srv.errors
+
+
+def test_inputs_outside_the_owners_range_are_refused_before_sending(tmp_path):
+    lo, hi = fashion_mnist.INPUT_RANGE
+    srv = _Servers(tmp_path, OutputPolicy("label"), sessions=1, input_range=(lo, hi))
+    x, _ = fashion_mnist.load("test", limit=2)
+    logits, sure = _confident(srv.model, x)
+    with Client(srv.topo) as c:
+        assert c.input_range == pytest.approx((lo, hi))
+        before = _bytes_sent(c)
+        for bad in (x * 1e9, x.clone().index_put_((torch.tensor([0]),), torch.tensor(1e12))):
+            with pytest.raises(ValueError, match="leave the model's valid range"):
+                c.predict(bad)
+        assert _bytes_sent(c) == before
+        labels = c.predict(x)  # the data set's own images are inside it
     assert torch.equal(labels[sure], logits.argmax(1)[sure])
     srv.join()
     assert not srv.errors, srv.errors

@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--frac-bits", type=int, default=12)
     p.add_argument("--relu-spec", type=Path, default=None, help="block ReLU spec (JSON)")
+    p.add_argument("--input-range", default=None, metavar="LO,HI",
+                   help="valid range of every input element: the compiler proves no value "
+                        "can wrap the fixed point inside it and users' clients refuse inputs "
+                        "outside it ('fashion-mnist' for the data set's normalised pixels)")
     _policy_args(p, default="logits")
     p.set_defaults(handler=_compile)
 
@@ -118,6 +122,21 @@ def _shape(text: str) -> tuple[int, ...]:
         raise ValueError(f"--input-shape must be comma-separated integers, got {text!r}") from e
 
 
+def _range(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    if text == "fashion-mnist":
+        from secinfer.data.fashion_mnist import INPUT_RANGE
+
+        return INPUT_RANGE
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"--input-range must be LO,HI (two numbers) or 'fashion-mnist', "
+                         f"got {text!r}") from e
+    return lo, hi
+
+
 def _compile(args: argparse.Namespace) -> int:
     from secinfer.knapsack.spec import load_spec
     from secinfer.models.bundle import compile_model
@@ -125,7 +144,7 @@ def _compile(args: argparse.Namespace) -> int:
     spec = load_spec(args.relu_spec) if args.relu_spec else None
     dirs = compile_model(load_model(args.model, args.weights, spec), _shape(args.input_shape),
                          args.out, frac_bits=args.frac_bits, relu_spec=spec,
-                         output_policy=_policy(args))
+                         output_policy=_policy(args), input_range=_range(args.input_range))
     for d in dirs:
         print(f"wrote {d}")
     return 0
@@ -181,7 +200,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"  {done}/{total} images, {seconds:.0f} s", file=sys.stderr, flush=True)
 
     res = secure_eval(model, tuple(images.shape[1:]), images, labels, batch=args.batch,
-                      relu_spec=spec, progress=progress)
+                      relu_spec=spec, progress=progress, input_range=fashion_mnist.INPUT_RANGE)
     print(layer_table(res.costs))
     print(res.summary())
     if args.json:

@@ -21,11 +21,14 @@ import torch
 
 from ..errors import SecinferError
 
-__all__ = ["FMNIST_DIR", "FMNIST_MEAN", "FMNIST_STD", "FashionMNISTMissing", "load", "normalize"]
+__all__ = ["FMNIST_DIR", "FMNIST_MEAN", "FMNIST_STD", "INPUT_RANGE", "FashionMNISTMissing",
+           "load", "normalize"]
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
+# what ``normalize`` makes of pixels 0..255: the range a model trained on it can be asked about
+INPUT_RANGE = ((0.0 - FMNIST_MEAN) / FMNIST_STD, (1.0 - FMNIST_MEAN) / FMNIST_STD)
 
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

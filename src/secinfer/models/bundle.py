@@ -35,6 +35,7 @@ from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from .capture import capture
 from .plan import Plan
+from .ranges import check_headroom, interval_bounds
 
 __all__ = ["BundleError", "compile_model", "load_bundle", "FORMAT", "OutputPolicy",
            "OUTPUT_MODES"]
@@ -114,11 +115,18 @@ class OutputPolicy:
 
 def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str | Path,
                   frac_bits: int = 12, relu_spec: Mapping[str, torch.Tensor] | None = None,
-                  output_policy: OutputPolicy | None = None) -> list[Path]:
+                  output_policy: OutputPolicy | None = None,
+                  input_range: tuple[float, float] | None = None) -> list[Path]:
     """Capture ``model`` and write the three party bundles under ``out``; returns their dirs.
 
     ``output_policy`` (default: logits, unlimited) is the owner's choice of what the servers
     reveal to users and each user's query quota; see :class:`OutputPolicy`.
+
+    ``input_range`` (lo, hi): every input element must lie in it. The compiler then proves
+    (:mod:`.ranges`, interval bounds through the plan) that no value can wrap the fixed point
+    for any such input, refusing with :class:`~.ranges.RangeError` otherwise, and records the
+    range, the bound and the headroom in the manifest; users' clients refuse inputs outside it
+    before sending anything. Without it nothing is proven and nothing is checked.
 
     ``relu_spec`` (layer -> int [C, 2] block sizes, see :mod:`secinfer.knapsack.spec`) turns
     the named ReLUs into block ReLUs first; the caller's model is not modified.
@@ -129,6 +137,13 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         model = apply_spec(copy.deepcopy(model), relu_spec)
     policy = output_policy or OutputPolicy()
     plan, weights = capture(model, input_shape, frac_bits=frac_bits)
+    ranges: dict[str, object] = {"input_range": None}
+    if input_range is not None:
+        lo, hi = (float(v) for v in input_range)
+        bounds = interval_bounds(plan, weights, lo, hi)
+        headroom = check_headroom(bounds, frac_bits)
+        ranges = {"input_range": [lo, hi], "activation_bound": max(bounds.values()),
+                  "headroom_bits": headroom}
     out = Path(out)
     prg = PRG(new_seed())
     share0: dict[str, torch.Tensor] = {}
@@ -143,7 +158,7 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         if shares is not None:
             files["weights.safetensors"] = tensor_bytes(shares)
         meta = {"frac_bits": frac_bits, "input_shape": list(input_shape),
-                "output_policy": policy.to_dict()}
+                "output_policy": policy.to_dict(), **ranges}
         # the helper's bundle is the public plan only; a server's holds a uniform share
         dirs.append(write_artifact(out / f"party{party}", FORMAT, "mpc", ROLES[party], files,
                                    meta, party=party, secret=shares is not None,

@@ -13,9 +13,12 @@ logit. A refused request (batch over the limit, query quota spent, malformed inp
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..models.bundle import OUTPUT_MODES, OutputPolicy
+from ..models.ranges import range_slack
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from ..net import Listener, PeerAborted, RequestRefused, SecinferNetError, Session, Topology
@@ -49,6 +52,7 @@ class Client:
         self.policy = OutputPolicy()
         self.max_batch = 0
         self.queries_left: int | None = None
+        self.input_range: tuple[float, float] | None = None
         self.classes = 0
         self.record_view = record_view
         self.view: list[tuple[int, torch.Tensor]] = []
@@ -74,6 +78,7 @@ class Client:
                     self.topology, self.user_id, peers=[server], listener=self._listener)
             meta = self._recv(0).tolist()
             pol = [int(v) for v in self._recv(0).tolist()]
+            rng = self._recv(0)
         except BaseException:
             self.close()
             raise
@@ -81,6 +86,12 @@ class Client:
         mode, k, self.max_batch, left, self.classes = pol
         self.policy = OutputPolicy(OUTPUT_MODES[mode], k if OUTPUT_MODES[mode] == "topk" else None)
         self.queries_left = None if left < 0 else left
+        if rng.dtype != torch.float64 or rng.shape != (2,):
+            self.close()
+            raise SecinferNetError(f"server 0 sent an input range of {rng.dtype} "
+                                   f"{tuple(rng.shape)}, expected float64 (2,)")
+        lo, hi = (float(v) for v in rng)
+        self.input_range = None if math.isnan(lo) else (lo, hi)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Secure inference on a batch ``[batch, *input_shape]``.
@@ -129,7 +140,17 @@ class Client:
             raise ValueError("empty batch: send at least one input")
         # the batch limit and the quota are the servers' to enforce (they refuse the request
         # cleanly, with the reason); values the servers cannot check on shares are ours
-        return encode(x, self.frac_bits)
+        enc = encode(x, self.frac_bits)
+        if self.input_range is not None:
+            lo, hi = self.input_range
+            xmin, xmax = float(x.min()), float(x.max())
+            eps = range_slack(lo, hi)
+            if xmin < lo - eps or xmax > hi + eps:
+                raise ValueError(
+                    f"input values in [{xmin:.4g}, {xmax:.4g}] leave the model's valid range "
+                    f"[{lo:.4g}, {hi:.4g}] (set by its owner at compile time: outside it the "
+                    "fixed point could wrap and give a wrong answer)")
+        return enc
 
     def _refusal(self) -> RequestRefused | None:
         for server, s in self._sessions.items():

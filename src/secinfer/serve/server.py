@@ -21,6 +21,8 @@ Wire messages from a user session (all int64 tensors, framed by the runtime):
     server P0 -> user on connect: [frac_bits, *input_shape]
     server P0 -> user on connect: [mode (0 logits, 1 topk, 2 label), k, max_batch,
                                    queries left (-1: unlimited), outputs per input]
+    server P0 -> user on connect: float64 [lo, hi], the owner's valid input range
+                                  (NaN, NaN: none was stated at compile time)
     user -> P0, P1, P2:           header [batch, *input_shape]   (empty = goodbye)
     user -> P0 / P1:              input share [batch, *input_shape]
     P0 / P1 -> user:              output share: [batch, C] logits, [batch, k] or [batch]
@@ -243,6 +245,8 @@ def _serve_client(engine: MPCEngine, model: SecureModel, servers: Session, clien
             client.send(user, torch.tensor([policy.code, policy.k or 0, limits.max_batch,
                                             -1 if left is None else left, classes],
                                            dtype=torch.int64))
+            rng = manifest.get("input_range") or [math.nan, math.nan]
+            client.send(user, torch.tensor([float(v) for v in rng], dtype=torch.float64))
         except SecinferNetError as e:  # the other servers see it as a user gone: no verdict
             log.warning("user %d left before its first request: %s", user, e)
     # a peer may wait for a user's header for up to one timeout before giving its verdict
