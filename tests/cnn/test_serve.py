@@ -73,3 +73,17 @@ def test_wrong_topology_or_role_is_a_clear_error(tmp_path):
             serve(topo, 0, dirs[0])
         with pytest.raises(BundleError, match="bundle of party 1, not of party 0"):
             serve(topo, 0, dirs[1])
+
+
+def test_a_server_logs_its_start_with_time_level_address_and_plan_digest(tmp_path):
+    import re
+
+    model = zoo.pretrained("fmnist_cnn")
+    x, y = fashion_mnist.load("test", limit=2)
+    secure_eval(model, (1, 28, 28), x, y, batch=2, workdir=tmp_path)
+    for i in range(3):
+        text = (tmp_path / "logs" / f"party{i}.log").read_text()
+        assert re.search(
+            r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO secinfer\.serve\.server: "
+            rf"server {i} \((server|helper)\) ready on 127\.0\.0\.1:\d+: backend mpc, bundle "
+            r"\S+ \(plan [0-9a-f]{12}\)", text, re.M), text[-2000:]

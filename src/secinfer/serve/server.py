@@ -131,6 +131,12 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
             _agree_config(servers, policy, limits, classes)
             engine = MPCEngine(servers, cfg)
             model = SecureModel(engine, plan, shares)
+            me = topology.party(party_id)
+            log.info("server %d (%s) ready on %s:%d: backend mpc, bundle %s (plan %s), %d ops; "
+                     "output %s; max_batch %d, frame limits %d B from users, %d B from servers",
+                     party_id, me.role, me.host, me.port, Path(bundle).resolve(),
+                     manifest["files"]["plan.json"][:12], len(plan.ops), policy.describe(),
+                     limits.max_batch, limits.user_frame, limits.server_frame)
             print(f"server {party_id}: ready ({len(plan.ops)} ops; output {policy.describe()}; "
                   f"max_batch {limits.max_batch}, frame limits {limits.user_frame} B from users, "
                   f"{limits.server_frame} B from servers)", flush=True)
