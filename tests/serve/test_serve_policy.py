@@ -252,3 +252,17 @@ def test_inputs_outside_the_owners_range_are_refused_before_sending(tmp_path):
     assert torch.equal(labels[sure], logits.argmax(1)[sure])
     srv.join()
     assert not srv.errors, srv.errors
+
+
+def test_twelve_back_to_back_user_sessions_are_all_served(tmp_path):
+    srv = _Servers(tmp_path, OutputPolicy("label"), sessions=12)
+    x, _ = fashion_mnist.load("test", limit=12)
+    logits, sure = _confident(srv.model, x)
+    got = []
+    for i in range(12):
+        with Client(srv.topo) as c:  # no pause between sessions
+            got.append(c.predict(x[i : i + 1]))
+    labels = torch.cat(got)
+    assert torch.equal(labels[sure], logits.argmax(1)[sure])
+    srv.join()
+    assert not srv.errors, srv.errors
