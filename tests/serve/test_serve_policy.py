@@ -254,6 +254,29 @@ def test_inputs_outside_the_owners_range_are_refused_before_sending(tmp_path):
     assert not srv.errors, srv.errors
 
 
+def test_a_user_that_dies_mid_request_ends_only_its_session(tmp_path):
+    srv = _Servers(tmp_path, OutputPolicy("label"), sessions=2)
+    x, _ = fashion_mnist.load("test", limit=2)
+    logits, sure = _confident(srv.model, x)
+    c = Client(srv.topo)
+    c.connect()
+    header = torch.tensor([2, 1, 28, 28], dtype=torch.int64)
+    for sid in (0, 1, 2):
+        c._sessions[sid].send(sid, header)
+    c._sessions[0].send(0, torch.zeros(2, 1, 28, 28, dtype=torch.int64))  # P1 gets nothing
+    # killed: the listening port and every link dropped, no goodbye frame (the listener
+    # first, as the kernel does for a dead process before the servers can dial it again)
+    assert c._listener is not None
+    c._listener.close()
+    for s in c._sessions.values():
+        s.transport.close()  # type: ignore[attr-defined]
+    with Client(srv.topo) as c2:
+        labels = c2.predict(x)
+    assert torch.equal(labels[sure], logits.argmax(1)[sure])
+    srv.join()
+    assert not srv.errors, srv.errors
+
+
 def test_twelve_back_to_back_user_sessions_are_all_served(tmp_path):
     srv = _Servers(tmp_path, OutputPolicy("label"), sessions=12)
     x, _ = fashion_mnist.load("test", limit=12)
