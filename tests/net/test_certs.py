@@ -159,3 +159,26 @@ def test_cli_flow_init_ca_keygen_sign(tmp_path, capsys):
     assert "not for party-1" in capsys.readouterr().err
     assert cli_main(["certs", "--topology", str(path), "--force"]) == 0
     assert "LOCAL DEMO" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which, damage, error", [
+    ("cert", "delete", r"party 0's certificate \S+party0\.pem does not exist"),
+    ("key", "delete", r"party 0's private key \S+party0\.key does not exist"),
+    ("ca", "delete", r"the CA certificate \S+ca\.pem does not exist"),
+    ("cert", "garbage", r"party 0's certificate \S+party0\.pem or key \S+ is not PEM"),
+    ("ca", "garbage", r"the CA certificate \S+ca\.pem is not a PEM certificate"),
+])
+def test_a_missing_or_corrupt_certificate_file_is_named(tmp_path, which, damage, error):
+    from secinfer.net import Topology, make_certs, write_local_topology
+    from secinfer.net.tls import CertificateFileError, server_context
+
+    topo = Topology.load(write_local_topology(tmp_path, ["server", "server"]))
+    make_certs(topo, overwrite=True)
+    me = topo.party(0)
+    path = {"cert": me.cert, "key": me.key, "ca": topo.ca_cert}[which]
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_text("garbage\n")
+    with pytest.raises(CertificateFileError, match=error):
+        server_context(topo, me)

@@ -38,6 +38,7 @@ from .topology import PartySpec, Topology, party_dns_name
 
 __all__ = [
     "make_certs", "init_ca", "make_key_and_csr", "sign_csr", "CertificateRequestError",
+    "CertificateFileError",
     "server_context", "client_context", "peer_party_id", "KEY_MODE",
 ]
 
@@ -307,11 +308,29 @@ def sign_csr(topology: Topology, party_id: int, csr_path: str | Path,
     return cert
 
 
+class CertificateFileError(SecinferNetError, ValueError):
+    """A party's certificate, key or the CA file is missing or unreadable (names the file)."""
+
+
 def _base_context(purpose: ssl.Purpose, topology: Topology, me: PartySpec) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(purpose, cafile=str(topology.ca_cert))
+    for what, f in (("the CA certificate", topology.ca_cert), (f"party {me.id}'s certificate",
+                    me.cert), (f"party {me.id}'s private key", me.key)):
+        if not Path(f).is_file():
+            raise CertificateFileError(f"{what} {f} does not exist (create it with "
+                                       "`secinfer certs`, or fix the path in the topology)")
+    try:
+        ctx = ssl.create_default_context(purpose, cafile=str(topology.ca_cert))
+    except ssl.SSLError as e:
+        raise CertificateFileError(f"the CA certificate {topology.ca_cert} is not a PEM "
+                                   f"certificate: {e}") from e
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_cert_chain(str(me.cert), str(me.key))
+    try:
+        ctx.load_cert_chain(str(me.cert), str(me.key))
+    except ssl.SSLError as e:
+        raise CertificateFileError(f"party {me.id}'s certificate {me.cert} or key {me.key} is "
+                                   f"not PEM, or the key does not match the certificate: {e}"
+                                   ) from e
     return ctx
 
 
