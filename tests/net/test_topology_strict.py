@@ -34,3 +34,27 @@ def test_a_typo_or_bad_value_is_an_error_that_names_it(good, edit, error):
     good.write_text(edit(good.read_text()))
     with pytest.raises(TopologyError, match=error):
         Topology.load(good)
+
+
+@pytest.mark.parametrize("a, b", [("127.0.0.1", "localhost"), ("localhost", "LOCALHOST."),
+                                  ("127.0.0.1", "127.0.0.1"), ("::1", "localhost"),
+                                  ("10.0.0.5", "10.0.0.5")])
+def test_two_parties_on_one_address_and_port_are_refused(good, a, b):
+    text = good.read_text()
+    ports = [line for line in text.splitlines() if line.startswith("port =")]
+    hosts = [line for line in text.splitlines() if line.startswith("host =")]
+    text = text.replace(ports[1], ports[0]).replace(hosts[0], f'host = "{a}"', 1)
+    second = text.index(hosts[1], text.index(ports[0]) + 1)
+    text = text[:second] + f'host = "{b}"' + text[second + len(hosts[1]):]
+    good.write_text(text)
+    with pytest.raises(TopologyError, match="are the same address and port"):
+        Topology.load(good)
+
+
+def test_different_hosts_may_share_a_port(good):
+    text = good.read_text()
+    ports = [line for line in text.splitlines() if line.startswith("port =")]
+    hosts = [line for line in text.splitlines() if line.startswith("host =")]
+    text = text.replace(ports[1], ports[0]).replace(hosts[0], 'host = "10.0.0.1"', 1)
+    good.write_text(text)
+    assert Topology.load(good).party(0).port == Topology.load(good).party(1).port

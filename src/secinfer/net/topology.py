@@ -30,6 +30,7 @@ issued to party 1 cannot be used to impersonate party 2.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 import tomllib
@@ -143,9 +144,15 @@ class Topology:
         ids = [p.id for p in parties]
         if len(set(ids)) != len(ids):
             raise TopologyError(f"{where}: duplicate party ids {ids}")
-        endpoints = [(p.host, p.port) for p in parties]
-        if len(set(endpoints)) != len(endpoints):
-            raise TopologyError(f"{where}: two parties share a host:port")
+        seen: dict[tuple[str, int], PartySpec] = {}
+        for p in parties:
+            for addr in _addresses(p.host):
+                other = seen.get((addr, p.port))
+                if other is not None and other.id != p.id:
+                    raise TopologyError(f"{where}: parties {other.id} ({other.host}:{other.port})"
+                                        f" and {p.id} ({p.host}:{p.port}) are the same "
+                                        "address and port")
+                seen[(addr, p.port)] = p
         sess = data.get("session", {})
         if not isinstance(sess, dict):
             raise TopologyError(f"{where}: [session] must be a table")
@@ -162,6 +169,22 @@ class Topology:
             source=source,
             **limits,
         )
+
+
+def _addresses(host: str) -> set[str]:
+    """The addresses ``host`` stands for, as far as they are known without a DNS query (which
+    could hang at load time): an IP literal itself; ``localhost`` every loopback address of
+    both families; any other name itself, lowercased."""
+    name = host.strip().lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost"):
+            return {"127.0.0.1", "::1"}
+        return {name}
+    if ip.is_loopback:
+        return {str(ip), "127.0.0.1" if ip.version == 4 else "::1"}
+    return {str(ip)}
 
 
 _TOP_KEYS = ("session", "tls", "limits", "party")
