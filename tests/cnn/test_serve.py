@@ -87,3 +87,33 @@ def test_a_server_logs_its_start_with_time_level_address_and_plan_digest(tmp_pat
             r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO secinfer\.serve\.server: "
             rf"server {i} \((server|helper)\) ready on 127\.0\.0\.1:\d+: backend mpc, bundle "
             r"\S+ \(plan [0-9a-f]{12}\)", text, re.M), text[-2000:]
+
+
+def test_sigterm_finishes_the_request_in_flight_then_every_server_exits_cleanly(tmp_path):
+    import signal
+    import threading
+
+    from secinfer.serve.client import Client
+
+    model = zoo.pretrained("fmnist_cnn")
+    dirs = compile_model(model, (1, 28, 28), tmp_path / "b")
+    x, _ = fashion_mnist.load("test", limit=100)
+    with torch.no_grad():
+        plain = model(x).double()
+    with local_cluster(roles=["server", "server", "helper", "user"], workdir=tmp_path,
+                       timeout=20, connect_timeout=10) as cluster:
+        procs = [cluster.spawn(i, ["serve", "--topology", str(cluster.topology_path),
+                                   "--id", str(i), "--bundle", str(dirs[i])]) for i in range(3)]
+        with Client(cluster.topology) as c:
+            timer = threading.Timer(0.3, lambda: [p.proc.send_signal(signal.SIGTERM)
+                                                  for p in procs])
+            timer.start()
+            out = c.predict(x)  # 100 images: the signal lands while this is being computed
+            timer.join()
+        assert (out.argmax(1) == plain.argmax(1)).double().mean() >= 0.99
+        codes = [p.proc.wait(timeout=60) for p in procs]
+    assert codes == [0, 0, 0]
+    for p in procs:
+        log = p.log.read_text()
+        assert "SIGTERM: finishing the request in flight, then exiting" in log
+        assert "stopped on request after" in log

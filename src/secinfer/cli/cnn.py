@@ -151,12 +151,24 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
     from secinfer.net import Topology
     from secinfer.serve.server import serve
 
+    stop = threading.Event()
+
+    def on_term(signum: int, _frame: object) -> None:
+        logging.getLogger("secinfer.serve").warning(
+            "%s: finishing the request in flight, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
     serve(Topology.load(args.topology), args.id, args.bundle, max_clients=args.max_clients,
           report=args.report, policy=_policy(args), max_batch=args.max_batch,
-          max_frame_bytes=args.max_frame_bytes)
+          max_frame_bytes=args.max_frame_bytes, stop=stop)
     return 0
 
 

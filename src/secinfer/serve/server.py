@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,8 +91,12 @@ class QuotaBook:
 def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: int | None = None,
           report: str | Path | None = None, mpc_config: MPCConfig | None = None,
           policy: OutputPolicy | None = None, max_batch: int | None = None,
-          max_frame_bytes: int | None = None) -> int:
+          max_frame_bytes: int | None = None, stop: threading.Event | None = None) -> int:
     """Serve until ``max_clients`` user sessions have ended (forever if None). Returns count.
+
+    ``stop`` (set by ``secinfer serve`` on SIGTERM) drains: the request in flight is finished
+    and answered, then the user's session ends at that request boundary (an idle user's at its
+    next request or goodbye) and no new session starts.
 
     ``policy`` (the owner's serve config) overrides the bundle's output policy; the three
     servers must run the same one. Limits come from the topology's ``[limits]`` (see
@@ -140,8 +145,10 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
             print(f"server {party_id}: ready ({len(plan.ops)} ops; output {policy.describe()}; "
                   f"max_batch {limits.max_batch}, frame limits {limits.user_frame} B from users, "
                   f"{limits.server_frame} B from servers)", flush=True)
-            while max_clients is None or served < max_clients:
+            while (max_clients is None or served < max_clients) and not _stopping(stop):
                 for user in users:
+                    if _stopping(stop):
+                        break
                     try:
                         client = Session.connect(topology, party_id, peers=[user],
                                                  listener=listener, max_payload=limits.user_frame)
@@ -152,7 +159,7 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                     with client:
                         try:
                             n = _serve_client(engine, model, servers, client, user, manifest,
-                                              policy, limits, quota, classes)
+                                              policy, limits, quota, classes, stop)
                             # before dialing again: the user's listener must be gone
                             client.wait_hangup(user, min(servers.timeout, 5.0))
                             print(f"server {party_id}: user {user} done ({n} requests)",
@@ -165,7 +172,13 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                         _write_report(report, servers, client)
     finally:
         listener.close()
+    if _stopping(stop):
+        log.info("server %d stopped on request after %d user sessions", party_id, served)
     return served
+
+
+def _stopping(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
 
 
 def _refuse(client: Session, user: int, why: RequestRefused, patience: float) -> None:
@@ -242,7 +255,7 @@ def _agree(servers: Session, verdict: int, timeout: float) -> dict[int, int]:
 
 def _serve_client(engine: MPCEngine, model: SecureModel, servers: Session, client: Session,
                   user: int, manifest: dict, policy: OutputPolicy, limits: ServeLimits,
-                  quota: QuotaBook, classes: int) -> int:
+                  quota: QuotaBook, classes: int, stop: threading.Event | None = None) -> int:
     shape = tuple(manifest["input_shape"])
     if engine.role == 0:
         left = quota.left(user)
@@ -293,6 +306,9 @@ def _serve_client(engine: MPCEngine, model: SecureModel, servers: Session, clien
                 return requests + 1
         requests += 1
         log.info("request %d (batch %d) in %.3f s", requests, batch, time.perf_counter() - t0)
+        if _stopping(stop):
+            log.info("draining: user %d's session ends after its request %d", user, requests)
+            return requests
 
 
 def _write_report(path: str | Path, servers: Session, client: Session) -> None:
