@@ -51,6 +51,7 @@ from collections.abc import Callable
 import torch
 
 from ..net.session import Session
+from ..ring.fixed import FixedPoint
 from ..ring.ops import ring_conv2d, ring_matmul
 from .config import HELPER, P0, P1, MPCConfig
 from .prg import PRG, new_seed
@@ -70,19 +71,15 @@ def _fresh_seed(_purpose: str) -> bytes:
 
 
 def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
-    """Fixed-point encode: round(x * 2^f) as int64; rejects NaN/inf and out-of-range values."""
-    x = x.detach().to(torch.float64)
-    if not torch.isfinite(x).all():
-        raise ValueError("cannot encode NaN or infinite values")
-    bound = 2.0 ** (62 - frac_bits)
-    if x.numel() and x.abs().max().item() >= bound:
-        raise ValueError(f"value {x.abs().max().item():.3g} exceeds the fixed-point range "
-                         f"+-{bound:.3g} at {frac_bits} fractional bits")
-    return torch.round(x * (1 << frac_bits)).to(torch.int64)
+    """Fixed-point encode with the project's one codec, :class:`~secinfer.ring.FixedPoint`
+    (round half to even; NaN, infinity and |x| > 2^(62 - f) refused); integer tensors are read
+    as the reals they hold (pixels, indices)."""
+    x = x.detach()
+    return FixedPoint(frac_bits).encode(x if x.is_floating_point() else x.to(torch.float64))
 
 
 def decode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
-    return x.to(torch.float64) / (1 << frac_bits)
+    return FixedPoint(frac_bits).decode(x)
 
 
 class PreparedWeight:

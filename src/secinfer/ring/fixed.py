@@ -79,8 +79,9 @@ class FixedPoint:
             raise ValueError(f"FixedPoint.encode: input has {bad} NaN or infinite value(s)")
         if xd.numel() and float(xd.abs().max()) > self.max_abs:
             raise ValueError(
-                f"FixedPoint.encode: |x| up to {float(xd.abs().max()):.6g} exceeds the safe bound"
-                f" 2^{62 - self.frac_bits} = {self.max_abs:.6g} for frac_bits={self.frac_bits}"
+                f"FixedPoint.encode: |x| up to {float(xd.abs().max()):.6g} exceeds the fixed-point"
+                f" range, the safe bound 2^{62 - self.frac_bits} = {self.max_abs:.6g} for"
+                f" frac_bits={self.frac_bits}"
             )
         return torch.round(xd * self.scale).to(torch.int64)
 
