@@ -117,3 +117,25 @@ def test_sigterm_finishes_the_request_in_flight_then_every_server_exits_cleanly(
         log = p.log.read_text()
         assert "SIGTERM: finishing the request in flight, then exiting" in log
         assert "stopped on request after" in log
+
+
+def test_the_helper_stops_with_a_clear_error_when_both_compute_servers_die(tmp_path):
+    dirs = compile_model(zoo.pretrained("fmnist_cnn"), (1, 28, 28), tmp_path / "b")
+    with local_cluster(roles=["server", "server", "helper", "user"], workdir=tmp_path,
+                       timeout=10, connect_timeout=3) as cluster:
+        procs = [cluster.spawn(i, ["serve", "--topology", str(cluster.topology_path),
+                                   "--id", str(i), "--bundle", str(dirs[i])]) for i in range(3)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+                ": ready" in p.log.read_text() for p in procs):
+            time.sleep(0.2)
+        assert all(": ready" in p.log.read_text() for p in procs)
+        for p in procs[:2]:
+            p.proc.kill()
+        t0 = time.monotonic()
+        code = procs[2].proc.wait(timeout=60)
+        waited = time.monotonic() - t0
+    assert code == 2 and waited < 30  # one user connect timeout (3 s) and start-up slack
+    log = procs[2].log.read_text()
+    assert "server 2 stops: another server is gone" in log
+    assert "party 0 (server" in log or "party 1 (server" in log

@@ -72,6 +72,12 @@ class Transport(ABC):
         """Wait until ``peer`` has closed its end of the links; True if it did in time."""
         return True
 
+    def broken_link(self) -> BaseException | None:
+        """Without blocking or consuming anything: the error of a link already known to be
+        dead (a peer that disconnected or aborted), if any. For a party idle between uses
+        of a session, e.g. a server waiting for its next user while its peers may be gone."""
+        return None
+
 
 # --------------------------------------------------------------------------- in memory
 
@@ -522,6 +528,14 @@ class TlsTransport(Transport):
             self._queues[peer].put(item)  # sticky: every later recv fails the same way
             raise item
         return item
+
+    def broken_link(self) -> BaseException | None:
+        for q in self._queues.values():
+            with q.mutex:  # a peek: the item stays for the recv that would raise it
+                for item in q.queue:
+                    if isinstance(item, BaseException):
+                        return item
+        return None
 
     def wait_hangup(self, peer: int, timeout: float) -> bool:
         """Wait for ``peer`` to close our outgoing link (nothing else is ever read from it).

@@ -155,6 +155,11 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                     except SecinferNetError as e:  # absent, or a stale link: never fatal here
                         if not isinstance(e, PeerTimeout):
                             log.warning("user %d could not connect: %s", user, e)
+                        dead = servers.transport.broken_link()
+                        if dead is not None:  # no user can be served without the others
+                            raise SecinferNetError(
+                                f"server {party_id} stops: another server is gone ({dead})"
+                            ) from dead
                         continue
                     with client:
                         try:
