@@ -66,6 +66,12 @@ def _confident(model, x, margin=0.1):
     top2 = logits.topk(2, dim=1).values
     return logits, (top2[:, 0] - top2[:, 1]) > margin
 
+def _assert_right_and_servers_fine(srv: _Servers, labels, logits, sure) -> None:
+    """The (confident) labels equal plaintext, and every server ended without an error."""
+    assert torch.equal(labels[sure], logits.argmax(1)[sure])
+    srv.join()
+    assert not srv.errors, srv.errors
+
 
 def test_label_mode_reveals_only_the_label_and_the_quota_is_enforced(tmp_path):
     srv = _Servers(tmp_path, OutputPolicy("label", quota=5), sessions=3)
@@ -181,9 +187,7 @@ def test_a_bad_input_is_refused_before_anything_is_sent_and_the_session_goes_on(
             c.predict(bad)
         assert _bytes_sent(c) == sent_before
         labels = c.predict(x)  # the same session, still in step with the servers
-    assert torch.equal(labels[sure], logits.argmax(1)[sure])
-    srv.join()
-    assert not srv.errors, srv.errors
+    _assert_right_and_servers_fine(srv, labels, logits, sure)
 
 
 def _raw_to_p0(c: Client, data: bytes) -> None:
@@ -231,9 +235,7 @@ def test_a_malformed_frame_from_a_user_ends_only_that_session(tmp_path, attack):
         c.close()
     with Client(srv.topo) as c2:  # the next user is served
         labels = c2.predict(x)
-    assert torch.equal(labels[sure], logits.argmax(1)[sure])
-    srv.join()
-    assert not srv.errors, srv.errors
+    _assert_right_and_servers_fine(srv, labels, logits, sure)
 
 
 def test_inputs_outside_the_owners_range_are_refused_before_sending(tmp_path):
@@ -249,9 +251,7 @@ def test_inputs_outside_the_owners_range_are_refused_before_sending(tmp_path):
                 c.predict(bad)
         assert _bytes_sent(c) == before
         labels = c.predict(x)  # the data set's own images are inside it
-    assert torch.equal(labels[sure], logits.argmax(1)[sure])
-    srv.join()
-    assert not srv.errors, srv.errors
+    _assert_right_and_servers_fine(srv, labels, logits, sure)
 
 
 def test_a_user_that_dies_mid_request_ends_only_its_session(tmp_path):
@@ -272,9 +272,7 @@ def test_a_user_that_dies_mid_request_ends_only_its_session(tmp_path):
         s.transport.close()  # type: ignore[attr-defined]
     with Client(srv.topo) as c2:
         labels = c2.predict(x)
-    assert torch.equal(labels[sure], logits.argmax(1)[sure])
-    srv.join()
-    assert not srv.errors, srv.errors
+    _assert_right_and_servers_fine(srv, labels, logits, sure)
 
 
 def test_twelve_back_to_back_user_sessions_are_all_served(tmp_path):
@@ -286,6 +284,4 @@ def test_twelve_back_to_back_user_sessions_are_all_served(tmp_path):
         with Client(srv.topo) as c:  # no pause between sessions
             got.append(c.predict(x[i : i + 1]))
     labels = torch.cat(got)
-    assert torch.equal(labels[sure], logits.argmax(1)[sure])
-    srv.join()
-    assert not srv.errors, srv.errors
+    _assert_right_and_servers_fine(srv, labels, logits, sure)
