@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frame-bytes", type=int, default=None,
                    help="frame limit on every link (overrides [limits]; default: sized from "
                         "the plan)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (opt-in; counts and timings "
+                        "only; needs `pip install 'secinfer[service]'`)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address of the metrics endpoint (default: loopback only)")
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("infer", help="secure inference of one input file as the user")
@@ -166,9 +171,22 @@ def _serve(args: argparse.Namespace) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_term)
-    serve(Topology.load(args.topology), args.id, args.bundle, max_clients=args.max_clients,
-          report=args.report, policy=_policy(args), max_batch=args.max_batch,
-          max_frame_bytes=args.max_frame_bytes, stop=stop)
+    metrics = None
+    if args.metrics_port is not None:
+        from secinfer.serve.metrics import ServiceMetrics
+
+        metrics = ServiceMetrics(args.id)
+        metrics.start(args.metrics_port, args.metrics_host)
+        logging.getLogger("secinfer.serve").info(
+            "server %d: metrics on http://%s:%d/metrics", args.id, args.metrics_host,
+            args.metrics_port)
+    try:
+        serve(Topology.load(args.topology), args.id, args.bundle, max_clients=args.max_clients,
+              report=args.report, policy=_policy(args), max_batch=args.max_batch,
+              max_frame_bytes=args.max_frame_bytes, stop=stop, metrics=metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0
 
 

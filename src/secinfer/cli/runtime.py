@@ -1,4 +1,4 @@
-"""Runtime commands: ``certs``, ``party``, ``launch``."""
+"""Runtime commands: ``certs``, ``health``, ``party``, ``launch``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="certificate file (default: the CSR's path with suffix .pem)")
     q.add_argument("--force", dest="sg_force", action="store_true")
     q.set_defaults(handler=_certs_sign)
+    q = csub.add_parser("user", help="owner: issue a user certificate (role user, name "
+                                     "user-NAME); the servers serve it without a topology edit "
+                                     "or restart")
+    q.add_argument("name", help="the user's name: letters, digits, '-' and '_'")
+    q.add_argument("--topology", dest="us_topology", required=True, type=Path,
+                   help="a topology whose [tls] ca_key is the CA's key")
+    q.add_argument("--out", dest="us_out", type=Path, default=Path("."),
+                   help="folder for user-NAME.pem and user-NAME.key (default: here)")
+    q.add_argument("--force", dest="us_force", action="store_true")
+    q.set_defaults(handler=_certs_user)
+
+    p = sub.add_parser("health", help="ask every server of a topology for its status")
+    p.add_argument("--topology", required=True, type=Path)
+    p.add_argument("--cert", type=Path, default=None,
+                   help="a user certificate (default: the topology's first user's)")
+    p.add_argument("--key", type=Path, default=None)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per server")
+    p.add_argument("--json", action="store_true", help="print the statuses as JSON")
+    p.set_defaults(handler=_health)
 
     p = sub.add_parser("party", help="run one party of a topology")
     _party_args(p)
@@ -137,6 +156,55 @@ def _certs_sign(args: argparse.Namespace) -> int:
              overwrite=args.sg_force)
     print(f"wrote {out} for party {args.sg_id} ({topo.party(args.sg_id).role})")
     return 0
+
+
+def _certs_user(args: argparse.Namespace) -> int:
+    from secinfer.net.tls import issue_user_cert, user_dns_name
+    from secinfer.net.topology import Topology
+
+    topo = Topology.load(args.us_topology)
+    dns = user_dns_name(args.name)
+    cert, key = args.us_out / f"{dns}.pem", args.us_out / f"{dns}.key"
+    args.us_out.mkdir(parents=True, exist_ok=True)
+    issue_user_cert(topo, args.name, cert, key, overwrite=args.us_force)
+    print(f"wrote {cert} and {key} (mode 0600) for {dns}: give both to the user only")
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from secinfer.net.errors import SecinferNetError
+    from secinfer.net.topology import Topology
+    from secinfer.net.userlink import probe_health
+
+    topo = Topology.load(args.topology)
+    cert, key = args.cert, args.key
+    if (cert is None) != (key is None):
+        raise ValueError("give both --cert and --key, or neither")
+    if cert is None:
+        users = [p for p in topo.parties if p.role == "user"]
+        if not users:
+            raise ValueError(f"{args.topology} has no user party: give --cert and --key "
+                             "(from `secinfer certs user`)")
+        cert, key = users[0].cert, users[0].key
+    statuses: dict[int, dict] = {}
+    failed = 0
+    for spec in topo.parties:
+        if spec.role == "user":
+            continue
+        try:
+            statuses[spec.id] = probe_health(topo, cert, key, spec.id, timeout=args.timeout)
+        except (SecinferNetError, OSError, ValueError) as e:
+            statuses[spec.id] = {"state": "unreachable", "error": str(e)}
+            failed += 1
+    if args.json:
+        print(json.dumps(statuses, indent=2, sort_keys=True))
+    else:
+        for pid, st in statuses.items():
+            detail = st.get("error") or ", ".join(f"{k} {v}" for k, v in sorted(st.items())
+                                                 if k != "state")
+            print(f"party {pid} ({topo.party(pid).role}, {topo.party(pid).host}:"
+                  f"{topo.party(pid).port}): {st.get('state')}; {detail}")
+    return 1 if failed else 0
 
 
 def _party(args: argparse.Namespace) -> int:

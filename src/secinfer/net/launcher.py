@@ -195,6 +195,7 @@ def local_cluster(
     timeout: float = 30.0,
     topology: str | Path | None = None,
     connect_timeout: float = 30.0,
+    service: dict[str, int | bool] | None = None,
 ) -> Iterator[LocalCluster]:
     """A fresh loopback topology with new certificates (or an existing ``topology`` file)."""
     tmp = None
@@ -204,7 +205,7 @@ def local_cluster(
     workdir = Path(workdir)
     if topology is None:
         topology_path = write_local_topology(workdir, list(roles), timeout=timeout,
-                                             connect_timeout=connect_timeout)
+                                             connect_timeout=connect_timeout, service=service)
         make_certs(Topology.load(topology_path), overwrite=True)
     else:
         topology_path = Path(topology).resolve()

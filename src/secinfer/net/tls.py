@@ -313,8 +313,9 @@ class CertificateFileError(SecinferNetError, ValueError):
 
 
 def _base_context(purpose: ssl.Purpose, topology: Topology, me: PartySpec) -> ssl.SSLContext:
-    for what, f in (("the CA certificate", topology.ca_cert), (f"party {me.id}'s certificate",
-                    me.cert), (f"party {me.id}'s private key", me.key)):
+    who = f"party {me.id}" if me.id >= 0 else "the user"
+    for what, f in (("the CA certificate", topology.ca_cert), (f"{who}'s certificate",
+                    me.cert), (f"{who}'s private key", me.key)):
         if not Path(f).is_file():
             raise CertificateFileError(f"{what} {f} does not exist (create it with "
                                        "`secinfer certs`, or fix the path in the topology)")
@@ -328,7 +329,7 @@ def _base_context(purpose: ssl.Purpose, topology: Topology, me: PartySpec) -> ss
     try:
         ctx.load_cert_chain(str(me.cert), str(me.key))
     except ssl.SSLError as e:
-        raise CertificateFileError(f"party {me.id}'s certificate {me.cert} or key {me.key} is "
+        raise CertificateFileError(f"{who}'s certificate {me.cert} or key {me.key} is "
                                    f"not PEM, or the key does not match the certificate: {e}"
                                    ) from e
     return ctx
@@ -358,3 +359,76 @@ def peer_party_id(sock: ssl.SSLSocket) -> int | None:
         if kind == "DNS" and value.startswith("party-") and value[6:].isdigit():
             return int(value[6:])
     return None
+
+
+def peer_identity(sock: ssl.SSLSocket) -> tuple[str | None, str | None]:
+    """The verified peer certificate's first DNS SAN and its role (the subject's OU)."""
+    cert = sock.getpeercert()
+    if not cert:
+        return None, None
+    name = None
+    for entry in cert.get("subjectAltName", ()):
+        if str(entry[0]) == "DNS":
+            name = str(entry[1])
+            break
+    role = None
+    for rdn in cert.get("subject", ()):
+        for attr in rdn:
+            if str(attr[0]) == "organizationalUnitName":
+                role = str(attr[1])
+    return name, role
+
+
+def user_dns_name(name: str) -> str:
+    """The identity of a user that is not a party of the topology: ``user-<name>``."""
+    if not name or len(name) > 40 or not all(c.isalnum() or c in "-_" for c in name):
+        raise CertificateRequestError(
+            f"user name {name!r}: use 1 to 40 letters, digits, '-' or '_'")
+    return f"user-{name}"
+
+
+def issue_user_cert(topology: Topology, name: str, cert_path: str | Path,
+                    key_path: str | Path, overwrite: bool = False) -> Path:
+    """The owner's CA issues a user certificate (role ``user``, DNS name ``user-<name>``).
+
+    Any such certificate is served by the servers of this topology without a topology edit
+    or a restart: servers admit every certificate with role ``user`` signed by the CA. Users
+    open no port, so the certificate carries no address. Here the key is made beside the
+    certificate (a user may also send a CSR through :func:`sign_user_csr`).
+    """
+    if topology.ca_key is None:
+        raise CertificateRequestError("the topology names no [tls] ca_key: only the CA's "
+                                      "holder can issue user certificates")
+    cert_file, key_file = Path(cert_path), Path(key_path)
+    _refuse_existing([cert_file, key_file], overwrite)
+    ca = _load_pem_cert(Path(topology.ca_cert))
+    ca_key = serialization.load_pem_private_key(Path(topology.ca_key).read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise CertificateRequestError(f"{topology.ca_key} is not an EC CA key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    dns = user_dns_name(name)
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(dns, "user"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(key_file, key)
+    _write_cert(cert_file, cert)
+    return cert_file
+
+
+def user_context(topology: Topology, cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """A user's dialing context: its own certificate; verifies each server's ``party-<id>``."""
+    me = PartySpec(id=-1, role="user", host="", port=0, cert=Path(cert), key=Path(key))
+    return client_context(topology, me)
+

@@ -16,6 +16,11 @@ Example::
                                    # links from the plan unless this is set)
     max_batch = 256                # largest batch a server accepts from a user (default 256)
 
+    [service]                      # optional: how `secinfer serve` shares the servers
+    max_users = 16                 # user sessions served at once; one more is told "busy"
+    batching = true                # run concurrent users' requests as one batch
+    batch_wait_ms = 0              # how long P0 waits for more users to fill a batch
+
     [[party]]
     id = 0
     role = "server"
@@ -36,6 +41,7 @@ import socket
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from .errors import TopologyError
 from .framing import DEFAULT_MAX_PAYLOAD
@@ -75,6 +81,9 @@ class Topology:
     source: Path | None = None
     max_frame_bytes: int | None = None  # [limits]; None: the caller's default
     max_batch: int = DEFAULT_MAX_BATCH  # [limits]
+    max_users: int = 16  # [service]
+    batching: bool = True  # [service]
+    batch_wait_ms: int = 0  # [service]
 
     @property
     def frame_limit(self) -> int:
@@ -159,7 +168,8 @@ class Topology:
         _known(sess, _SESSION_KEYS, where, "[session] key")
         timeout = _positive_seconds(sess, "timeout", where)
         connect_timeout = _positive_seconds(sess, "connect_timeout", where)
-        limits = _parse_limits(data.get("limits", {}), where)
+        limits: dict[str, Any] = _parse_limits(data.get("limits", {}), where)
+        limits.update(_parse_service(data.get("service", {}), where))
         return cls(
             parties=tuple(sorted(parties, key=lambda p: p.id)),
             ca_cert=(base / tls["ca_cert"]).resolve(),
@@ -187,7 +197,7 @@ def _addresses(host: str) -> set[str]:
     return {str(ip)}
 
 
-_TOP_KEYS = ("session", "tls", "limits", "party")
+_TOP_KEYS = ("session", "tls", "limits", "service", "party")
 _TLS_KEYS = ("ca_cert", "ca_key")
 _SESSION_KEYS = ("timeout", "connect_timeout")
 _PARTY_KEYS = ("id", "role", "host", "port", "cert", "key")
@@ -226,6 +236,31 @@ def _parse_limits(raw: object, where: str) -> dict[str, int]:
     return out
 
 
+def _parse_service(raw: object, where: str) -> dict:
+    """``[service]``: ``max_users`` >= 1, ``batching`` a bool, ``batch_wait_ms`` >= 0."""
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{where}: [service] must be a table")
+    _known(raw, _SERVICE_KEYS, where, "[service] key")
+    out: dict = {}
+    for key in ("max_users", "batch_wait_ms"):
+        if key in raw:
+            v = raw[key]
+            low = 1 if key == "max_users" else 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low or v > 10**6:
+                raise TopologyError(f"{where}: service.{key} must be an integer >= {low}, "
+                                    f"got {v!r}")
+            out[key] = v
+    if "batching" in raw:
+        if not isinstance(raw["batching"], bool):
+            raise TopologyError(f"{where}: service.batching must be true or false, got "
+                                f"{raw['batching']!r}")
+        out["batching"] = raw["batching"]
+    return out
+
+
+_SERVICE_KEYS = ("max_users", "batching", "batch_wait_ms")
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """``n`` distinct ports that are bindable now, below Linux's ephemeral range.
 
@@ -261,6 +296,7 @@ def write_local_topology(
     ports: list[int] | None = None,
     connect_timeout: float = 30.0,
     limits: dict[str, int] | None = None,
+    service: dict[str, int | bool] | None = None,
 ) -> Path:
     """Write ``topology.toml`` for ``len(roles)`` parties on loopback; returns its path.
 
@@ -283,6 +319,10 @@ def write_local_topology(
     ]
     if limits:
         lines += ["", "[limits]"] + [f"{k} = {int(v)}" for k, v in limits.items()]
+    if service:
+        lines += ["", "[service]"] + [
+            f"{k} = {str(v).lower() if isinstance(v, bool) else int(v)}"
+            for k, v in service.items()]
     for i, (role, port) in enumerate(zip(roles, ports, strict=True)):
         lines += [
             "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import queue
 import secrets
 import socket
@@ -27,6 +28,7 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,10 +42,11 @@ from .errors import (
     PeerTimeout,
     SecinferNetError,
 )
-from .tls import client_context, peer_party_id, server_context
+from .tls import client_context, peer_identity, peer_party_id, server_context
 from .topology import PartySpec, Topology, party_dns_name
 
-__all__ = ["Transport", "InMemoryHub", "InMemoryTransport", "TlsTransport", "Listener"]
+__all__ = ["Transport", "InMemoryHub", "InMemoryTransport", "TlsTransport", "Listener",
+           "UserArrival", "USER_UP", "USER_DOWN", "USER_HEALTH"]
 
 
 class Transport(ABC):
@@ -213,6 +216,36 @@ class _Incoming:
     digest: bytes
 
 
+# A user's links to a server are both dialed by the user (users open no port): "up" carries
+# the user's frames, "down" the server's; same hello size as a party's, another magic.
+_USER_MAGIC = b"SIU1"
+USER_UP, USER_DOWN, USER_HEALTH = 0, 1, 2
+
+
+@dataclass
+class UserArrival:
+    """A user's links to this server for one user session (``token``), as they arrive."""
+
+    token: bytes
+    identity: str  # the DNS name in the user's certificate (``party-3``, ``user-alice``)
+    digest: bytes
+    since: float
+    up: ssl.SSLSocket | None = None
+    down: ssl.SSLSocket | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.up is not None and self.down is not None
+
+    def close(self) -> None:
+        for sock in (self.up, self.down):
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
 class Listener:
     """A party's listening TLS socket; accepts and authenticates incoming links.
 
@@ -229,6 +262,11 @@ class Listener:
         self.sock.settimeout(0.2)
         self._arrivals: queue.Queue[_Incoming] = queue.Queue()
         self._held: dict[int, _Incoming] = {}  # arrived early, for a later session
+        # user sessions' links by token, in order of arrival (see take_user / user_tokens)
+        self._users: dict[bytes, UserArrival] = {}
+        self._users_lock = threading.Condition()
+        # what a health probe is told (set by the serving loop; JSON-able values only)
+        self.status: Callable[[], dict] = lambda: {"state": "starting"}
         self.rejections: list[str] = []
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
@@ -255,6 +293,9 @@ class Listener:
             if _recv_exact(tls, memoryview(buf), self._closed) != _HELLO.size:
                 raise HandshakeError("connection closed during hello")
             magic, version, pid, nonce, digest = _HELLO.unpack(bytes(buf))
+            if magic == _USER_MAGIC and version == _PROTOCOL_VERSION:
+                self._user_hello(tls, pid, nonce, digest)
+                return
             if magic != _HELLO_MAGIC or version != _PROTOCOL_VERSION:
                 raise HandshakeError(f"bad hello (magic {magic!r}, version {version})")
             if cert_id != pid:
@@ -273,6 +314,70 @@ class Listener:
                 raw.close()
             except OSError:
                 pass
+
+    def _user_hello(self, tls: ssl.SSLSocket, kind: int, token: bytes, digest: bytes) -> None:
+        identity, role = peer_identity(tls)
+        if role != "user" or identity is None:
+            raise HandshakeError(f"a user link needs a certificate with role 'user' (this one: "
+                                 f"{identity or 'no name'}, role {role or 'none'})")
+        if kind == USER_HEALTH:
+            body = json.dumps(self.status()).encode()
+            tls.sendall(struct.pack("<I", len(body)) + body)
+            tls.close()
+            return
+        if kind not in (USER_UP, USER_DOWN):
+            raise HandshakeError(f"unknown user link kind {kind}")
+        tls.settimeout(0.5)
+        with self._users_lock:
+            if self._closed.is_set():
+                tls.close()
+                return
+            got = self._users.get(token)
+            if got is None:
+                got = self._users[token] = UserArrival(token, identity, digest, time.monotonic())
+            if got.identity != identity or (got.up if kind == USER_UP else got.down) is not None:
+                tls.close()  # another certificate, or a second link of one kind: not ours
+                raise HandshakeError(f"user link for session {token.hex()[:8]} from "
+                                     f"{identity} does not match the session's first link")
+            if kind == USER_UP:
+                got.up = tls
+            else:
+                got.down = tls
+            self._users_lock.notify_all()
+
+    def user_tokens(self) -> list[bytes]:
+        """Tokens of user sessions whose two links have arrived, oldest first."""
+        with self._users_lock:
+            return [t for t, a in self._users.items() if a.complete]
+
+    def take_user(self, token: bytes, deadline: float) -> UserArrival | None:
+        """The user session ``token``'s links, waiting until ``deadline``; None if they never
+        came. Taken links leave the listener (the caller owns them)."""
+        with self._users_lock:
+            while True:
+                got = self._users.get(token)
+                if got is not None and got.complete:
+                    return self._users.pop(token)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed.is_set():
+                    return None
+                self._users_lock.wait(min(left, 0.2))
+
+    def drop_user(self, token: bytes) -> None:
+        with self._users_lock:
+            got = self._users.pop(token, None)
+        if got is not None:
+            got.close()
+
+    def expire_users(self, older_than: float) -> list[str]:
+        """Close user links that waited longer than ``older_than`` seconds; their identities."""
+        now = time.monotonic()
+        with self._users_lock:
+            old = [t for t, a in self._users.items() if now - a.since > older_than]
+            gone = [self._users.pop(t) for t in old]
+        for a in gone:
+            a.close()
+        return [a.identity for a in gone]
 
     def wait_for(self, peers: list[int], deadline: float) -> dict[int, _Incoming]:
         got: dict[int, _Incoming] = {}
@@ -318,6 +423,11 @@ class Listener:
             pass
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
+        with self._users_lock:
+            users = list(self._users.values())
+            self._users.clear()
+        for a in users:
+            a.close()
         stale = list(self._held.values())
         self._held.clear()
         while True:
@@ -419,6 +529,9 @@ class TlsTransport(Transport):
         for i in ids:
             h.update(struct.pack("<H", i) + nonces[i])
         self.session_id = h.digest()[:16]
+        self._start_readers()
+
+    def _start_readers(self) -> None:
         for peer in self.peers:
             t = threading.Thread(target=self._reader, args=(peer,), daemon=True,
                                  name=f"reader-{self.party_id}<-{peer}")
@@ -579,7 +692,7 @@ class TlsTransport(Transport):
         self._closed.set()
         # the listener first: once a peer sees our links drop it may dial again at once, and
         # must find the port closed rather than a listener that is about to go
-        if self._own_listener:
+        if self._own_listener and self.listener is not None:
             self.listener.close()
         for sock in [*self._out.values(), *self._in.values()]:
             try:

@@ -8,12 +8,22 @@ What the user gets is the model owner's output policy, announced by P0 on connec
 logits ``[batch, C]``, the int64 indices of the top k ``[batch, k]`` (best first), or the
 int64 label ``[batch]``; with ``topk`` and ``label`` the user never receives a share of a
 logit. A refused request (batch over the limit, query quota spent, malformed input) raises
-:class:`~secinfer.net.RequestRefused` with the servers' reason and ends the session.
+:class:`~secinfer.net.RequestRefused` with the servers' reason and ends the session; so does
+"busy" (all ``max_users`` slots taken). A server that dies or freezes is named in the error
+(P1 and the helper notice a frozen P0 and tell the user); a later ``connect`` works again
+once the servers have recovered.
+
+The user opens no port: it dials two TLS links to each server (:mod:`secinfer.net.userlink`)
+with a certificate of role ``user``: a topology user's (``user_id``) or one from
+``secinfer certs user`` (``cert`` / ``key``), which needs no topology entry.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
+import time
+from pathlib import Path
 
 import torch
 
@@ -21,7 +31,8 @@ from ..models.bundle import OUTPUT_MODES, OutputPolicy
 from ..models.ranges import range_slack
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
-from ..net import Listener, PeerAborted, RequestRefused, SecinferNetError, Session, Topology
+from ..net import PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, Topology
+from ..net.userlink import dial_user
 from .output import decode_policy_output
 
 __all__ = ["Client"]
@@ -32,20 +43,34 @@ class Client:
 
     ``record_view=True`` keeps every tensor received from the servers in ``self.view`` as
     ``(server, tensor)``: the user's whole view, for audits and tests.
+    ``admit_timeout``: how long to wait for P0 to admit this session (default: the topology's
+    session timeout); ``compute_timeout``: how long one request may take.
     """
 
     def __init__(self, topology: Topology, user_id: int | None = None,
-                 compute_timeout: float = 600.0, record_view: bool = False) -> None:
-        users = [p.id for p in topology.parties if p.role == "user"]
-        if user_id is None:
-            if not users:
-                raise ValueError("the topology has no party with role 'user'")
-            user_id = users[0]
+                 compute_timeout: float = 600.0, record_view: bool = False,
+                 cert: str | Path | None = None, key: str | Path | None = None,
+                 admit_timeout: float | None = None) -> None:
+        if (cert is None) != (key is None):
+            raise ValueError("give both cert and key (a user certificate from `secinfer certs "
+                             "user`), or neither to use a topology user's")
+        if cert is None:
+            users = [p.id for p in topology.parties if p.role == "user"]
+            if user_id is None:
+                if not users:
+                    raise ValueError("the topology has no party with role 'user'; pass a user "
+                                     "certificate (cert=, key=) from `secinfer certs user`")
+                user_id = users[0]
+            me = topology.party(user_id)
+            if me.role != "user":
+                raise ValueError(f"party {user_id} has role {me.role!r}, not 'user'")
+            cert, key = me.cert, me.key
         self.topology, self.user_id = topology, user_id
+        self.cert, self.key = Path(cert), Path(key)  # type: ignore[arg-type]
         # waiting for a result is waiting for a whole secure inference, not for a silent peer
         self.compute_timeout = compute_timeout
-        self._listener: Listener | None = None
-        self._sessions: dict[int, Session] = {}
+        self.admit_timeout = topology.timeout if admit_timeout is None else admit_timeout
+        self._session: Session | None = None
         self._prg = PRG(new_seed())
         self.frac_bits = 0
         self.input_shape: tuple[int, ...] = ()
@@ -65,20 +90,24 @@ class Client:
         self.close()
 
     def _recv(self, server: int, timeout: float | None = None) -> torch.Tensor:
-        t = self._sessions[server].recv(server, timeout=timeout)
+        assert self._session is not None
+        t = self._session.recv(server, timeout=timeout)
         if self.record_view:
             self.view.append((server, t.clone()))
         return t
 
     def connect(self) -> None:
-        self._listener = Listener(self.topology, self.topology.party(self.user_id))
+        # the helper and P1 first: when P0 sees our links and admits us, theirs are there
+        links = dial_user(self.topology, self.cert, self.key, secrets.token_bytes(16),
+                          servers=(2, 1, 0))
+        self._session = Session(links, timeout=self.topology.timeout, role="user")
         try:
-            for server in (0, 1, 2):
-                self._sessions[server] = Session.connect(
-                    self.topology, self.user_id, peers=[server], listener=self._listener)
-            meta = self._recv(0).tolist()
+            meta = self._await(0, self.admit_timeout, "did not admit this session").tolist()
             pol = [int(v) for v in self._recv(0).tolist()]
             rng = self._recv(0)
+        except PeerAborted as e:
+            self.close()
+            raise RequestRefused(f"{e.peer} refused the session: {e.reason}") from e
         except BaseException:
             self.close()
             raise
@@ -93,23 +122,39 @@ class Client:
         lo, hi = (float(v) for v in rng)
         self.input_range = None if math.isnan(lo) else (lo, hi)
 
+    def _await(self, server: int, timeout: float, what: str) -> torch.Tensor:
+        """Receive from ``server``, but fail at once when ANY server has aborted or dropped
+        (P1 and the helper tell us when P0 froze); a silent ``server`` is named on timeout."""
+        assert self._session is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._recv(server, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            except PeerTimeout:
+                broken = self._session.transport.broken_link()
+                if broken is not None:
+                    raise broken from None
+                if time.monotonic() >= deadline:
+                    raise PeerTimeout(self.topology.party(server).name, timeout, what) from None
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Secure inference on a batch ``[batch, *input_shape]``.
 
         Returns float64 logits, or int64 indices, as the owner's output policy says.
         """
-        if not self._sessions:
+        if self._session is None:
             raise RuntimeError("client is not connected")
+        s = self._session
         enc = self._validate(x)
         header = torch.tensor(list(x.shape), dtype=torch.int64)
         try:
-            for s in self._sessions.values():
-                s.send(s.peers[0], header)
+            for server in (0, 1, 2):
+                s.send(server, header)
             r = self._prg.int64(enc.shape)
-            self._sessions[0].send(0, enc - r)
-            self._sessions[1].send(1, r)
-            out = (self._recv(0, timeout=self.compute_timeout)
-                   + self._recv(1, timeout=self.compute_timeout))
+            s.send(0, enc - r)
+            s.send(1, r)
+            out = (self._await(0, self.compute_timeout, "sent no result")
+                   + self._await(1, self.compute_timeout, "sent no result"))
         except PeerAborted as e:
             self.close()
             raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
@@ -153,28 +198,27 @@ class Client:
         return enc
 
     def _refusal(self) -> RequestRefused | None:
-        for server, s in self._sessions.items():
+        if self._session is None:
+            return None
+        for server in (0, 1, 2):
             try:
-                s.recv(server, timeout=2.0)
+                self._session.recv(server, timeout=2.0)
             except PeerAborted as e:
                 return RequestRefused(f"{e.peer} refused the request: {e.reason}")
             except SecinferNetError:
                 continue
         return None
 
-    def report(self) -> dict[int, dict]:
-        return {sid: s.report() for sid, s in self._sessions.items()}
+    def report(self) -> dict[str, dict]:
+        return self._session.report() if self._session is not None else {}
 
     def close(self) -> None:
-        # the listener first: a server that sees our links drop may dial again at once, and
-        # must find the port closed rather than this session's listener about to go
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        for s in self._sessions.values():
+        if self._session is None:
+            return
+        for server in (0, 1, 2):
             try:
-                s.send(s.peers[0], torch.empty(0, dtype=torch.int64))
+                self._session.send(server, torch.empty(0, dtype=torch.int64))
             except Exception:  # noqa: BLE001 - best effort goodbye; the server times out anyway
                 pass
-            s.close()
-        self._sessions.clear()
+        self._session.close()
+        self._session = None

@@ -1,35 +1,41 @@
 """A long-lived compute party (P0, P1) or helper (P2) that answers many users' requests.
 
-The three servers keep one session among themselves for their whole life: seeds are agreed,
-the output policy and limits are compared (they must be equal at all three), and every
-weight's Beaver mask is opened once, at start-up. A user (a party of role ``user`` in the
-topology) then opens one session with each server; per request it sends a header
-``[batch, *input_shape]`` to all three, its input shares to P0 and P1, and receives from P0
-and P1 the shares of what the owner's output policy lets it see (logits, top-k indices, or the
-label: see :mod:`.output`). An empty header ends the user's session. Only the user can
-reconstruct.
+The three servers keep one session among themselves: seeds are agreed, the output policy and
+limits are compared (they must be equal at all three), and every weight's Beaver mask is
+opened once, when the session starts (again after a reconnect). Users dial in (they open no
+port: :mod:`secinfer.net.userlink`); any certificate with role ``user`` from the topology's CA
+is served. P0 schedules users in steps (:mod:`.scheduler`): admission, round-robin, dynamic
+batching, "busy" over ``[service] max_users``, idle sessions dropped after the session timeout.
+
+Per request a user sends a header ``[batch, *input_shape]`` to all three servers, its input
+shares to P0 and P1, and receives from P0 and P1 the shares of what the owner's output policy
+lets it see (logits, top-k indices, or the label: see :mod:`.output`). An empty header ends
+the session. Only the user can reconstruct.
 
 Before computing, the three servers agree on every request: each sends the others its verdict
 (the batch, or why it refuses: malformed header, batch over ``max_batch``, query quota spent,
 bad share, user gone). Only if all three verdicts are the same accepted batch do they run the
 model; otherwise every server refuses, so a user that sends different headers to different
 servers (or one oversize frame to one server) cannot push the servers' shared session out of
-step. A refusal ends that user's session with a :class:`~secinfer.net.RequestRefused` whose
-message (the limit and the value) reaches the user; the servers go on serving.
+step. A refusal ends that user's session with an abort whose message (the limit and the
+value) reaches the user; the servers go on serving everyone else.
 
-Wire messages from a user session (all int64 tensors, framed by the runtime):
-    server P0 -> user on connect: [frac_bits, *input_shape]
-    server P0 -> user on connect: [mode (0 logits, 1 topk, 2 label), k, max_batch,
-                                   queries left (-1: unlimited), outputs per input]
-    server P0 -> user on connect: float64 [lo, hi], the owner's valid input range
-                                  (NaN, NaN: none was stated at compile time)
-    user -> P0, P1, P2:           header [batch, *input_shape]   (empty = goodbye)
-    user -> P0 / P1:              input share [batch, *input_shape]
-    P0 / P1 -> user:              output share: [batch, C] logits, [batch, k] or [batch]
+Wire messages of a user session (framed by the runtime):
+    P0 -> user on admission:  int64 [frac_bits, *input_shape]
+    P0 -> user on admission:  int64 [mode (0 logits, 1 topk, 2 label), k, max_batch,
+                              queries left (-1: unlimited), outputs per input]
+    P0 -> user on admission:  float64 [lo, hi], the owner's valid input range
+                              (NaN, NaN: none was stated at compile time)
+    user -> P0, P1, P2:       int64 header [batch, *input_shape]   (empty = goodbye)
+    user -> P0 / P1:          int64 input share [batch, *input_shape]
+    P0 / P1 -> user:          output share: [batch, C] logits, [batch, k] or [batch]
+    any server -> user:       an abort frame with the reason (busy, refused, a server failed,
+                              shutting down, idle)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,38 +43,25 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .. import __version__
+from ..errors import ConfigError
 from ..models.bundle import OutputPolicy, load_bundle
 from ..models.secure import SecureModel
 from ..mpc import MPCConfig, MPCEngine, Share
-from ..net import (
-    FrameError,
-    Listener,
-    PeerTimeout,
-    RequestRefused,
-    SecinferNetError,
-    Session,
-    Topology,
-)
+from ..net import Listener, SecinferNetError, Session, Topology
 from .limits import ServeLimits, plan_sizes, serve_limits
+from .metrics import ServiceMetrics
 from .output import policy_output
+from .scheduler import StepLoop, UserConn, Welcome, nan_range
 
 __all__ = ["serve", "SERVER_IDS", "QuotaBook"]
 
 log = logging.getLogger(__name__)
 SERVER_IDS = (0, 1, 2)
-
-# a server's verdict on one request: the batch (> 0) if it accepts, else one of these
-GOODBYE, MALFORMED, OVER_BATCH, OVER_QUOTA, BAD_SHARE, USER_GONE = 0, -1, -2, -3, -4, -5
-
-
-def _users(topology: Topology) -> list[int]:
-    users = [p.id for p in topology.parties if p.role == "user"]
-    if not users:
-        raise ValueError("the topology has no party with role 'user'")
-    return users
 
 
 @dataclass
@@ -79,24 +72,29 @@ class QuotaBook:
     """
 
     quota: int | None
-    used: dict[int, int] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
 
-    def left(self, user: int) -> int | None:
+    def left(self, user: str) -> int | None:
         return None if self.quota is None else self.quota - self.used.get(user, 0)
 
-    def charge(self, user: int, n: int) -> None:
+    def charge(self, user: str, n: int) -> None:
         self.used[user] = self.used.get(user, 0) + n
 
 
 def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: int | None = None,
           report: str | Path | None = None, mpc_config: MPCConfig | None = None,
           policy: OutputPolicy | None = None, max_batch: int | None = None,
-          max_frame_bytes: int | None = None, stop: threading.Event | None = None) -> int:
+          max_frame_bytes: int | None = None, stop: threading.Event | None = None,
+          metrics: ServiceMetrics | None = None) -> int:
     """Serve until ``max_clients`` user sessions have ended (forever if None). Returns count.
 
-    ``stop`` (set by ``secinfer serve`` on SIGTERM) drains: the request in flight is finished
-    and answered, then the user's session ends at that request boundary (an idle user's at its
-    next request or goodbye) and no new session starts.
+    Users are scheduled by P0 in steps (:mod:`.scheduler`): up to ``[service] max_users`` at
+    once, their requests batched. When another server fails (dies, freezes, drops a link)
+    every user session in flight ends with an error naming it, and this server reconnects
+    to the others with backoff and serves again once they are back: no restart needed.
+
+    ``stop`` (set by ``secinfer serve`` on SIGTERM) drains: the step in flight is finished
+    and answered, every user session then ends saying why, and the function returns.
 
     ``policy`` (the owner's serve config) overrides the bundle's output policy; the three
     servers must run the same one. Limits come from the topology's ``[limits]`` (see
@@ -114,7 +112,6 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
         topology = replace(topology, max_frame_bytes=max_frame_bytes)
     plan, shares, manifest = load_bundle(bundle, expect_party=party_id)
     policy = policy or OutputPolicy.from_manifest(manifest)
-    users = _users(topology)
     cfg = mpc_config or MPCConfig(frac_bits=plan.frac_bits)
     sizes = plan_sizes(plan)
     classes = math.prod(sizes.output_shape)
@@ -127,54 +124,85 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
         raise ValueError("output mode topk needs the exact DReLU (drelu_high_bits = 0)")
     limits = serve_limits(plan, topology, sizes)
     quota = QuotaBook(policy.quota)
-    listener = Listener(topology, topology.party(party_id))
+    welcome = Welcome(int(manifest["frac_bits"]), tuple(manifest["input_shape"]), policy.code,
+                      policy.k or 0, classes, nan_range(manifest.get("input_range")))
+    me = topology.party(party_id)
+    listener = Listener(topology, me)
+    state = {"state": "connecting", "role": me.role, "party": party_id,
+             "plan": manifest["files"]["plan.json"][:12], "sessions": 0,
+             "version": __version__}
+    live: list[StepLoop] = []  # the loop now serving, for the health answer
+
+    def status() -> dict[str, Any]:
+        return dict(state, active_users=len(live[0].active) if live else 0)
+
+    listener.status = status
     served = 0
+    backoff = _BACKOFF_MIN
+    peers = [p for p in SERVER_IDS if p != party_id]
     try:
-        peers = [p for p in SERVER_IDS if p != party_id]
-        with Session.connect(topology, party_id, peers=peers, listener=listener,
-                             max_payload=limits.server_frame) as servers:
-            _agree_config(servers, policy, limits, classes)
-            engine = MPCEngine(servers, cfg)
-            model = SecureModel(engine, plan, shares)
-            me = topology.party(party_id)
-            log.info("server %d (%s) ready on %s:%d: backend mpc, bundle %s (plan %s), %d ops; "
-                     "output %s; max_batch %d, frame limits %d B from users, %d B from servers",
-                     party_id, me.role, me.host, me.port, Path(bundle).resolve(),
-                     manifest["files"]["plan.json"][:12], len(plan.ops), policy.describe(),
-                     limits.max_batch, limits.user_frame, limits.server_frame)
-            print(f"server {party_id}: ready ({len(plan.ops)} ops; output {policy.describe()}; "
-                  f"max_batch {limits.max_batch}, frame limits {limits.user_frame} B from users, "
-                  f"{limits.server_frame} B from servers)", flush=True)
-            while (max_clients is None or served < max_clients) and not _stopping(stop):
-                for user in users:
-                    if _stopping(stop):
-                        break
-                    try:
-                        client = Session.connect(topology, party_id, peers=[user],
-                                                 listener=listener, max_payload=limits.user_frame)
-                    except SecinferNetError as e:  # absent, or a stale link: never fatal here
-                        if not isinstance(e, PeerTimeout):
-                            log.warning("user %d could not connect: %s", user, e)
-                        dead = servers.transport.broken_link()
-                        if dead is not None:  # no user can be served without the others
-                            raise SecinferNetError(
-                                f"server {party_id} stops: another server is gone ({dead})"
-                            ) from dead
-                        continue
-                    with client:
-                        try:
-                            n = _serve_client(engine, model, servers, client, user, manifest,
-                                              policy, limits, quota, classes, stop)
-                            # before dialing again: the user's listener must be gone
-                            client.wait_hangup(user, min(servers.timeout, 5.0))
-                            print(f"server {party_id}: user {user} done ({n} requests)",
-                                  flush=True)
-                        except RequestRefused as e:
-                            print(f"server {party_id}: user {user} refused: {e}", flush=True)
-                            _refuse(client, user, e, servers.timeout)
-                    served += 1
+        while not _stopping(stop) and (max_clients is None or served < max_clients):
+            try:
+                servers = Session.connect(topology, party_id, peers=peers, listener=listener,
+                                          max_payload=limits.server_frame)
+            except SecinferNetError as e:
+                state["state"] = "waiting for the other servers"
+                log.warning("server %d: the other servers are not all reachable (%s); retrying "
+                            "in %.1f s", party_id, e, backoff)
+                _sleep(stop, backoff)
+                backoff = min(2 * backoff, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_MIN
+            if metrics is not None:
+                metrics.track_traffic(functools.partial(_traffic, servers))
+            with servers:
+                _agree_config(servers, policy, limits, classes)
+                engine = MPCEngine(servers, cfg)
+                model = SecureModel(engine, plan, shares)
+
+                def forward(x: Share, engine: MPCEngine = engine,
+                            model: SecureModel = model, servers: Session = servers
+                            ) -> torch.Tensor:
+                    y = model.forward(x)
+                    with servers.op("output"):
+                        return policy_output(engine, y, policy).data
+
+                def ended(conn: UserConn, servers: Session = servers) -> None:
+                    state["sessions"] = int(state["sessions"]) + 1
                     if report:
-                        _write_report(report, servers, client)
+                        _write_report(report, servers, conn.session)
+
+                left = None if max_clients is None else max_clients - served
+                loop = StepLoop(topology, party_id, listener, servers, engine, forward, limits,
+                                welcome, quota.left, quota.charge, stop, metrics=metrics,
+                                max_sessions=left, on_session_end=ended,
+                                quota=quota.quota)
+                log.info("server %d (%s) ready on %s:%d: backend mpc, bundle %s (plan %s), %d "
+                         "ops; output %s; max_batch %d, max_users %d, batching %s, frame "
+                         "limits %d B from users, %d B from servers", party_id, me.role,
+                         me.host, me.port, Path(bundle).resolve(), state["plan"],
+                         len(plan.ops), policy.describe(), limits.max_batch, topology.max_users,
+                         "on" if topology.batching else "off", limits.user_frame,
+                         limits.server_frame)
+                print(f"server {party_id}: ready ({len(plan.ops)} ops; output "
+                      f"{policy.describe()}; max_batch {limits.max_batch}, frame limits "
+                      f"{limits.user_frame} B from users, {limits.server_frame} B from "
+                      "servers)", flush=True)
+                state["state"] = "serving"
+                live[:] = [loop]
+                try:
+                    loop.run()
+                except (SecinferNetError, OSError) as e:
+                    peer = getattr(e, "peer", None) or "another server"
+                    why = f"{peer} failed ({e}); this request is cancelled, retry later"
+                    log.error("server %d: %s; reconnecting", party_id, why)
+                    loop.abort_all(why)
+                    if metrics is not None:
+                        metrics.count("failures")
+                    state["state"] = "reconnecting"
+                finally:
+                    served += loop.ended
+                    live.clear()
     finally:
         listener.close()
     if _stopping(stop):
@@ -182,16 +210,23 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
     return served
 
 
+_BACKOFF_MIN, _BACKOFF_MAX = 0.5, 5.0
+
+
+def _traffic(servers: Session) -> tuple[int, int]:
+    total: dict[str, Any] = dict(servers.report().get("<total>", {}))
+    return int(total.get("bytes_sent", 0)), int(total.get("rounds", 0))
+
+
+def _sleep(stop: threading.Event | None, seconds: float) -> None:
+    if stop is not None:
+        stop.wait(seconds)
+    else:
+        time.sleep(seconds)
+
+
 def _stopping(stop: threading.Event | None) -> bool:
     return stop is not None and stop.is_set()
-
-
-def _refuse(client: Session, user: int, why: RequestRefused, patience: float) -> None:
-    """Tell the user why (an abort frame with the message), then wait for it to hang up, so
-    that the next session's dial cannot land in this user's old, closing listener."""
-    client.fail(why)
-    if not client.wait_hangup(user, min(patience, 10.0)):
-        log.warning("user %d did not hang up after its refusal", user)
 
 
 def _agree_config(servers: Session, policy: OutputPolicy, limits: ServeLimits,
@@ -204,119 +239,14 @@ def _agree_config(servers: Session, policy: OutputPolicy, limits: ServeLimits,
         got = servers.exchange(dict.fromkeys(servers.peers, mine))
     for peer, theirs in got.items():
         if not torch.equal(theirs, mine):
-            raise SecinferNetError(
+            raise ConfigError(
                 f"server {peer} runs output policy / limits {theirs.tolist()}, this server "
                 f"{mine.tolist()} ([mode, k, quota, max_batch, outputs]); give all three the "
                 "same bundle policy and [limits]")
 
 
-def _read_request(engine: MPCEngine, client: Session, user: int, shape: tuple[int, ...],
-                  limits: ServeLimits, quota: QuotaBook) -> tuple[int, str, torch.Tensor | None]:
-    """This server's verdict on the user's next request, why, and its input share."""
-    try:
-        header = client.recv(user)
-    except FrameError as e:
-        return MALFORMED, f"malformed request header: {e}", None
-    except SecinferNetError as e:  # disconnected, timed out, aborted
-        return USER_GONE, f"user {user} left: {e}", None
-    if header.numel() == 0:
-        return GOODBYE, "", None
-    if header.dtype != torch.int64 or header.dim() != 1:
-        return MALFORMED, (f"request header must be a 1-d int64 tensor, got "
-                           f"{tuple(header.shape)} {header.dtype}"), None
-    got = tuple(int(v) for v in header.tolist())
-    if len(got) != len(shape) + 1 or got[1:] != shape or got[0] < 1:
-        return MALFORMED, (f"user {user} asked for input {got}; the model takes "
-                           f"[batch, {', '.join(map(str, shape))}]"), None
-    batch = got[0]
-    if batch > limits.max_batch:
-        return OVER_BATCH, (f"batch of {batch} exceeds the limit max_batch = "
-                            f"{limits.max_batch}"), None
-    left = quota.left(user)
-    if left is not None and batch > left:
-        return OVER_QUOTA, (f"query quota exceeded: user {user} has {left} of its quota of "
-                            f"{quota.quota} queries left and asked for {batch}"), None
-    if engine.is_helper:
-        return batch, "", None
-    try:
-        data = client.recv(user)
-    except FrameError as e:
-        return BAD_SHARE, str(e), None
-    except SecinferNetError as e:
-        return USER_GONE, f"user {user} left: {e}", None
-    if tuple(data.shape) != (batch, *shape) or data.dtype != torch.int64:
-        return BAD_SHARE, (f"user {user} sent a share of {tuple(data.shape)} {data.dtype}, "
-                           f"expected {(batch, *shape)} int64"), None
-    return batch, "", data
-
-
-def _agree(servers: Session, verdict: int, timeout: float) -> dict[int, int]:
-    mine = torch.tensor([verdict], dtype=torch.int64)
-    with servers.op("request"):
-        for p in servers.peers:
-            servers.send(p, mine)
-        return {p: int(servers.recv(p, timeout=timeout)) for p in servers.peers}
-
-
-def _serve_client(engine: MPCEngine, model: SecureModel, servers: Session, client: Session,
-                  user: int, manifest: dict, policy: OutputPolicy, limits: ServeLimits,
-                  quota: QuotaBook, classes: int, stop: threading.Event | None = None) -> int:
-    shape = tuple(manifest["input_shape"])
-    if engine.role == 0:
-        left = quota.left(user)
-        try:
-            client.send(user, torch.tensor([manifest["frac_bits"], *shape], dtype=torch.int64))
-            client.send(user, torch.tensor([policy.code, policy.k or 0, limits.max_batch,
-                                            -1 if left is None else left, classes],
-                                           dtype=torch.int64))
-            rng = manifest.get("input_range") or [math.nan, math.nan]
-            client.send(user, torch.tensor([float(v) for v in rng], dtype=torch.float64))
-        except SecinferNetError as e:  # the other servers see it as a user gone: no verdict
-            log.warning("user %d left before its first request: %s", user, e)
-    # a peer may wait for a user's header for up to one timeout before giving its verdict
-    agree_timeout = 2 * client.timeout + servers.timeout
-    requests = 0
-    while True:
-        verdict, why, data = _read_request(engine, client, user, shape, limits, quota)
-        others = _agree(servers, verdict, agree_timeout)
-        if any(v != verdict for v in others.values()):
-            here = f"; server {engine.role}: {why}" if verdict < 0 and why else ""
-            raise RequestRefused(
-                f"the servers received different requests from user {user} (verdicts "
-                f"{dict(sorted({**others, engine.role: verdict}.items()))}){here}; refused")
-        if verdict == GOODBYE:
-            return requests
-        if verdict == USER_GONE:
-            log.warning("%s", why)
-            return requests
-        if verdict < 0:
-            raise RequestRefused(why)
-        batch = verdict
-        quota.charge(user, batch)
-        t0 = time.perf_counter()
-        batch_shape = (batch, *shape)
-        if engine.is_helper:
-            x = engine.placeholder(batch_shape, engine.f)
-        else:
-            assert data is not None
-            x = Share(data, engine.f)
-        y = model.forward(x)
-        with servers.op("output"):
-            out = policy_output(engine, y, policy)
-        if not engine.is_helper:
-            try:
-                client.send(user, out.data)
-            except SecinferNetError as e:  # after the compute: the servers stay in step
-                log.warning("user %d left before its result: %s", user, e)
-                return requests + 1
-        requests += 1
-        log.info("request %d (batch %d) in %.3f s", requests, batch, time.perf_counter() - t0)
-        if _stopping(stop):
-            log.info("draining: user %d's session ends after its request %d", user, requests)
-            return requests
-
-
 def _write_report(path: str | Path, servers: Session, client: Session) -> None:
+    """The servers' cumulative costs and the last ended user session's."""
     path = Path(path)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"servers": servers.report(), "user": client.report()}, indent=1))
