@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 data:
-	@test -d $(FMNIST) || { echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	@test -n "$$SECINFER_FASHION_MNIST" -o -d $(FMNIST) || { echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null || \
-	  { echo "could not install dataset-fashion-mnist; run as root or install it yourself"; exit 1; }; }
+	  { echo "could not install dataset-fashion-mnist: run as root, or set SECINFER_FASHION_MNIST to a folder with its files (see README)"; exit 1; }; }
 
 demo: $(STAMP) data
 	$(PY) -m secinfer demo

@@ -63,3 +63,19 @@ def test_digits():
     assert set(y.tolist()) == set(range(10))
     assert abs(x.mean().item()) < 1e-4
     assert load_digits(limit=5)[0].shape[0] == 5
+
+
+def test_the_data_folder_can_be_given_without_root(tmp_path, monkeypatch):
+    import shutil
+
+    from secinfer.data import fashion_mnist as fm
+
+    for name in fm._FILES["test"]:
+        shutil.copy(fm.FMNIST_DIR / name, tmp_path / name)
+    monkeypatch.setenv("SECINFER_FASHION_MNIST", str(tmp_path))
+    assert fm.data_dir() == tmp_path
+    x, y = fm.load("test", limit=3)
+    assert x.shape == (3, 1, 28, 28) and y.shape == (3,)
+    monkeypatch.setenv("SECINFER_FASHION_MNIST", str(tmp_path / "nowhere"))
+    with pytest.raises(fm.FashionMNISTMissing, match="SECINFER_FASHION_MNIST"):
+        fm.load("test", limit=1)

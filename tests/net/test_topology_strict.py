@@ -29,6 +29,10 @@ def good(tmp_path):
     (lambda t: t.replace("port =", "prot = 1\nport =", 1), "unknown key in party entry #0.*'prot'"),
     (lambda t: t + "\n[extra]\nanything = 1\n", "unknown top-level table.*'extra'"),
     (lambda t: t.replace("max_batch = 4", "max_bacth = 4"), r"unknown \[limits\] key"),
+    (lambda t: t + "\n[service]\nmax_user = 4\n", r"unknown \[service\] key.*'max_user'"),
+    (lambda t: t + "\n[service]\nmax_users = 0\n", "max_users"),
+    (lambda t: t + "\n[service]\nbatch_wait_ms = -1\n", "batch_wait_ms"),
+    (lambda t: t + "\n[service]\nbatching = 1\n", "batching"),
 ])
 def test_a_typo_or_bad_value_is_an_error_that_names_it(good, edit, error):
     good.write_text(edit(good.read_text()))

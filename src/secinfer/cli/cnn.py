@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write the result (safetensors 'y': logits, top-k indices or labels, as "
                         "the owner's output policy says)")
     p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
+    p.add_argument("--cert", type=Path, default=None,
+                   help="a user certificate from `secinfer certs user` (instead of --id)")
+    p.add_argument("--key", type=Path, default=None, help="its private key")
     p.set_defaults(handler=_infer)
 
     for name, helptext in (("eval", "plaintext vs secure accuracy on a data set"),
@@ -199,7 +202,7 @@ def _infer(args: argparse.Namespace) -> int:
     x = load_file(str(args.input)).get("x")
     if x is None:
         raise ValueError(f"{args.input} has no tensor named 'x'")
-    with Client(Topology.load(args.topology), args.id) as client:
+    with Client(Topology.load(args.topology), args.id, cert=args.cert, key=args.key) as client:
         y = client.predict(x)
         mode = client.policy.mode
     if mode == "logits":

@@ -1,6 +1,9 @@
 """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``.
 
-The package installs four gzip'd idx files under ``/usr/share/datasets/fashion-mnist``. The idx
+The package installs four gzip'd idx files under ``/usr/share/datasets/fashion-mnist``; without
+root, point ``$SECINFER_FASHION_MNIST`` (or ``root=``) at a folder holding the same four files
+(for example unpacked with ``apt-get download dataset-fashion-mnist && dpkg-deb -x *.deb DIR``,
+then ``DIR/usr/share/datasets/fashion-mnist``). The idx
 format is a big-endian header (16 bytes for images: magic, count, rows, cols; 8 bytes for labels:
 magic, count) followed by uint8 data. We check the magic numbers and counts instead of trusting the
 offsets blindly, so a truncated or swapped file is a clear error, not a silent garbage tensor.
@@ -12,6 +15,7 @@ of the 60,000 training images (0.2860 and 0.3530), the usual constants for this 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 from typing import Literal
@@ -22,7 +26,7 @@ import torch
 from ..errors import SecinferError
 
 __all__ = ["FMNIST_DIR", "FMNIST_MEAN", "FMNIST_STD", "INPUT_RANGE", "FashionMNISTMissing",
-           "load", "normalize"]
+           "data_dir", "load", "normalize"]
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_MEAN = 0.2860
@@ -48,7 +52,8 @@ def _read(path: Path, magic: int, header: int) -> tuple[tuple[int, ...], np.ndar
     if not path.is_file():
         raise FashionMNISTMissing(
             f"Fashion-MNIST file {path} not found; install the Debian package "
-            f"dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist) or pass root="
+            f"dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), or set "
+            f"SECINFER_FASHION_MNIST to a folder with its four files (or pass root=)"
         )
     with gzip.open(path, "rb") as f:
         raw = f.read()
@@ -69,6 +74,13 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.to(torch.float32) / 255.0 - FMNIST_MEAN) / FMNIST_STD
 
 
+def data_dir() -> Path:
+    """Where the files are looked for: ``$SECINFER_FASHION_MNIST`` if set, else the Debian
+    package's folder."""
+    env = os.environ.get("SECINFER_FASHION_MNIST")
+    return Path(env) if env else FMNIST_DIR
+
+
 def load(
     split: Split, limit: int | None = None, root: Path | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +92,7 @@ def load(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive integer or None, got {limit}")
-    base = Path(root) if root is not None else FMNIST_DIR
+    base = Path(root) if root is not None else data_dir()
     img_name, lab_name = _FILES[split]
     (n, rows, cols), pixels = _read(base / img_name, _IMAGE_MAGIC, 16)
     (n_labels,), labels = _read(base / lab_name, _LABEL_MAGIC, 8)
