@@ -54,6 +54,8 @@ SERVERS = (0, 1, 2)
 
 
 def user_digest(topology: Topology) -> bytes:
+    """Which deployment a user link is for: a hash of the CA certificate and the servers'
+    topology entries (a user with another deployment's topology is refused, saying so)."""
     h = hashlib.sha256(b"secinfer-user-links-v1")
     h.update(Path(topology.ca_cert).read_bytes())
     for i in SERVERS:
@@ -63,6 +65,8 @@ def user_digest(topology: Topology) -> bytes:
 
 
 def user_session_id(token: bytes) -> bytes:
+    """The frame session id of a user session: a hash of its random token (fresh per session,
+    so frames of one session are refused in another)."""
     return hashlib.sha256(b"secinfer-user-session-v1" + token).digest()[:16]
 
 
@@ -117,6 +121,7 @@ class UserLinks(TlsTransport):
 
 def server_side(topology: Topology, party_id: int, arrival: UserArrival,
                 max_payload: int | None = None) -> UserLinks:
+    """A server's end of an arrived user session (its two links), as a transport."""
     assert arrival.up is not None and arrival.down is not None
     return UserLinks(topology, party_id, {USER_PEER: (arrival.down, arrival.up)},
                      {USER_PEER: f"user {arrival.identity}"}, arrival.token, max_payload)
