@@ -86,6 +86,7 @@ def test_a_missing_party_is_named_and_served_with_once_it_comes(tmp_path):
                   "a server log names the missing helper")
         assert all(p.proc.poll() is None for p in procs)  # waiting for it, not exited
         procs.append(_spawn_server(cluster, 2, dirs))
+        _wait_for(lambda: ": ready" in procs[2].log.read_text(), 90, "the helper serves")
         _predict_right(cluster, model, x, admit_timeout=60)
         assert all(p.proc.poll() is None for p in procs)
 
@@ -149,12 +150,14 @@ def test_a_killed_server_restarted_is_served_with_again_without_restarting_the_o
     with local_cluster(roles=["server", "server", "helper", "user"], workdir=tmp_path,
                        timeout=8, connect_timeout=3) as cluster:
         procs = [_spawn_server(cluster, i, dirs) for i in range(3)]
+        _wait_for(lambda: all(": ready" in p.log.read_text() for p in procs), 90, "all serve")
         _predict_right(cluster, model, x, admit_timeout=60)
         procs[1].proc.kill()
         procs[1].proc.wait(timeout=10)
         with pytest.raises(SecinferNetError, match="party 1"):
             _predict_right(cluster, model, x, admit_timeout=20)
         procs[1] = _spawn_server(cluster, 1, dirs, tag="-restarted")
+        _wait_for(lambda: ": ready" in procs[1].log.read_text(), 90, "P1 serves again")
         _predict_right(cluster, model, x, admit_timeout=60)
         assert procs[0].proc.poll() is None and procs[2].proc.poll() is None
         for i in (0, 2):
@@ -170,6 +173,7 @@ def test_a_frozen_p0_is_named_to_the_user_within_the_session_timeout(tmp_path):
     with local_cluster(roles=["server", "server", "helper", "user"], workdir=tmp_path,
                        timeout=8, connect_timeout=3) as cluster:
         procs = [_spawn_server(cluster, i, dirs) for i in range(3)]
+        _wait_for(lambda: all(": ready" in p.log.read_text() for p in procs), 90, "all serve")
         with Client(cluster.topology, admit_timeout=60) as c:
             c.predict(x[:1])
             procs[0].proc.send_signal(signal.SIGSTOP)
