@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -265,9 +266,12 @@ class Listener:
         # user sessions' links by token, in order of arrival (see take_user / user_tokens)
         self._users: dict[bytes, UserArrival] = {}
         self._users_lock = threading.Condition()
+        # arrivals not yet admitted or turned away (each holds sockets): a bound against floods
+        self.max_pending_users = 4 * topology.max_users + 16
         # what a health probe is told (set by the serving loop; JSON-able values only)
         self.status: Callable[[], dict] = lambda: {"state": "starting"}
-        self.rejections: list[str] = []
+        # the latest only: a long-lived server must not grow with every rejected connection
+        self.rejections: deque[str] = deque(maxlen=16)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
                                         name=f"accept-{me.id}")
@@ -334,6 +338,10 @@ class Listener:
                 return
             got = self._users.get(token)
             if got is None:
+                if len(self._users) >= self.max_pending_users:
+                    tls.close()
+                    raise HandshakeError(f"{len(self._users)} user sessions are already "
+                                         f"waiting at this server; refused {identity}'s")
                 got = self._users[token] = UserArrival(token, identity, digest, time.monotonic())
             if got.identity != identity or (got.up if kind == USER_UP else got.down) is not None:
                 tls.close()  # another certificate, or a second link of one kind: not ours
@@ -388,7 +396,7 @@ class Listener:
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = [self.topology.party(p).name for p in peers if p not in got]
-                why = ("; " + "; ".join(self.rejections[-3:])) if self.rejections else ""
+                why = ("; " + "; ".join(list(self.rejections)[-3:])) if self.rejections else ""
                 raise PeerTimeout(", ".join(missing), self.topology.connect_timeout,
                                   "never connected" + why)
             try:

@@ -238,6 +238,9 @@ class StepLoop:
                         self.servers.send(p, step.encode())
                 for t in step.reject:
                     self._turn_away(t)
+                # a session whose second link never came would hold its socket for ever
+                for who in self.listener.expire_users(2 * self.topology.connect_timeout):
+                    log.warning("user %s: dropped a session whose links never all arrived", who)
             else:
                 with self.servers.op("step"):
                     step = Step.decode(self.servers.recv(0, timeout=self.topology.timeout))
