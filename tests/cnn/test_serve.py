@@ -157,7 +157,10 @@ def test_a_killed_server_restarted_is_served_with_again_without_restarting_the_o
         with pytest.raises(SecinferNetError, match="party 1"):
             _predict_right(cluster, model, x, admit_timeout=20)
         procs[1] = _spawn_server(cluster, 1, dirs, tag="-restarted")
+        t0 = time.monotonic()
         _wait_for(lambda: ": ready" in procs[1].log.read_text(), 90, "P1 serves again")
+        print(f"restarted P1 serving with the same P0 and helper after "
+              f"{time.monotonic() - t0:.1f} s")
         _predict_right(cluster, model, x, admit_timeout=60)
         assert procs[0].proc.poll() is None and procs[2].proc.poll() is None
         for i in (0, 2):
@@ -181,6 +184,7 @@ def test_a_frozen_p0_is_named_to_the_user_within_the_session_timeout(tmp_path):
             with pytest.raises(SecinferNetError, match="party 0") as info:
                 c.predict(x)
             waited = time.monotonic() - t0
+        print(f"frozen P0 named to the user after {waited:.1f} s: {info.value}")
         assert waited < 8 + 10, (waited, info.value)  # the session timeout, and slack
         procs[0].proc.send_signal(signal.SIGCONT)
         _predict_right(cluster, model, x, admit_timeout=60)  # all three serve again
