@@ -75,11 +75,16 @@ def test_classify_a_png_agrees_with_plaintext_and_costs_per_layer(api, tmp_path)
     assert sum(lay["bytes"] for lay in cost["layers"]) == cost["total"]["bytes"]
     assert cost["layers"][-1]["name"] == "scheduling" and "output" in layers
     assert cost["user"]["bytes_sent"] == 2 * 8 * 28 * 28 + 3 * 8 * 4  # two shares, 3 headers
-    # bytes and rounds are a function of the public plan and batch: the same next time
+    # a layer's bytes and rounds are a function of the public plan and batch: the same next
+    # time (the scheduling entry is not: it counts the steps and heartbeats in the interval)
     with png.open("rb") as f:
         again = api.post("/v1/classify", files={"file": ("img0.png", f, "image/png")}).json()
-    assert [(lay["name"], lay["bytes"], lay["rounds"]) for lay in again["cost"]["layers"]] == [
-        (lay["name"], lay["bytes"], lay["rounds"]) for lay in cost["layers"]]
+
+    def model_layers(c):
+        return [(lay["name"], lay["bytes"], lay["rounds"]) for lay in c["layers"]
+                if lay["name"] != "scheduling"]
+
+    assert model_layers(again["cost"]) == model_layers(cost) and len(model_layers(cost)) >= 10
 
 
 def test_classify_a_json_tensor_batch(api):
@@ -112,9 +117,9 @@ def test_bad_requests_are_json_errors_and_the_servers_go_on(api, tmp_path):
                                                                     "text/plain"}), 415)
     big = torch.zeros((300, 1, 28, 28)).tolist()  # over max_batch 256: the servers refuse it
     _assert_error(api.post("/v1/classify", json={"input": big}), 422, "max_batch")
-    for name in ("embed", "zero-shot", "generate"):
-        body = _assert_error(api.post(f"/v1/{name}", json={}), 501, "long-lived" if name !=
-                             "generate" else "STIP")
+    for name, why in (("embed", "without a STIP cloud"), ("generate", "without a STIP cloud"),
+                      ("zero-shot", "no long-lived CLIP server")):
+        body = _assert_error(api.post(f"/v1/{name}", json={}), 501, why)
         assert body["error"] == "not served by this gateway"
     _assert_error(api.get("/nope"), 404)
     # after all that, the servers still answer an honest request correctly

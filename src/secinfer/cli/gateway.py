@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(a real user does not hold the model)")
     p.add_argument("--class-names", default=None,
                    help="'fashion-mnist' or comma-separated names of the outputs")
+    p.add_argument("--stip-topology", type=Path, default=None,
+                   help="a STIP topology (owner, cloud, user): /v1/generate and /v1/embed go "
+                        "to its long-lived `secinfer stip serve`")
+    p.add_argument("--stip-key", type=Path, default=None, help="the user's STIP key folder")
+    p.add_argument("--stip-tokenizer", type=Path, default=None,
+                   help="a local tokenizer folder, to accept text (else token ids)")
     p.set_defaults(handler=_gateway)
 
 
@@ -69,9 +75,17 @@ def _gateway(args: argparse.Namespace) -> int:
         names = list(FASHION_MNIST)
     elif args.class_names:
         names = [n.strip() for n in args.class_names.split(",")]
+    stip = None
+    if (args.stip_topology is None) != (args.stip_key is None):
+        raise ValueError("give both --stip-topology and --stip-key, or neither")
+    if args.stip_topology is not None:
+        from secinfer.gateway.stip import StipBackend, StipConfig
+
+        stip = StipBackend(StipConfig(Topology.load(args.stip_topology), args.stip_key,
+                                      args.stip_tokenizer))
     cfg = GatewayConfig(topo, Path(cert), Path(key), max_sessions=args.max_sessions,
                         compute_timeout=args.compute_timeout, plaintext=plaintext,
-                        plaintext_name=args.plaintext_model or "", class_names=names)
+                        plaintext_name=args.plaintext_model or "", class_names=names, stip=stip)
     app = create_app(cfg)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"WARNING: the gateway binds {args.host}, not loopback: anyone reaching it "

@@ -41,21 +41,19 @@ from ..serve.client import Client
 from .costs import SERVERS, layer_costs, snapshot
 from .errors import GatewayError, classify_error
 from .inputs import MAX_UPLOAD_BYTES, ModelInfo, image_to_input, json_to_input
+from .stip import StipBackend
 
 __all__ = ["GatewayConfig", "create_app", "NOT_SERVED"]
 
 # protocols the issue asks for whose secure versions have no long-lived server to reach
 NOT_SERVED = {
-    "embed": "secure text embedding (the 3-party transformer of secinfer.transformer) runs only "
-             "as a one-shot local experiment (`secinfer experiments ...`): there is no "
-             "long-lived embedding server for a gateway to reach",
     "zero-shot": "secure CLIP zero-shot (secinfer.clip) runs only as a one-shot local "
                  "experiment (`secinfer experiments clip zeroshot`): there is no long-lived "
                  "CLIP server for a gateway to reach",
-    "generate": "STIP generation (`secinfer stip query --generate`) needs the user to be a "
-                "party of a STIP topology with its own listening port and the user's "
-                "permutation key; this gateway speaks the dial-out CNN service only",
 }
+NO_STIP = ("this gateway was started without a STIP cloud (--stip-topology and --stip-key): "
+           "STIP text endpoints (generate: causal LM key; embed: encoder key) go to a "
+           "long-lived `secinfer stip serve`")
 
 
 @dataclass
@@ -72,6 +70,7 @@ class GatewayConfig:
     plaintext: torch.nn.Module | None = None
     plaintext_name: str = ""
     class_names: list[str] = field(default_factory=list)
+    stip: StipBackend | None = None  # text endpoints through a STIP cloud (:mod:`.stip`)
 
 
 class Gateway:
@@ -193,7 +192,8 @@ def _announced(c: Client) -> ModelInfo:
 def create_app(cfg: GatewayConfig) -> FastAPI:
     """The ASGI app (FastAPI): the endpoints of ``docs/gateway.md`` and the page at ``/``."""
     gw = Gateway(cfg)
-    app = FastAPI(title="secinfer gateway", version=__version__,
+    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema stays
+    app = FastAPI(title="secinfer gateway", version=__version__, docs_url=None, redoc_url=None,
                   description="The user's gateway to three secinfer servers: inputs are "
                               "secret-shared here, on the user's machine.")
     app.state.gateway = gw
@@ -273,6 +273,41 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             raise GatewayError(415, "unsupported media type", f"content-type {ctype!r}: send "
                                "multipart/form-data (field 'file') or application/json")
         return await run_in_threadpool(gw.classify, x)
+
+    async def stip_call(request: Request, what: str) -> dict[str, Any]:
+        if cfg.stip is None:
+            raise GatewayError(501, "not served by this gateway", NO_STIP)
+        try:
+            body = await request.json()
+        except ValueError as e:
+            raise GatewayError(422, "invalid request", f"the body is not JSON: {e}") from None
+        fn = cfg.stip.generate if what == "generate" else cfg.stip.embed
+        try:
+            return await run_in_threadpool(fn, body)
+        except GatewayError:
+            raise
+        except Exception as e:  # noqa: BLE001 - mapped with its message
+            from ..stip.protocol import StipError
+
+            if isinstance(e, StipError):
+                raise GatewayError(422, "refused by the STIP cloud", str(e)) from e
+            raise classify_error(e) from e
+
+    @app.post("/v1/generate", summary="greedy generation through a STIP cloud (causal LM key)",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"type": "object", "properties": {
+                      "text": {"type": "string"}, "input_ids": {"type": "array", "items": {}},
+                      "max_new_tokens": {"type": "integer"}}}}}}})
+    async def generate(request: Request) -> dict[str, Any]:
+        return await stip_call(request, "generate")
+
+    @app.post("/v1/embed", summary="text embeddings through a STIP cloud (encoder key)",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"type": "object", "properties": {
+                      "texts": {"type": "array", "items": {"type": "string"}},
+                      "input_ids": {"type": "array", "items": {}}}}}}}})
+    async def embed(request: Request) -> dict[str, Any]:
+        return await stip_call(request, "embed")
 
     for name, why in NOT_SERVED.items():
         def not_served(why: str = why) -> JSONResponse:
