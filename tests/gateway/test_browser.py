@@ -100,3 +100,11 @@ def test_page_classifies_an_upload_and_draws_the_cost_per_layer(gateway, browser
     assert err.is_displayed() and err.get_attribute("data-status") == "422", err.text
     assert "not an image Pillow can read" in err.text
     assert browser.find_element(By.ID, "prediction").text == ""
+    # a typed text: this gateway has no STIP cloud, and the page says so (the API's 501)
+    before = browser.find_element(By.TAG_NAME, "body").get_attribute("data-done")
+    browser.find_element(By.ID, "text").send_keys("a red dress")
+    browser.find_element(By.ID, "embed").click()
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-done") != before)
+    err = browser.find_element(By.ID, "error")
+    assert err.get_attribute("data-status") == "501" and "without a STIP cloud" in err.text

@@ -79,13 +79,31 @@ function drawTable(cost) {
   }
 }
 
+function showText(res) {
+  let text;
+  if (res.tokens) {
+    text = `tokens: ${res.tokens.map((t) => t.join(" ")).join(" | ")}`;
+    if (res.text) text += `; text: ${res.text.join(" | ")}`;
+  } else {
+    const e = res.embeddings;
+    text = `${e.length} embedding(s) of ${e[0].length} values (${res.pooling}); first: ` +
+      e[0].slice(0, 4).map((v) => v.toFixed(4)).join(", ") + ", ...";
+  }
+  $("prediction").textContent = text;
+}
+
 function showResult(res) {
+  if (!res.predictions) { showText(res); showChecks(res); return; }
   const p = res.predictions[0];
   const name = p.name ? ` (${p.name})` : "";
   let text = `label ${p.label}${name}`;
   if (p.top_k) text += `; top ${p.top_k.length}: ${p.top_k.join(", ")}`;
   $("prediction").textContent = text;
   $("prediction").dataset.label = String(p.label);
+  showChecks(res);
+}
+
+function showChecks(res) {
   const pc = res.plaintext_check;
   if (pc.available) {
     const err = pc.max_abs_logit_error !== undefined
@@ -100,7 +118,7 @@ function showResult(res) {
   const c = res.cost;
   if (c.available) {
     $("cost-scope").textContent = `${c.scope}. ${c.definition}. Total: ${fmtBytes(c.total.bytes)}, ` +
-      `${c.total.rounds} rounds, ${c.total.seconds.toFixed(3)} s at P0; ` +
+      `${c.total.rounds} rounds, ${c.total.seconds.toFixed(3)} s; ` +
       `${c.wall_seconds.toFixed(3)} s at the gateway.`;
     drawChart(c.layers);
     drawTable(c);
@@ -132,11 +150,23 @@ $("classify-form").addEventListener("submit", (ev) => {
   submit("/v1/classify", { method: "POST", body: form });
 });
 
+// "5,17,42" is sent as token ids, anything else as text (the gateway's tokenizer, if any)
+function textBody(extra) {
+  const v = $("text").value.trim();
+  const ids = /^\d+(\s*,\s*\d+)*$/.test(v) ? v.split(",").map((t) => parseInt(t, 10)) : null;
+  return JSON.stringify({ ...(ids ? { input_ids: ids } : { text: v }), ...extra });
+}
+
+function postText(path, extra) {
+  submit(path, { method: "POST", headers: { "content-type": "application/json" },
+                 body: textBody(extra) });
+}
+
 $("text-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  submit("/v1/embed", { method: "POST", headers: { "content-type": "application/json" },
-                        body: JSON.stringify({ texts: [$("text").value] }) });
+  postText("/v1/embed", {});
 });
+$("generate").addEventListener("click", () => postText("/v1/generate", { max_new_tokens: 16 }));
 
 (async () => {
   const h = await api("/v1/health").catch((e) => ({ ok: false, body: { cause: String(e) } }));
