@@ -150,6 +150,8 @@ def test_unreachable_servers_are_503(tmp_path):
     user = topo.party(3)
     with TestClient(create_app(GatewayConfig(topo, user.cert, user.key, probe_timeout=1)),
                     raise_server_exceptions=False) as c:
+        _assert_error(c.post("/v1/classify", files={"file": ("x.png", b"junk", "image/png")}),
+                      422, "not an image")  # refused before any server is contacted
         body = _assert_error(c.post("/v1/classify", json={"input": [0.0]}), 503, "unreachable")
         assert body["error"] == "servers unreachable"
         h = c.get("/v1/health")
@@ -163,3 +165,16 @@ def test_error_statuses():
     assert classify_error(RequestRefused("refused: query quota exceeded: ...")).status == 429
     assert classify_error(ValueError("bad")).status == 422
     assert json.dumps(classify_error(RuntimeError("x")).body())
+
+
+def test_cli_refuses_half_a_certificate_and_missing_files(tmp_path, capsys):
+    from secinfer.cli import main
+
+    path = write_local_topology(tmp_path, ["server", "server", "helper"])
+    base = ["gateway", "--topology", str(path), "--port", "1"]
+    assert main([*base, "--cert", str(tmp_path / "a.pem")]) == 1
+    assert "give both --cert and --key" in capsys.readouterr().err
+    assert main([*base, "--cert", str(tmp_path / "a.pem"), "--key", str(tmp_path / "a.key")]) == 1
+    assert "a.pem does not exist" in capsys.readouterr().err
+    assert main(base) == 1
+    assert "has no user party" in capsys.readouterr().err

@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gateway", help="the user's HTTP gateway: REST API, OpenAPI schema and a "
                                        "web page in front of the three servers")
     p.add_argument("--topology", required=True, type=Path)
-    p.add_argument("--port", required=True, type=int, help="HTTP port (0: any free port)")
+    p.add_argument("--port", required=True, type=int, help="HTTP port")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default loopback: whoever reaches the gateway "
                         "queries as this user)")
@@ -90,6 +90,10 @@ def _gateway(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"WARNING: the gateway binds {args.host}, not loopback: anyone reaching it "
               "queries the servers as this user", file=sys.stderr)
+    servers = ", ".join(f"{topo.party(i).host}:{topo.party(i).port}" for i in (0, 1, 2))
+    print(f"secinfer gateway: http://{args.host}:{args.port}/ (API schema /openapi.json) as "
+          f"{cert}, servers {servers}" + (f"; STIP {stip.task} key {args.stip_key}"
+                                          if stip is not None else ""), flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
                             access_log=True)
     server = uvicorn.Server(config)

@@ -3,8 +3,8 @@
 Per request (``POST /v1/classify``):
 
 1. Read the upload: an image file (multipart field ``file``) or a JSON tensor ``{"input":}``;
-   convert it to the announced input shape and range (:mod:`.inputs`). A bad upload is a 422
-   before any server is contacted.
+   convert it to the announced input shape and range (:mod:`.inputs`). An empty or
+   undecodable upload is a 422 before any server is contacted.
 2. Probe the three servers' layer counters (:mod:`.costs`).
 3. Open one :class:`~secinfer.serve.Client` session (its own TLS links and PRG: requests on
    different threads share nothing), secret-share the input, reconstruct the output the owner's
@@ -40,7 +40,7 @@ from ..net.userlink import probe_health
 from ..serve.client import Client
 from .costs import SERVERS, layer_costs, snapshot
 from .errors import GatewayError, classify_error
-from .inputs import MAX_UPLOAD_BYTES, ModelInfo, image_to_input, json_to_input
+from .inputs import MAX_UPLOAD_BYTES, ModelInfo, decode_image, image_to_input, json_to_input
 from .stip import StipBackend
 
 __all__ = ["GatewayConfig", "create_app", "NOT_SERVED"]
@@ -255,19 +255,22 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         if size > MAX_UPLOAD_BYTES:
             raise GatewayError(413, "upload too large",
                                f"{size} bytes; the gateway takes at most {MAX_UPLOAD_BYTES}")
-        info = await run_in_threadpool(gw.info)
+        # the upload is read and decoded before any server is contacted
         if ctype.startswith("multipart/form-data"):
             form = await request.form()
             up = form.get("file")
             if up is None or isinstance(up, str):
                 raise GatewayError(422, "invalid upload", "multipart field 'file' (an image "
                                    "file) is missing")
-            x = image_to_input(await up.read(), info)
+            img = decode_image(await up.read())
+            info = await run_in_threadpool(gw.info)
+            x = image_to_input(img, info)
         elif ctype.startswith("application/json"):
             try:
                 body = await request.json()
             except ValueError as e:
                 raise GatewayError(422, "invalid tensor", f"the body is not JSON: {e}") from None
+            info = await run_in_threadpool(gw.info)
             x = json_to_input(body, info)
         else:
             raise GatewayError(415, "unsupported media type", f"content-type {ctype!r}: send "

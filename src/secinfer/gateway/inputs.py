@@ -24,7 +24,7 @@ import torch
 
 from .errors import GatewayError
 
-__all__ = ["ModelInfo", "image_to_input", "json_to_input", "MAX_UPLOAD_BYTES"]
+__all__ = ["ModelInfo", "decode_image", "image_to_input", "json_to_input", "MAX_UPLOAD_BYTES"]
 
 MAX_UPLOAD_BYTES = 16 << 20
 
@@ -62,25 +62,35 @@ def _image_note(info: ModelInfo) -> str:
     return f"converted to {mode} {h}x{w}, pixels 0..255 mapped linearly onto {target}"
 
 
-def image_to_input(data: bytes, info: ModelInfo) -> torch.Tensor:
-    """Steps 1-3 above: one image file -> a batch of one ``[1, *input_shape]``."""
+def decode_image(data: bytes) -> Any:
+    """Step 1 above: the decoded Pillow image (a 422 naming Pillow's reason otherwise).
+
+    Needs nothing from the servers, so a bad upload is refused before any is contacted.
+    """
     if not data:
         raise GatewayError(422, "invalid upload", "the uploaded file is empty")
-    if len(info.input_shape) != 3 or info.input_shape[0] not in (1, 3):
-        raise GatewayError(422, "invalid upload", f"image upload {_image_note(info)}")
     from PIL import Image, UnidentifiedImageError
 
-    c, h, w = info.input_shape
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
-            img = opened.convert("L" if c == 1 else "RGB")
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            raw = bytes(img.tobytes())
+            return opened.copy()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise GatewayError(422, "invalid upload",
                            f"not an image Pillow can read (PNG, JPEG, ...): {e}") from None
+
+
+def image_to_input(img: Any, info: ModelInfo) -> torch.Tensor:
+    """Steps 2-3 above: a decoded image -> a batch of one ``[1, *input_shape]``."""
+    if len(info.input_shape) != 3 or info.input_shape[0] not in (1, 3):
+        raise GatewayError(422, "invalid upload", f"image upload {_image_note(info)}")
+    from PIL import Image
+
+    c, h, w = info.input_shape
+    img = img.convert("L" if c == 1 else "RGB")
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    raw = bytes(img.tobytes())
     pix = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.float64) / 255.0
     x = pix.reshape(h, w, c).permute(2, 0, 1) if c == 3 else pix.reshape(1, h, w)
     if info.input_range is not None:
