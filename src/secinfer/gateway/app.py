@@ -103,7 +103,7 @@ class Gateway:
 
     def info(self) -> ModelInfo:
         """What P0 announces on admission (one short session, cached: it is the owner's
-        fixed configuration; ``queries_left`` is refreshed by every classify)."""
+        fixed configuration; each classify answer carries the current ``queries_left``)."""
         with self._info_lock:
             if self._info is None:
                 self._info = self.session(_announced)
