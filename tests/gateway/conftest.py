@@ -15,6 +15,8 @@ from secinfer.net import Topology, local_cluster
 from secinfer.net.tls import issue_user_cert
 from secinfer.net.userlink import probe_health
 
+MAX_USERS = 3  # the servers' [service] max_users: one more session is told "busy"
+
 
 @dataclass
 class Served:
@@ -61,7 +63,7 @@ def served(tmp_path_factory):
     dirs = compile_model(model, (1, 28, 28), wd / "bundles",
                          input_range=fashion_mnist.INPUT_RANGE)
     with local_cluster(roles=["server", "server", "helper", "user"], workdir=wd,
-                       timeout=20, connect_timeout=5) as cluster:
+                       timeout=20, connect_timeout=5, service={"max_users": MAX_USERS}) as cluster:
         for i in range(3):
             cluster.spawn(i, ["serve", "--topology", str(cluster.topology_path), "--id", str(i),
                               "--bundle", str(dirs[i])])

@@ -1,6 +1,7 @@
 """The gateway's REST API (FastAPI TestClient) in front of three real server processes."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,15 +15,19 @@ from secinfer.gateway.errors import classify_error
 from secinfer.net import PeerDisconnected, RequestRefused, write_local_topology
 from secinfer.net.tls import make_certs
 from secinfer.net.topology import Topology
+from secinfer.serve.client import Client
 
-from .conftest import fmnist_png
+from .conftest import MAX_USERS, fmnist_png
 
 pytestmark = pytest.mark.network
 
 
 @pytest.fixture(scope="module")
 def api(served):
-    cfg = GatewayConfig(served.topology, served.cert, served.key, plaintext=served.model,
+    # at most MAX_USERS sessions from the gateway: more requests queue here, not at the servers
+    cfg = GatewayConfig(served.topology, served.cert, served.key, max_sessions=MAX_USERS,
+                        busy_wait=2.0,
+                        plaintext=served.model,
                         plaintext_name="zoo:fmnist_cnn", class_names=list(FASHION_MNIST))
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         yield c
@@ -140,6 +145,23 @@ def test_concurrent_requests_each_get_their_own_session(api):
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(one, range(4))) == want
+
+
+def test_busy_servers_are_503_and_serve_again_once_a_slot_frees(api, served):
+    x, _ = fashion_mnist.load("test", limit=1)
+    others = [Client(served.topology, cert=served.cert, key=served.key)
+              for _ in range(MAX_USERS)]
+    try:
+        for c in others:  # other sessions hold every slot
+            c.connect()
+        t0 = time.monotonic()
+        body = _assert_error(api.post("/v1/classify", json={"input": x.tolist()}), 503, "busy")
+        assert body["error"] == "servers busy" and time.monotonic() - t0 >= 1.5  # retried
+    finally:
+        for c in others:
+            c.close()
+    r = api.post("/v1/classify", json={"input": x.tolist()})
+    assert r.status_code == 200, r.text
 
 
 def test_unreachable_servers_are_503(tmp_path):

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="client sessions open at once (default 4)")
     p.add_argument("--compute-timeout", type=float, default=120.0,
                    help="seconds one secure inference may take")
+    p.add_argument("--busy-wait", type=float, default=5.0,
+                   help="seconds to retry when the servers answer 'busy' at admission, before "
+                        "answering 503 (default 5)")
     p.add_argument("--plaintext-model", default=None, metavar="zoo:NAME",
                    help="LOCAL DEMO ONLY: a plaintext copy of the model for the page's check "
                         "(a real user does not hold the model)")
@@ -84,7 +87,8 @@ def _gateway(args: argparse.Namespace) -> int:
         stip = StipBackend(StipConfig(Topology.load(args.stip_topology), args.stip_key,
                                       args.stip_tokenizer))
     cfg = GatewayConfig(topo, Path(cert), Path(key), max_sessions=args.max_sessions,
-                        compute_timeout=args.compute_timeout, plaintext=plaintext,
+                        compute_timeout=args.compute_timeout, busy_wait=args.busy_wait,
+                        plaintext=plaintext,
                         plaintext_name=args.plaintext_model or "", class_names=names, stip=stip)
     app = create_app(cfg)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

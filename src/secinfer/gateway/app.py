@@ -8,7 +8,8 @@ Per request (``POST /v1/classify``):
 2. Probe the three servers' layer counters (:mod:`.costs`).
 3. Open one :class:`~secinfer.serve.Client` session (its own TLS links and PRG: requests on
    different threads share nothing), secret-share the input, reconstruct the output the owner's
-   policy allows, close the session. At most ``max_sessions`` sessions at once (a semaphore).
+   policy allows, close the session. At most ``max_sessions`` sessions at once (a semaphore);
+   a "busy" admission is retried for ``busy_wait`` seconds, then answered 503.
 4. Probe the counters again; the difference is this request's cost per layer.
 5. If the gateway was given the plaintext model (a local demo only: a real user does not hold
    the model), run it on the same input and compare.
@@ -35,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..net import Topology
+from ..net import RequestRefused, Topology
 from ..net.userlink import probe_health
 from ..serve.client import Client
 from .costs import SERVERS, layer_costs, snapshot
@@ -67,6 +68,7 @@ class GatewayConfig:
     max_sessions: int = 4
     compute_timeout: float = 120.0
     probe_timeout: float = 5.0
+    busy_wait: float = 5.0  # seconds to retry a "busy" admission before answering 503
     plaintext: torch.nn.Module | None = None
     plaintext_name: str = ""
     class_names: list[str] = field(default_factory=list)
@@ -87,19 +89,36 @@ class Gateway:
                       compute_timeout=self.cfg.compute_timeout)
 
     def session(self, fn: Callable[[Client], Any]) -> Any:
-        """Run ``fn`` inside one fresh client session; every exception becomes a GatewayError."""
+        """Run ``fn`` inside one fresh client session; every exception becomes a GatewayError.
+
+        A "busy" refusal at admission (nothing was sent yet) is retried for up to
+        ``busy_wait`` seconds: the servers free a slot when they next see a goodbye, so a
+        session opened just after another closed can be refused though a slot is about free.
+        """
         with self._slots:
-            c = self.client()
-            try:
-                c.connect()
+            deadline = time.monotonic() + self.cfg.busy_wait
+            pause = 0.05
+            while True:
+                c = self.client()
                 try:
-                    return fn(c)
-                finally:
-                    c.close()
+                    c.connect()
+                except RequestRefused as e:
+                    if "busy" not in str(e) or time.monotonic() + pause > deadline:
+                        raise classify_error(e) from e
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.5)
+                    continue
+                except Exception as e:  # noqa: BLE001 - mapped to a status with its message
+                    raise classify_error(e) from e
+                break
+            try:
+                return fn(c)
             except GatewayError:
                 raise
             except Exception as e:  # noqa: BLE001 - mapped to a status with its message
                 raise classify_error(e) from e
+            finally:
+                c.close()
 
     def info(self) -> ModelInfo:
         """What P0 announces on admission (one short session, cached: it is the owner's
