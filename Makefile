@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint typecheck unit data bench clean
+.PHONY: demo test lint typecheck unit data browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ data:
 	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null || \
 	  { echo "could not install dataset-fashion-mnist: run as root, or set SECINFER_FASHION_MNIST to a folder with its files (see README)"; exit 1; }; }
 
+# the gateway's web-page test drives Debian's chromium headless through its chromedriver
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { echo "installing chromium and chromium-driver (Debian)"; \
+	  (apt-get update -q && apt-get install -y -q chromium chromium-driver) >/dev/null || \
+	  { echo "could not install chromium chromium-driver; run as root or install them yourself"; exit 1; }; }
+
 demo: $(STAMP) data
 	$(PY) -m secinfer demo
 
@@ -29,7 +35,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy src/secinfer experiments
 
-unit: $(STAMP) data
+unit: $(STAMP) data browser
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit

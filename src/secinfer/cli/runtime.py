@@ -201,7 +201,7 @@ def _health(args: argparse.Namespace) -> int:
     else:
         for pid, st in statuses.items():
             detail = st.get("error") or ", ".join(f"{k} {v}" for k, v in sorted(st.items())
-                                                 if k != "state")
+                                                 if k not in ("state", "costs"))
             print(f"party {pid} ({topo.party(pid).role}, {topo.party(pid).host}:"
                   f"{topo.party(pid).port}): {st.get('state')}; {detail}")
     return 1 if failed else 0

@@ -179,7 +179,7 @@ def dial_user(topology: Topology, cert: str | Path, key: str | Path, token: byte
     return UserLinks(topology, -1, links, names, token, max_payload)
 
 
-_HEALTH_MAX = 1 << 16
+_HEALTH_MAX = 1 << 20
 
 
 def probe_health(topology: Topology, cert: str | Path, key: str | Path, server: int,

@@ -58,7 +58,7 @@ from .metrics import ServiceMetrics
 from .output import policy_output
 from .scheduler import StepLoop, UserConn, Welcome, nan_range
 
-__all__ = ["serve", "SERVER_IDS", "QuotaBook"]
+__all__ = ["serve", "SERVER_IDS", "QuotaBook", "layer_counters"]
 
 log = logging.getLogger(__name__)
 SERVER_IDS = (0, 1, 2)
@@ -132,9 +132,13 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
              "plan": manifest["files"]["plan.json"][:12], "sessions": 0,
              "version": __version__}
     live: list[StepLoop] = []  # the loop now serving, for the health answer
+    linked: list[Session] = []  # its server session, for the cost counters in the answer
 
     def status() -> dict[str, Any]:
-        return dict(state, active_users=len(live[0].active) if live else 0)
+        out = dict(state, active_users=len(live[0].active) if live else 0)
+        if linked:
+            out["costs"] = layer_counters(linked[0])
+        return out
 
     listener.status = status
     served = 0
@@ -190,6 +194,7 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                       "servers)", flush=True)
                 state["state"] = "serving"
                 live[:] = [loop]
+                linked[:] = [servers]
                 try:
                     loop.run()
                 except (SecinferNetError, OSError) as e:
@@ -203,6 +208,7 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                 finally:
                     served += loop.ended
                     live.clear()
+                    linked.clear()
     finally:
         listener.close()
     if _stopping(stop):
@@ -211,6 +217,26 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
 
 
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 5.0
+
+
+def layer_counters(servers: Session) -> dict[str, list[float]]:
+    """Cumulative ``[bytes_sent, rounds, seconds, calls]`` per top-level op (layer) of this
+    server's session with the other servers, since it (re)connected; for the health answer.
+
+    Every figure is a function of the public plan and batch sizes, plus wall time; a user
+    (the gateway) diffs two answers to get one request's cost per layer.
+    """
+    for _ in range(5):  # the protocol thread may add an op while we copy: copy again
+        try:
+            ops = servers.report()
+            break
+        except RuntimeError:
+            continue
+    else:
+        return {}
+    fields = ("bytes_sent", "rounds", "seconds", "calls")
+    return {name: [float(c[f]) for f in fields]  # type: ignore[arg-type]
+            for name, c in ops.items() if "/" not in name}
 
 
 def _traffic(servers: Session) -> tuple[int, int]:
