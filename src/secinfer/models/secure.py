@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..mpc import MPCEngine, PreparedWeight, Share, cat, maxpool2d, relu, relu6
 from ..mpc.block_relu import block_relu, block_relu_plain
 from ..mpc.engine import encode
+from . import extra_ops
 from .plan import Plan, PlanOp
 
 __all__ = ["SecureModel", "run_plain"]
@@ -42,7 +43,7 @@ class SecureModel:
         f = plan.frac_bits
         with engine.session.op("prepare_weights"):
             for op in plan.ops:
-                if op.kind not in ("conv2d", "linear"):
+                if op.kind not in ("conv2d", "linear", "layer_norm"):
                     continue
                 wshape, bshape = tuple(op.weights["w"]), tuple(op.weights["b"])
                 if engine.is_helper:
@@ -135,7 +136,7 @@ class SecureModel:
             return cat(xs, p["dim"])
         if op.kind == "identity":
             return x
-        raise NotImplementedError(f"plan op {op.kind} at {op.name} has no secure executor")
+        return extra_ops.secure(e, op, xs, self.weights.get(op.name), self.biases.get(op.name))
 
 
 def _get(shares: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -186,6 +187,8 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
             y = xs[0] + xs[1]
         elif op.kind == "cat":
             y = torch.cat(xs, p["dim"])
+        elif op.kind in extra_ops.EXTRA_KINDS:
+            y = extra_ops.plain(op, xs, wt)
         else:
             y = a
         env[op.name] = y
