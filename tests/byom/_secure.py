@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from secinfer.models.capture import capture
 from secinfer.models.secure import SecureModel, run_plain
 from secinfer.mpc import PRG, MPCConfig, MPCEngine, new_seed

@@ -137,25 +137,25 @@ def interval(op: PlanOp, ins: list[tuple[torch.Tensor, torch.Tensor]],
     if k in ("pad", "upsample", "permute", "mean"):
         return plain(op, [lo], None), plain(op, [hi], None)
     if k == "affine":
-        s, c = float(p["scale"]), float(p["shift"])
-        a, b = lo * s + c, hi * s + c
+        s, sh = float(p["scale"]), float(p["shift"])
+        a, b = lo * s + sh, hi * s + sh
         return torch.minimum(a, b), torch.maximum(a, b)
     if k == "sub":
         return ins[0][0] - ins[1][1], ins[0][1] - ins[1][0]
     if k == "mul":
         (a0, a1), (b0, b1) = ins
-        c = [a0 * b0, a0 * b1, a1 * b0, a1 * b1]
-        return (torch.minimum(torch.minimum(c[0], c[1]), torch.minimum(c[2], c[3])),
-                torch.maximum(torch.maximum(c[0], c[1]), torch.maximum(c[2], c[3])))
+        q = [a0 * b0, a0 * b1, a1 * b0, a1 * b1]
+        return (torch.minimum(torch.minimum(q[0], q[1]), torch.minimum(q[2], q[3])),
+                torch.maximum(torch.maximum(q[0], q[1]), torch.maximum(q[2], q[3])))
     if k in ("sigmoid", "tanh", "hardsigmoid"):
         return plain(op, [lo], None), plain(op, [hi], None)
     if k in _MIN:
-        f = {"silu": F.silu, "gelu": F.gelu, "hardswish": F.hardswish}[k]
-        return (torch.full_like(lo, _MIN[k]), torch.maximum(f(lo), f(hi)).clamp(min=0))
+        top = torch.maximum(plain(op, [lo], None), plain(op, [hi], None))
+        return torch.full_like(lo, _MIN[k]), top.clamp(min=0)
     if k == "softmax":
         return torch.zeros_like(lo), torch.ones_like(hi)
     if k == "layer_norm":
-        c = lo.shape[-1]
+        c = int(lo.shape[-1])
         w, b = weights[f"{op.name}.w"].double(), weights[f"{op.name}.b"].double()
         r = math.sqrt(max(c - 1, 1)) * w.abs()
         return (b - r).expand_as(lo), (b + r).expand_as(hi)

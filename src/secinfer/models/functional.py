@@ -130,8 +130,9 @@ def conv(ctx: Ctx, node: torch.fx.Node, inp: Any, w: torch.Tensor, b: torch.Tens
 
 
 def _scalar_arith(ctx: Ctx, node: torch.fx.Node, op: str) -> None:
-    a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
-    alpha = node.kwargs.get("alpha", 1)
+    a: Any = node.args[0]
+    b: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    alpha = float(node.kwargs.get("alpha", 1))  # type: ignore[arg-type]
     name = node.name
     if isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node):
         if b.name in ctx.consts or a.name in ctx.consts:
@@ -155,7 +156,7 @@ def _scalar_arith(ctx: Ctx, node: torch.fx.Node, op: str) -> None:
     if op == "add":
         scale, shift = 1.0, c * alpha
     elif op == "sub":
-        scale, shift = (1.0, -c * alpha) if x is a else (-1.0, c)
+        scale, shift = (1.0, -c * alpha) if x is a else (-alpha, c)
     elif op == "mul":
         scale, shift = c, 0.0
     else:
@@ -287,7 +288,7 @@ def _softmax(ctx: Ctx, node: torch.fx.Node, inp: Any, dim: Any) -> None:
 def function_op(ctx: Ctx, node: torch.fx.Node) -> bool:
     """Capture one call_function / call_method node; False if its target is not handled here."""
     t, name = node.target, node.name
-    args = node.args
+    args: Any = node.args
     inp = args[0] if args else None
     if t in (getattr, "size", "dim") or (
             t in (operator.getitem, operator.floordiv, operator.mul, operator.add,
@@ -345,9 +346,9 @@ def function_op(ctx: Ctx, node: torch.fx.Node) -> bool:
         _upsample(ctx, node, inp, "nearest")
     elif t in ("permute", torch.permute):
         dims = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
-        _permute(ctx, node, inp, [int(d) for d in dims])  # type: ignore[union-attr]
+        _permute(ctx, node, inp, [int(d) for d in dims])
     elif t in ("transpose", torch.transpose):
-        _transpose(ctx, node, inp, int(args[1]), int(args[2]))  # type: ignore[arg-type]
+        _transpose(ctx, node, inp, int(args[1]), int(args[2]))
     elif t == "t":
         _transpose(ctx, node, inp, 0, 1)
     elif t is F.layer_norm:
@@ -374,8 +375,9 @@ def _batch_norm(ctx: Ctx, node: torch.fx.Node, t: Any) -> None:
                               "call model.eval() before compiling")
         eps = float(_arg(node, 7, "eps", 1e-5))
     elif "_native_batch_norm_legit_no_training" in str(t):
-        w, b, rm, rv = node.args[1:5]
-        eps = float(node.args[6])  # type: ignore[arg-type]
+        nargs: Any = node.args
+        w, b, rm, rv = nargs[1:5]
+        eps = float(nargs[6])
     else:
         raise unsupported(f"function {t}", node.name)
     mean, var = _const(ctx, rm, node, "running_mean"), _const(ctx, rv, node, "running_var")
