@@ -151,8 +151,16 @@ def _get(shares: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> t
 
 def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
               fixed_point: bool = False,
-              extra_inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Evaluate a plan in float64 (optionally rounding weights to the plan's fixed point)."""
+              extra_inputs: dict[str, torch.Tensor] | None = None,
+              record: dict[str, float] | None = None,
+              counts: dict[str, int] | None = None,
+              round_ops: frozenset[str] | None = None) -> torch.Tensor:
+    """Evaluate a plan in float64 (optionally rounding weights to the plan's fixed point).
+
+    ``record`` / ``counts``, when given, receive each op's max |value| over the batch and its
+    number of output elements per input (for :mod:`.calibrate`); ops whose kind is in
+    ``round_ops`` have their output floored to the plan's fixed point, as a truncation does.
+    """
     def wt(key: str) -> torch.Tensor:
         t = weights[key].double()
         return encode(t, plan.frac_bits).double() / 2**plan.frac_bits if fixed_point else t
@@ -191,5 +199,11 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
             y = extra_ops.plain(op, xs, wt)
         else:
             y = a
+        if round_ops is not None and op.kind in round_ops:
+            y = torch.floor(y * 2**plan.frac_bits) / 2**plan.frac_bits
         env[op.name] = y
+        if record is not None:
+            record[op.name] = float(y.abs().max()) if y.numel() else 0.0
+        if counts is not None:
+            counts[op.name] = int(y[0].numel()) if y.dim() else 1
     return env[plan.output]
