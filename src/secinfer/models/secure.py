@@ -154,11 +154,13 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
               extra_inputs: dict[str, torch.Tensor] | None = None,
               record: dict[str, float] | None = None,
               counts: dict[str, int] | None = None,
-              round_ops: frozenset[str] | None = None) -> torch.Tensor:
+              round_ops: frozenset[str] | None = None,
+              shapes: dict[str, list[int]] | None = None) -> torch.Tensor:
     """Evaluate a plan in float64 (optionally rounding weights to the plan's fixed point).
 
     ``record`` / ``counts``, when given, receive each op's max |value| over the batch and its
-    number of output elements per input (for :mod:`.calibrate`); ops whose kind is in
+    number of output elements per input (for :mod:`.calibrate`), ``shapes`` each op's output
+    shape; ops whose kind is in
     ``round_ops`` have their output floored to the plan's fixed point, as a truncation does.
     """
     def wt(key: str) -> torch.Tensor:
@@ -206,4 +208,6 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
             record[op.name] = float(y.abs().max()) if y.numel() else 0.0
         if counts is not None:
             counts[op.name] = int(y[0].numel()) if y.dim() else 1
+        if shapes is not None:
+            shapes[op.name] = list(y.shape)
     return env[plan.output]
