@@ -283,6 +283,29 @@ class ShuffleNetUnit(nn.Module):
         return torch.softmax(self.fc(x) * 0.5 - 1.0, dim=-1) * 10
 
 
+class DigitsNet(nn.Module):
+    """A user's MNIST-style CNN (for 8x8 digits), BatchNorm after ReLU, a shape check."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 2 * 2, 10)
+
+    def forward(self, x):
+        if x.shape[1:] != (1, 8, 8):
+            raise ValueError("DigitsNet takes N x 1 x 8 x 8")
+        x = F.max_pool2d(self.bn1(F.relu(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def digits_cnn() -> nn.Module:
+    """Factory for ``secinfer ... --model tests.byom.corpus:digits_cnn``."""
+    return DigitsNet()
+
+
 CORPUS = {
     "shape_check": (ShapeCheckNet, (1, 14, 14)),
     "functional_cnn": (FunctionalCNN, (3, 8, 8)),
@@ -296,6 +319,7 @@ CORPUS = {
     "vgg": (VGGTiny, (3, 8, 8)),
     "mlp_mixer": (MLPMixer, (3, 8, 8)),
     "shufflenet_softmax": (ShuffleNetUnit, (3, 8, 8)),
+    "digits_export_bn": (DigitsNet, (1, 8, 8)),  # torch.export path with batch norm
 }
 
 

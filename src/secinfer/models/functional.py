@@ -374,6 +374,13 @@ def _batch_norm(ctx: Ctx, node: torch.fx.Node, t: Any) -> None:
             raise unsupported("batch_norm(training=True)", node.name,
                               "call model.eval() before compiling")
         eps = float(_arg(node, 7, "eps", 1e-5))
+    elif str(t) in ("aten.batch_norm.default", "aten.batch_norm"):
+        nargs0: Any = node.args
+        w, b, rm, rv = nargs0[1:5]
+        if nargs0[5]:
+            raise unsupported("batch_norm(training=True)", node.name,
+                              "call model.eval() before compiling")
+        eps = float(nargs0[7])
     elif "_native_batch_norm_legit_no_training" in str(t):
         nargs: Any = node.args
         w, b, rm, rv = nargs[1:5]

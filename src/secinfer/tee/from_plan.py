@@ -82,3 +82,44 @@ def capture_any(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> P
     run_plain(plan, zero, torch.zeros((1, *plan.input_shape), dtype=torch.float64),
               shapes=shapes)  # the rank of every value, for the device's 2-d linear layers
     return program_from_plan(plan, weights, {k: len(v) for k, v in shapes.items()})
+
+
+def _check_data(x: torch.Tensor, input_shape: tuple[int, ...] | list[int], what: str) -> None:
+    if x.dim() != len(input_shape) + 1 or list(x.shape[1:]) != list(input_shape):
+        raise ValueError(f"{what} is {list(x.shape)}, the model takes "
+                         f"[n, {', '.join(map(str, input_shape))}]: refusing to report on a "
+                         "data set that does not match the model's input")
+
+
+def provision_model(model: nn.Module, input_shape: tuple[int, ...] | list[int], out: Any,
+                    calib: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor | None] | None
+                    = None, reduce_range: int = 0, permute: bool = True) -> dict[str, Any]:
+    """Capture any model, quantize it on ``calib`` (the owner's samples), draw the secrets and
+    write ``out/enclave`` and ``out/device``; with ``data`` (x, labels) report the float and
+    int8 accuracy on it (refused when x does not match ``input_shape``)."""
+    from pathlib import Path
+
+    from .bundle import provision
+    from .qat import accuracy
+    from .quantize import QuantConfig, calibrate
+
+    _check_data(calib, input_shape, "the calibration set")
+    if data is not None:
+        _check_data(data[0], input_shape, "the data file's 'x'")
+    prog = capture_any(model, input_shape)
+    qm = calibrate(prog, [calib.float()], QuantConfig(reduce_range))
+    bundle = provision(qm, permute=permute)
+    out = Path(out)
+    bundle.save(out / "enclave")
+    bundle.device_bundle().save(out / "device")
+    report: dict[str, Any] = {"layers": len(prog.layers), "steps": len(prog.steps),
+                              "reduce_range": reduce_range, "permute": permute,
+                              "enclave": str(out / "enclave"), "device": str(out / "device")}
+    if data is not None:
+        x, y = data
+        _check_data(x, input_shape, "the data file's 'x'")
+        if y is not None:
+            report["data_size"] = len(x)
+            report["float_accuracy"] = accuracy(lambda t: model(t.float()), x.float(), y)
+            report["int8_accuracy"] = accuracy(qm.forward, x.float(), y)
+    return report
