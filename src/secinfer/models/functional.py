@@ -272,7 +272,7 @@ def _layer_norm(ctx: Ctx, node: torch.fx.Node, inp: Any, shape: Any, w: Any, b: 
     ctx.weights[f"{node.name}.b"] = (bt.detach().double() if bt is not None
                                      else torch.zeros(c, dtype=torch.float64))
     ctx.emit(PlanOp("layer_norm", node.name, [ctx.src(inp)],
-                    {"eps": float(eps), "drelus": 22 * ctx.numel(node) // c},
+                    {"eps": float(eps), "drelus": 21 * ctx.numel(node) // c},
                     {"w": [c], "b": [c]}))
 
 
