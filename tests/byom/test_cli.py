@@ -61,3 +61,13 @@ def test_calibrated_model_over_three_processes_agrees_on_all_50_raw_inputs():
     print(f"3-process f=20 exact: agreement {res.agreement:.2f}, max logit error "
           f"{res.max_abs_logit_error:.3g}")
     assert res.agreement == 1.0
+    # the documented per-op costs predict every op's measured bytes (all parties, batch 50)
+    from secinfer.models.capture import capture
+    from secinfer.models.summary import op_bytes
+
+    plan, _ = capture(model, (3, 8, 8), frac_bits=20)
+    predicted = op_bytes(plan, "exact")
+    for op in plan.ops:
+        measured = sum(int(res.costs[p]["servers"].get(op.name, {}).get("bytes_sent", 0))
+                       for p in range(3))
+        assert measured == 50 * sum(predicted[op.name].values()), op.name

@@ -3,13 +3,14 @@
 Predicted bytes per inference (batch 1) come from the documented per-op costs:
 
 * a comparison (DReLU) on n elements: :func:`secinfer.mpc.drelu_bytes` (checked by the
-  known-answer test in tests/mpc), plus the selection product (P0 and P1 each open 2 masked
-  int64 values per element: 32 bytes);
+  known-answer test in tests/mpc), plus the selection product: 40 bytes per element (P0 and
+  P1 each open 2 masked int64 values, the helper sends P1 its int64 product share);
 * a product with a prepared weight (conv, linear): P0 and P1 each send the masked activation,
-  8 bytes per input element (the weight's mask is opened once, at load time);
-* a product of two shares (mul, the smooth activations' internal products): 16 bytes per
-  element each way; counted for ``mul`` only, the smooth activations' internal products are
-  listed as comparisons (``drelus``) and not as bytes, so their bytes are a lower bound;
+  8 bytes per input element, and the helper 8 bytes per output element (the weight's mask is
+  opened once, at load time);
+* a product of two shares (``mul``): 40 bytes per element, as the selection; the smooth
+  activations' internal products (exp, reciprocal, ...) are not counted, only their recorded
+  comparisons, so for models with smooth ops the figure is a lower bound;
 * exact truncation: 3 parties x f bits per truncated element (int16/int32 on the wire).
 
 Rounds are not predicted here: the runtime's accounting (``--report``) measures them.
@@ -48,24 +49,34 @@ def _counts(plan: Plan) -> dict[str, int]:
     return counts
 
 
-def predicted_bytes(plan: Plan, truncation: str = "local") -> dict[str, int]:
-    """Bytes sent per inference by all parties, split by cause (a lower bound, see above)."""
+def op_bytes(plan: Plan, truncation: str = "local") -> dict[str, dict[str, int]]:
+    """Predicted bytes sent per inference by all parties, per op and cause (see the module)."""
     counts = _counts(plan)
     wire = 2 if plan.frac_bits <= 16 else 4
-    compare = products = trunc = 0
+    out: dict[str, dict[str, int]] = {}
     for op in plan.ops:
+        c = {"comparisons": 0, "products": 0, "truncation": 0}
         n = int(op.params.get("drelus", 0))
         if n:
             sent = drelu_bytes(n, 63)
-            compare += sum(v for k, v in sent.items() if k.endswith("_sent")) + 32 * n
+            c["comparisons"] = sum(v for k, v in sent.items() if k.endswith("_sent")) + 40 * n
         if op.kind in ("conv2d", "linear"):
-            products += 2 * 8 * counts[op.inputs[0]]
+            c["products"] = 16 * counts[op.inputs[0]] + 8 * counts[op.name]
         elif op.kind == "mul":
-            products += 2 * 16 * counts[op.name]
+            c["products"] = 40 * counts[op.name]
         if truncation == "exact" and op.kind in TRUNCATING_KINDS:
-            trunc += 3 * wire * counts[op.name]
-    return {"comparisons": compare, "products": products, "truncation": trunc,
-            "total": compare + products + trunc}
+            c["truncation"] = 3 * wire * counts[op.name]
+        out[op.name] = c
+    return out
+
+
+def predicted_bytes(plan: Plan, truncation: str = "local") -> dict[str, int]:
+    """Bytes sent per inference by all parties, split by cause (a lower bound, see above)."""
+    tot = {"comparisons": 0, "products": 0, "truncation": 0}
+    for c in op_bytes(plan, truncation).values():
+        for k, v in c.items():
+            tot[k] += v
+    return {**tot, "total": sum(tot.values())}
 
 
 def describe(plan: Plan, meta: dict[str, Any]) -> str:
