@@ -32,6 +32,7 @@ def test_compile_refuses_wrapping_frac_bits_naming_the_layer(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "c"), "--frac-bits", "20"]) == 0
     out = capsys.readouterr().out
     for line in ("comparisons per inference", "predicted bytes per inference",
+                 "predicted rounds per inference",
                  "truncation exact", "valid input range [0.0, 255.0]", "conv1: max |value|"):
         assert line in out, line
     _, _, manifest = load_bundle(tmp_path / "c" / "party0")
@@ -63,7 +64,7 @@ def test_calibrated_model_over_three_processes_agrees_on_all_50_raw_inputs():
     assert res.agreement == 1.0
     # the documented per-op costs predict every op's measured bytes (all parties, batch 50)
     from secinfer.models.capture import capture
-    from secinfer.models.summary import op_bytes
+    from secinfer.models.summary import op_bytes, op_rounds
 
     plan, _ = capture(model, (3, 8, 8), frac_bits=20)
     predicted = op_bytes(plan, "exact")
@@ -71,3 +72,6 @@ def test_calibrated_model_over_three_processes_agrees_on_all_50_raw_inputs():
         measured = sum(int(res.costs[p]["servers"].get(op.name, {}).get("bytes_sent", 0))
                        for p in range(3))
         assert measured == 50 * sum(predicted[op.name].values()), op.name
+        rounds = op_rounds(plan, "exact")[op.name]
+        assert rounds is not None
+        assert res.costs[1]["servers"].get(op.name, {}).get("rounds", 0) == rounds, op.name

@@ -13,11 +13,15 @@ Predicted bytes per inference (batch 1) come from the documented per-op costs:
   comparisons, so for models with smooth ops the figure is a lower bound;
 * exact truncation: 3 parties x f bits per truncated element (int16/int32 on the wire).
 
-Rounds are not predicted here: the runtime's accounting (``--report``) measures them.
+Rounds (P1's, the party with the most; checked against the measured accounting): a product
+1, a DReLU 2 and its selection 1 (a ReLU: 3), a k x k max pool ceil(log2 k^2) times 3, an exact
+truncation 1 more, local ops 0. Not predicted (``None``) for ReLU6, block ReLU and the smooth
+ops, whose protocols chain several sub-steps: the runtime's ``--report`` measures them.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -70,6 +74,35 @@ def op_bytes(plan: Plan, truncation: str = "local") -> dict[str, dict[str, int]]
     return out
 
 
+_LOCAL = frozenset({"pad", "upsample", "permute", "flatten", "reshape", "add", "sub", "cat",
+                    "identity"})
+_SCALED = frozenset({"affine", "avgpool2d", "global_avgpool", "mean"})  # local x public + trunc
+
+
+def op_rounds(plan: Plan, truncation: str = "local") -> dict[str, int | None]:
+    """P1's predicted communication rounds per op (``None``: not predicted)."""
+    exact = 1 if truncation == "exact" else 0
+    out: dict[str, int | None] = {}
+    for op in plan.ops:
+        r: int | None
+        if op.kind in ("conv2d", "linear", "mul"):
+            r = 1 + exact
+        elif op.kind == "relu":
+            r = 3
+        elif op.kind == "maxpool2d":
+            k = op.params["kernel"][0] * op.params["kernel"][1]
+            r = 3 * math.ceil(math.log2(k)) if k > 1 else 0
+        elif op.kind in _LOCAL:
+            r = 0
+        elif op.kind in _SCALED:
+            r = exact if not (op.kind == "affine" and float(op.params["scale"]).is_integer()) \
+                else 0
+        else:
+            r = None
+        out[op.name] = r
+    return out
+
+
 def predicted_bytes(plan: Plan, truncation: str = "local") -> dict[str, int]:
     """Bytes sent per inference by all parties, split by cause (a lower bound, see above)."""
     tot = {"comparisons": 0, "products": 0, "truncation": 0}
@@ -89,6 +122,7 @@ def describe(plan: Plan, meta: dict[str, Any]) -> str:
              f"predicted bytes per inference (all parties, lower bound): {cost['total']:,} "
              f"(comparisons {cost['comparisons']:,}, products {cost['products']:,}, "
              f"truncation {cost['truncation']:,})",
+             _rounds_line(plan, trunc),
              f"frac_bits {plan.frac_bits}, truncation {trunc}"]
     if meta.get("input_range") is not None:
         lines.append(f"valid input range {meta['input_range']} (the client enforces it)")
@@ -100,3 +134,11 @@ def describe(plan: Plan, meta: dict[str, Any]) -> str:
         for name, v in cal["ranges"].items():
             lines.append(f"  {name:>24}: max |value| {v:.4g}")
     return "\n".join(lines)
+
+
+def _rounds_line(plan: Plan, truncation: str) -> str:
+    rounds = op_rounds(plan, truncation)
+    known = sum(r for r in rounds.values() if r is not None)
+    unknown = sorted({op.kind for op in plan.ops if rounds[op.name] is None})
+    line = f"predicted rounds per inference (P1, sequential ops): {known}"
+    return line + (f" + not predicted for {', '.join(unknown)}" if unknown else "")
