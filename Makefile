@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,transformers,service]'
+	# the onnx extra without onnx2torch's torchvision (PyPI's does not import beside this torch)
+	$(PY) -m pip install -q 'onnx>=1.15' 'onnxscript>=0.1' torch==2.13.0
+	$(PY) -m pip install -q --no-deps 'onnx2torch>=1.5.15'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -80,7 +80,7 @@ class _Sig(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3)
-        self.act = nn.Sigmoid()
+        self.act = nn.PReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
@@ -90,8 +90,8 @@ def test_both_captures_raise_the_one_unsupported_op_error() -> None:
     from secinfer.models.capture import capture as mpc_capture
     from secinfer.tee import capture as tee_capture
 
-    with pytest.raises(UnsupportedOpError, match="module Sigmoid") as mpc:
+    with pytest.raises(UnsupportedOpError, match="module PReLU") as mpc:
         mpc_capture(_Sig().eval(), (1, 6, 6))
-    assert mpc.value.what == "module Sigmoid" and mpc.value.node == "act"
-    with pytest.raises(UnsupportedOpError, match="Sigmoid"):
+    assert mpc.value.what == "module PReLU" and mpc.value.node == "act"
+    with pytest.raises(UnsupportedOpError, match="PReLU"):
         tee_capture(_Sig().eval())

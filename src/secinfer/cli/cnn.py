@@ -12,10 +12,16 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="capture a model and write one bundle per party")
     p.add_argument("--model", required=True,
-                   help="'zoo:NAME' or a Python factory 'module:function'")
+                   help="'zoo:NAME', a Python factory 'module:function', or an ONNX file "
+                        "(needs the 'onnx' extra)")
     p.add_argument("--weights", type=Path, default=None,
                    help="safetensors (or torch state dict, loaded weights_only) file")
     p.add_argument("--input-shape", required=True, help="e.g. 1,28,28 (no batch dimension)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="safetensors file with tensor 'x' [n, *input_shape]: the compiler runs "
+                        "the model through the fixed-point encoding on it, refuses a "
+                        "--frac-bits that would wrap, picks the truncation and records the "
+                        "valid input range")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--frac-bits", type=int, default=12)
     p.add_argument("--relu-spec", type=Path, default=None, help="block ReLU spec (JSON)")
@@ -96,6 +102,12 @@ def load_model(spec: str, weights: Path | None, relu_spec=None):
     """Build a model; a block-ReLU spec is applied before loading weights fine-tuned with it."""
     import torch
 
+    if spec.endswith(".onnx"):
+        from secinfer.models.onnx_import import load_onnx
+
+        if weights is not None or relu_spec is not None:
+            raise ValueError("an ONNX model carries its weights: drop --weights / --relu-spec")
+        return load_onnx(spec)
     if spec.startswith("zoo:"):
         from secinfer.models import zoo
 
@@ -147,14 +159,25 @@ def _range(text: str | None) -> tuple[float, float] | None:
 
 def _compile(args: argparse.Namespace) -> int:
     from secinfer.knapsack.spec import load_spec
-    from secinfer.models.bundle import compile_model
+    from secinfer.models.bundle import compile_model, load_bundle
+    from secinfer.models.summary import describe
 
     spec = load_spec(args.relu_spec) if args.relu_spec else None
+    cal = None
+    if args.calibration is not None:
+        from safetensors.torch import load_file
+
+        cal = load_file(str(args.calibration)).get("x")
+        if cal is None:
+            raise ValueError(f"{args.calibration} has no tensor 'x'")
     dirs = compile_model(load_model(args.model, args.weights, spec), _shape(args.input_shape),
                          args.out, frac_bits=args.frac_bits, relu_spec=spec,
-                         output_policy=_policy(args), input_range=_range(args.input_range))
+                         output_policy=_policy(args), input_range=_range(args.input_range),
+                         calibration=cal)
     for d in dirs:
         print(f"wrote {d}")
+    plan, _shares, manifest = load_bundle(dirs[2], expect_party=2)
+    print(describe(plan, manifest))
     return 0
 
 

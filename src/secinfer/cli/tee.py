@@ -23,11 +23,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("provision", help="quantize, draw secrets, write enclave/device bundles")
     p.add_argument("--weights", type=Path, default=None,
-                   help="fmnist_cnn float state dict (default: the shipped weights)")
+                   help="float state dict (default: the shipped fmnist_cnn weights, or the "
+                        "--model factory's own)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--reduce-range", type=int, default=0)
     p.add_argument("--qat-epochs", type=int, default=0, help="QAT epochs (0: PTQ only)")
     p.add_argument("--no-permute", action="store_true", help="keep channel order (for ablation)")
+    p.add_argument("--model", default=None,
+                   help="a user model ('module:function', 'zoo:NAME' or an .onnx file) "
+                        "instead of the shipped Fashion-MNIST CNN; needs --input-shape and "
+                        "--calibration")
+    p.add_argument("--input-shape", default=None, help="e.g. 1,28,28 (with --model)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="safetensors with tensor 'x': the owner's quantization samples")
+    p.add_argument("--data", type=Path, default=None,
+                   help="safetensors with 'x' and 'y': report float and int8 accuracy on it")
     p.set_defaults(handler=_provision)
 
     for role in ("enclave", "device"):
@@ -60,10 +70,37 @@ def _threads(args: argparse.Namespace) -> None:
 
 def _provision(args: argparse.Namespace) -> int:
     _threads(args)
+    if args.model is not None:
+        return _provision_model(args)
     from secinfer.tee.fmnist import provision_fmnist
 
     print(json.dumps(provision_fmnist(args.weights, args.out, args.reduce_range,
                                       args.qat_epochs, not args.no_permute), indent=1))
+    return 0
+
+
+def _provision_model(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file
+
+    from secinfer.cli.cnn import _shape, load_model
+    from secinfer.tee.from_plan import provision_model
+
+    if args.input_shape is None or args.calibration is None:
+        raise ValueError("--model needs --input-shape and --calibration")
+    if args.qat_epochs:
+        raise ValueError("--qat-epochs is for the shipped Fashion-MNIST model only")
+    cal = load_file(str(args.calibration))
+    if "x" not in cal:
+        raise ValueError(f"{args.calibration}: no tensor named 'x'")
+    data = None
+    if args.data is not None:
+        t = load_file(str(args.data))
+        if "x" not in t:
+            raise ValueError(f"{args.data}: no tensor named 'x'")
+        data = (t["x"], t.get("y"))
+    model = load_model(args.model, args.weights)
+    print(json.dumps(provision_model(model, _shape(args.input_shape), args.out, cal["x"], data,
+                                     args.reduce_range, not args.no_permute), indent=1))
     return 0
 
 

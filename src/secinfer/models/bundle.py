@@ -35,7 +35,7 @@ from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from .capture import capture
 from .plan import Plan
-from .ranges import check_headroom, interval_bounds
+from .ranges import RangeError, check_headroom, interval_bounds
 
 __all__ = ["BundleError", "compile_model", "load_bundle", "FORMAT", "OutputPolicy",
            "OUTPUT_MODES"]
@@ -116,7 +116,8 @@ class OutputPolicy:
 def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str | Path,
                   frac_bits: int = 12, relu_spec: Mapping[str, torch.Tensor] | None = None,
                   output_policy: OutputPolicy | None = None,
-                  input_range: tuple[float, float] | None = None) -> list[Path]:
+                  input_range: tuple[float, float] | None = None,
+                  calibration: torch.Tensor | None = None) -> list[Path]:
     """Capture ``model`` and write the three party bundles under ``out``; returns their dirs.
 
     ``output_policy`` (default: logits, unlimited) is the owner's choice of what the servers
@@ -130,7 +131,15 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
 
     ``relu_spec`` (layer -> int [C, 2] block sizes, see :mod:`secinfer.knapsack.spec`) turns
     the named ReLUs into block ReLUs first; the caller's model is not modified.
+
+    ``calibration`` ([n, *input_shape] samples): :func:`~.calibrate.calibrate` runs the model
+    through the fixed-point encoding on them, refuses a ``frac_bits`` that would wrap (naming
+    the layer) or is too coarse, picks the truncation (local, or exact when the local one's
+    measured risk is above 1e-9 per inference) and, without ``input_range``, records the
+    samples' [min, max] as the valid input range the client enforces.
     """
+    if not 1 <= frac_bits <= 24:
+        raise RangeError(f"frac_bits must be in 1..24 (the engine's limit), got {frac_bits}")
     if relu_spec:
         from ..knapsack.spec import apply_spec
 
@@ -144,6 +153,14 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         headroom = check_headroom(bounds, frac_bits)
         ranges = {"input_range": [lo, hi], "activation_bound": max(bounds.values()),
                   "headroom_bits": headroom}
+    if calibration is not None:
+        from .calibrate import calibrate
+
+        cal = calibrate(plan, weights, calibration)
+        ranges["calibration"] = cal.to_dict()
+        ranges["truncation"] = cal.truncation
+        if input_range is None:
+            ranges["input_range"] = cal.input_range
     out = Path(out)
     prg = PRG(new_seed())
     share0: dict[str, torch.Tensor] = {}

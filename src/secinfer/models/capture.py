@@ -1,8 +1,11 @@
 """Capture a PyTorch ``nn.Module`` into a :class:`~secinfer.models.plan.Plan` with torch.fx.
 
 Batch norm that follows a convolution (or linear layer) is folded into it; a stand-alone batch
-norm becomes a depthwise 1x1 convolution. Every op the secure engine lacks raises
-:class:`UnsupportedOpError` naming the op, the node, and where support would be added.
+norm becomes a depthwise 1x1 convolution. A forward that torch.fx cannot trace (shape checks,
+shape arithmetic) is traced by torch.export instead (:mod:`.trace`); functional forms, smooth
+activations and the other ops people write are handled in :mod:`.functional`. Every op the
+secure engine lacks raises :class:`UnsupportedOpError` naming the op, the node, and what the
+user can do.
 """
 
 from __future__ import annotations
@@ -17,26 +20,14 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UnsupportedOpError
+from . import functional
 from .plan import Plan, PlanOp
+from .trace import TraceError, trace
 
 __all__ = ["UnsupportedOpError", "capture"]
 
-_WHERE = ("add a branch in secinfer/models/capture.py (_module_op / _function_op) and an "
-          "executor in secinfer/models/secure.py")
-
-
 def _unsupported(what: str, node: str) -> UnsupportedOpError:
-    return UnsupportedOpError(f"unsupported op {what} at node '{node}'; to support it, {_WHERE}",
-                              what, node)
-
-
-class _Tracer(torch.fx.Tracer):
-    """Keeps block ReLUs (from :mod:`secinfer.knapsack`) as leaves: they map to one plan op."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if type(m).__name__ == "BlockReLU" and hasattr(m, "block_sizes"):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
+    return functional.unsupported(what, node)
 
 
 def _pair(v: int | tuple[int, ...]) -> list[int]:
@@ -59,13 +50,14 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
     Returns the plan and the float64 weights it references (``<node>.w``, ``<node>.b``).
     """
     model = model.eval()
-    try:
-        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as e:  # fx raises many types on untraceable code
-        raise _unsupported(f"(model is not torch.fx-traceable: {e})", "<trace>") from e
     param = next(model.parameters(), None)
     example = torch.zeros(1, *input_shape, dtype=param.dtype if param is not None else None)
-    ShapeProp(gm).propagate(example)
+    try:
+        gm, _how = trace(model, example)
+    except TraceError as e:
+        raise UnsupportedOpError(f"the model could not be traced: {e}", "<trace>",
+                                 "<trace>") from e
+    _ValueProp(gm).propagate(example)
     modules = dict(gm.named_modules())
     ops: list[PlanOp] = []
     weights: dict[str, torch.Tensor] = {}
@@ -74,8 +66,8 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
     by_name = {op.name: op for op in ops}
     input_name = output = ""
 
-    def src(n: torch.fx.Node) -> str:
-        return alias.get(n.name, n.name)
+    def src(n: torch.fx.Node | str) -> str:
+        return n if isinstance(n, str) else alias.get(n.name, n.name)
 
     def numel(n: torch.fx.Node) -> int:
         meta = n.meta.get("tensor_meta")
@@ -85,6 +77,12 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
         ops.append(op)
         by_name[op.name] = op
 
+    consts: dict[str, torch.Tensor] = {}
+
+    def fold_bn(node: torch.fx.Node, inp: str, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        _affine_bn(node, inp, scale, shift, by_name, users, weights, alias, emit)
+
+    ctx = functional.Ctx(src, emit, alias, numel, consts, weights, fold_bn)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if input_name:
@@ -93,23 +91,91 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], frac_bit
             continue
         if node.op == "output":
             arg = node.args[0]
+            if isinstance(arg, list | tuple) and len(arg) == 1:
+                arg = arg[0]  # torch.export returns a flat tuple
             if not isinstance(arg, torch.fx.Node):
                 raise _unsupported("(non-tensor or multiple outputs)", node.name)
             output = src(arg)
             continue
         if node.op == "get_attr":
-            raise _unsupported(f"get_attr {node.target}", node.name)
+            val = _get_attr(gm, str(node.target))
+            if not isinstance(val, torch.Tensor):
+                raise _unsupported(f"get_attr {node.target} (not a tensor)", node.name)
+            consts[node.name] = val
+            continue
+        node.args = _static(node.args, alias)
         args = [a for a in node.args if isinstance(a, torch.fx.Node)]
         if node.op == "call_module":
             mod = modules[str(node.target)]
-            _module_op(node, mod, src, emit, by_name, users, weights, alias, numel)
+            if not functional.module_op(ctx, node, mod):
+                _module_op(node, mod, src, emit, by_name, users, weights, alias, numel)
         elif node.op in ("call_function", "call_method"):
-            _function_op(node, args, src, emit, alias, numel)
+            if not functional.function_op(ctx, node):
+                _function_op(node, args, src, emit, alias, numel)
         else:  # pragma: no cover - fx has no other node kinds
             raise _unsupported(node.op, node.name)
     plan = Plan(input_name=input_name, input_shape=[int(d) for d in input_shape], ops=ops,
                 output=output, frac_bits=frac_bits)
     return plan.optimize(), weights
+
+
+class _ValueProp(ShapeProp):
+    """ShapeProp that also records non-tensor results (shape arithmetic) as ``meta['value']``."""
+
+    def run_node(self, n: torch.fx.Node) -> object:
+        result = super().run_node(n)
+        if not isinstance(result, torch.Tensor):
+            n.meta["value"] = result
+        return result
+
+
+def _static(a: object, alias: dict[str, str]) -> object:
+    """Replace nodes that compute shape arithmetic by the value they had when traced."""
+    if isinstance(a, torch.fx.Node):
+        if alias.get(a.name) == functional.SIZE and "value" in a.meta:
+            return a.meta["value"]
+        return a
+    if isinstance(a, list | tuple):
+        return type(a)(_static(b, alias) for b in a)
+    return a
+
+
+def _get_attr(gm: torch.fx.GraphModule, target: str) -> object:
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _affine_bn(node, inp: str, scale, shift, by_name, users, weights, alias, emit) -> None:
+    """A frozen batch norm y = scale x + shift: folded into the conv / linear layer in front of
+    it when that layer has no other user; otherwise a depthwise 1x1 conv (NCHW) or a diagonal
+    linear layer (NC)."""
+    scale, shift = scale.double(), shift.double()
+    prev = by_name.get(inp)
+    src_node = node.args[0]
+    if (prev is not None and prev.kind in ("conv2d", "linear")
+            and users.get(src_node.name, 2) == 1):
+        w, b = weights[f"{prev.name}.w"], weights[f"{prev.name}.b"]
+        weights[f"{prev.name}.w"] = w * scale.reshape((-1,) + (1,) * (w.dim() - 1))
+        weights[f"{prev.name}.b"] = b * scale + shift
+        alias[node.name] = prev.name
+        return
+    meta = node.meta.get("tensor_meta")
+    nd = len(meta.shape) if meta is not None else 4
+    c = int(scale.numel())
+    if nd == 4:
+        weights[f"{node.name}.w"] = scale.reshape(c, 1, 1, 1)
+        weights[f"{node.name}.b"] = shift
+        emit(PlanOp("conv2d", node.name, [inp], {"stride": [1, 1], "padding": [0, 0],
+                                                 "dilation": [1, 1], "groups": c},
+                    {"w": [c, 1, 1, 1], "b": [c]}))
+    elif nd == 2:
+        weights[f"{node.name}.w"] = torch.diag(scale)
+        weights[f"{node.name}.b"] = shift
+        emit(PlanOp("linear", node.name, [inp], {}, {"w": [c, c], "b": [c]}))
+    else:
+        raise _unsupported(f"batch norm on a {nd}-d tensor", node.name)
 
 
 def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> None:

@@ -15,6 +15,9 @@ __all__ = ["PlanOp", "Plan", "OP_KINDS"]
 OP_KINDS = frozenset({
     "conv2d", "linear", "relu", "relu6", "block_relu", "maxpool2d", "avgpool2d",
     "global_avgpool", "flatten", "reshape", "add", "cat", "identity",
+    # user-model ops (executors in extra_ops.py)
+    "pad", "affine", "sub", "mul", "mean", "sigmoid", "tanh", "silu", "gelu", "softmax",
+    "hardswish", "hardsigmoid", "upsample", "permute", "layer_norm",
 })
 
 

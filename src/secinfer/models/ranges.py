@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import extra_ops
 from .plan import Plan
 
 __all__ = ["RangeError", "interval_bounds", "check_headroom", "range_slack"]
@@ -102,6 +103,8 @@ def interval_bounds(plan: Plan, weights: dict[str, torch.Tensor], lo: float, hi:
                                                                        p["dim"]))
         elif op.kind == "identity":
             y = (l, u)
+        elif op.kind in extra_ops.EXTRA_KINDS:
+            y = extra_ops.interval(op, ins, weights)
         else:
             raise RangeError(f"no interval rule for op {op.kind!r} ({op.name})")
         env[op.name] = y

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..mpc import MPCEngine, PreparedWeight, Share, cat, maxpool2d, relu, relu6
 from ..mpc.block_relu import block_relu, block_relu_plain
 from ..mpc.engine import encode
+from . import extra_ops
 from .plan import Plan, PlanOp
 
 __all__ = ["SecureModel", "run_plain"]
@@ -42,7 +43,7 @@ class SecureModel:
         f = plan.frac_bits
         with engine.session.op("prepare_weights"):
             for op in plan.ops:
-                if op.kind not in ("conv2d", "linear"):
+                if op.kind not in ("conv2d", "linear", "layer_norm"):
                     continue
                 wshape, bshape = tuple(op.weights["w"]), tuple(op.weights["b"])
                 if engine.is_helper:
@@ -135,7 +136,7 @@ class SecureModel:
             return cat(xs, p["dim"])
         if op.kind == "identity":
             return x
-        raise NotImplementedError(f"plan op {op.kind} at {op.name} has no secure executor")
+        return extra_ops.secure(e, op, xs, self.weights.get(op.name), self.biases.get(op.name))
 
 
 def _get(shares: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -150,8 +151,18 @@ def _get(shares: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> t
 
 def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
               fixed_point: bool = False,
-              extra_inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Evaluate a plan in float64 (optionally rounding weights to the plan's fixed point)."""
+              extra_inputs: dict[str, torch.Tensor] | None = None,
+              record: dict[str, float] | None = None,
+              counts: dict[str, int] | None = None,
+              round_ops: frozenset[str] | None = None,
+              shapes: dict[str, list[int]] | None = None) -> torch.Tensor:
+    """Evaluate a plan in float64 (optionally rounding weights to the plan's fixed point).
+
+    ``record`` / ``counts``, when given, receive each op's max |value| over the batch and its
+    number of output elements per input (for :mod:`.calibrate`), ``shapes`` each op's output
+    shape; ops whose kind is in
+    ``round_ops`` have their output floored to the plan's fixed point, as a truncation does.
+    """
     def wt(key: str) -> torch.Tensor:
         t = weights[key].double()
         return encode(t, plan.frac_bits).double() / 2**plan.frac_bits if fixed_point else t
@@ -186,7 +197,17 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
             y = xs[0] + xs[1]
         elif op.kind == "cat":
             y = torch.cat(xs, p["dim"])
+        elif op.kind in extra_ops.EXTRA_KINDS:
+            y = extra_ops.plain(op, xs, wt)
         else:
             y = a
+        if round_ops is not None and op.kind in round_ops:
+            y = torch.floor(y * 2**plan.frac_bits) / 2**plan.frac_bits
         env[op.name] = y
+        if record is not None:
+            record[op.name] = float(y.abs().max()) if y.numel() else 0.0
+        if counts is not None:
+            counts[op.name] = int(y[0].numel()) if y.dim() else 1
+        if shapes is not None:
+            shapes[op.name] = list(y.shape)
     return env[plan.output]

@@ -46,12 +46,13 @@ def secure_eval(model: torch.nn.Module, input_shape: tuple[int, ...], images: to
                 relu_spec: Mapping[str, torch.Tensor] | None = None,
                 workdir: str | Path | None = None, timeout: float = 60.0,
                 progress: Callable[[int, int, float], None] | None = None,
-                input_range: tuple[float, float] | None = None) -> EvalResult:
+                input_range: tuple[float, float] | None = None,
+                calibration: torch.Tensor | None = None) -> EvalResult:
     model = model.eval()
     with tempfile.TemporaryDirectory(prefix="secinfer-eval-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
         compile_model(model, input_shape, wd / "bundles", frac_bits=frac_bits,
-                      relu_spec=relu_spec, input_range=input_range)
+                      relu_spec=relu_spec, input_range=input_range, calibration=calibration)
         with local_cluster(roles=["server", "server", "helper", "user"], workdir=wd,
                            timeout=timeout) as cluster:
             servers = [cluster.spawn(i, ["serve", "--topology", str(cluster.topology_path),

@@ -112,7 +112,8 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
         topology = replace(topology, max_frame_bytes=max_frame_bytes)
     plan, shares, manifest = load_bundle(bundle, expect_party=party_id)
     policy = policy or OutputPolicy.from_manifest(manifest)
-    cfg = mpc_config or MPCConfig(frac_bits=plan.frac_bits)
+    cfg = mpc_config or MPCConfig(frac_bits=plan.frac_bits,
+                                  truncation=manifest.get("truncation", "local"))
     sizes = plan_sizes(plan)
     classes = math.prod(sizes.output_shape)
     if policy.mode != "logits" and len(sizes.output_shape) != 1:

@@ -141,7 +141,14 @@ _TRUSTED: dict[str, Callable[..., torch.Tensor]] = {
     "flatten": lambda x, start_dim=1: torch.flatten(x, start_dim),
     "add": lambda a, b: a + b,
     "identity": lambda x: x,
+    "plan_op": lambda *xs, **a: _plan_op(*xs, **a),
 }
+
+
+def _plan_op(*xs: torch.Tensor, **a: object) -> torch.Tensor:
+    from .from_plan import run_plan_op  # the captured-plan route (from_plan.py)
+
+    return run_plan_op(*xs, **a)  # type: ignore[arg-type]
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
