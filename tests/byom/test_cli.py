@@ -1,7 +1,6 @@
 """`secinfer compile` on user models: ONNX in, calibration refusals, the printed summary, and
 one calibrated model served over the real three-process path."""
 
-import importlib.util
 
 import pytest
 import torch
@@ -40,7 +39,6 @@ def test_compile_refuses_wrapping_frac_bits_naming_the_layer(tmp_path, capsys):
     assert manifest["calibration"]["ranges"]["conv1"] > 1000
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnx2torch") is None, reason="onnx extra")
 def test_compile_takes_an_onnx_file(tmp_path, capsys):
     model, shape = build("vgg")
     path = tmp_path / "vgg.onnx"
