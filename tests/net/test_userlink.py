@@ -102,6 +102,6 @@ def test_the_health_probe_returns_the_listeners_status(server):
     lst.status = lambda: {"state": "serving", "active_users": 0}
     me = topo.party(3)
     assert probe_health(topo, me.cert, me.key, 0) == {"state": "serving", "active_users": 0}
-    lst.status = lambda: {"blob": "x" * 100_000}  # a lying or broken server: bounded
+    lst.status = lambda: {"blob": "x" * 2_000_000}  # a lying or broken server: bounded
     with pytest.raises(SecinferNetError, match="health answer over"):
         probe_health(topo, me.cert, me.key, 0)
