@@ -174,6 +174,8 @@ def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> N
         _adaptive(node, mod.output_size, src, emit)
     elif isinstance(mod, nn.Flatten):
         emit(PlanOp("flatten", name, [src(inp)], {"start_dim": int(mod.start_dim)}))
+    elif isinstance(mod, nn.Upsample):
+        _upsample(node, mod.mode, mod.align_corners, src, emit)
     elif isinstance(mod, nn.Dropout | nn.Identity):
         alias[name] = src(inp)
     else:
@@ -203,6 +205,20 @@ def _adaptive(node, output_size, src, emit) -> None:
                     {"kernel": k, "stride": k, "padding": [0, 0]}))
     else:
         raise _unsupported(f"AdaptiveAvgPool2d from {h}x{w} to {oh}x{ow}", node.name)
+
+
+def _upsample(node, mode, align_corners, src, emit) -> None:
+    """Bilinear / nearest upsampling: a public linear map (:mod:`secinfer.mpc.upsample`)."""
+    from ..mpc.upsample import MODES
+
+    if mode not in MODES:
+        raise _unsupported(f"interpolate(mode={mode!r})", node.name)
+    meta = node.meta["tensor_meta"]
+    if len(meta.shape) != 4:
+        raise _unsupported(f"interpolate of a {len(meta.shape)}-d tensor", node.name)
+    emit(PlanOp("upsample", node.name, [src(node.args[0])], {
+        "size": [int(meta.shape[2]), int(meta.shape[3])], "mode": str(mode),
+        "align_corners": bool(align_corners) if mode == "bilinear" else None}))
 
 
 _ADD: set[Callable] = {operator.add, torch.add, operator.iadd}
@@ -238,6 +254,12 @@ def _function_op(node, args, src, emit, alias, numel) -> None:
     elif t is F.adaptive_avg_pool2d:
         _adaptive(node, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"],
                   src, emit)
+    elif t is F.interpolate or t is F.upsample:
+        names = ("input", "size", "scale_factor", "mode", "align_corners")
+        given = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+        if given.get("antialias"):
+            raise _unsupported("interpolate(antialias=True)", name)
+        _upsample(node, given.get("mode", "nearest"), given.get("align_corners"), src, emit)
     elif t in ("contiguous", F.dropout) or t is torch.nn.functional.dropout:
         alias[name] = src(args[0])
     elif t == operator.getitem:

@@ -14,7 +14,7 @@ __all__ = ["PlanOp", "Plan", "OP_KINDS"]
 
 OP_KINDS = frozenset({
     "conv2d", "linear", "relu", "relu6", "block_relu", "maxpool2d", "avgpool2d",
-    "global_avgpool", "flatten", "reshape", "add", "cat", "identity",
+    "global_avgpool", "flatten", "reshape", "add", "cat", "identity", "upsample",
 })
 
 

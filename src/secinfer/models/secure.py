@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..mpc import MPCEngine, PreparedWeight, Share, cat, maxpool2d, relu, relu6
 from ..mpc.block_relu import block_relu, block_relu_plain
 from ..mpc.engine import encode
+from ..mpc.upsample import upsample, upsample_plain
 from .plan import Plan, PlanOp
 
 __all__ = ["SecureModel", "run_plain"]
@@ -135,6 +136,8 @@ class SecureModel:
             return cat(xs, p["dim"])
         if op.kind == "identity":
             return x
+        if op.kind == "upsample":
+            return upsample(e, x, p["size"], p["mode"], p["align_corners"])
         raise NotImplementedError(f"plan op {op.kind} at {op.name} has no secure executor")
 
 
@@ -186,6 +189,8 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
             y = xs[0] + xs[1]
         elif op.kind == "cat":
             y = torch.cat(xs, p["dim"])
+        elif op.kind == "upsample":
+            y = upsample_plain(a, p["size"], p["mode"], p["align_corners"])
         else:
             y = a
         env[op.name] = y
