@@ -166,7 +166,10 @@ def _budget_run(name: str, x_tr, y_tr, x_te, y_te, metric, args) -> tuple[dict, 
         spec = sol.spec
         before = metric(apply_spec(copy.deepcopy(teacher), spec), x_te, y_te)
         t0 = time.perf_counter()
-        student = distill(teacher, apply_spec(copy.deepcopy(teacher), spec), x_tr, y_tr, cfg)
+        student = apply_spec(copy.deepcopy(teacher), spec)
+        for p in student.parameters():  # distill froze the teacher it was copied from
+            p.requires_grad_(True)
+        student = distill(teacher, student, x_tr, y_tr, cfg)
         after = metric(student, x_te, y_te)
         blocked = sum(drelu_counts(spec, shapes).values())
         out["budgets"][str(r)] = {"drelus": blocked, "no_finetune": before, "finetuned": after,
