@@ -205,7 +205,7 @@ def phase_knapsack(args: argparse.Namespace) -> None:
             print(f"{name} 6% traffic reduction ratio: {cut:.3f}")
             print(f"{name} 6% comparison reduction ratio: "
                   f"{full['drelus_per_image'] / sec['drelus_per_image']:.3f}")
-    _save("knapsack_" + name, out)
+    _save("knapsack_" + name + args.tag, out)
 
 
 def phase_sweep(args: argparse.Namespace) -> None:
@@ -268,6 +268,7 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the knapsack phase's JSON key")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
