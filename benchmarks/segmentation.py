@@ -233,6 +233,8 @@ def phase_plots(_args: argparse.Namespace) -> None:
                 label=f"{label} (fine-tuned)")
         ax.axhline(100 * data[key]["full_relu"], ls="--", lw=0.8, color=ax.lines[-1].get_color())
     ax.set_xscale("log")
+    ax.set_xticks([3, 6, 12, 25], ["3", "6", "12", "25"])
+    ax.minorticks_off()
     ax.set_xlabel("DReLU budget (% of the ReLU network)")
     ax.set_ylabel("% (dashed: full ReLU)")
     ax.legend(fontsize=7)
