@@ -80,6 +80,8 @@ NON_SECRET_FILES = {
     "clip/tasks.py": "stratified data subsets for experiments",
     "knapsack/finetune.py": "fine-tuning: data order",
     "cli/knapsack.py": "which calibration samples the distortion estimate uses",
+    "seg/scenes.py": "fixed-seed layout of the public segmentation scenes (data, no secret)",
+    "seg/train.py": "training the segmentation nets: data order",
 }
 
 # Reviewed uses inside secret-bearing folders: (file, enclosing function, call) -> reason.

@@ -44,7 +44,8 @@ def test_registry_default_shapes():
             continue  # 224x224 forward is slow; covered by the cifar-stem case above
         model = factory().eval()
         with torch.no_grad():
-            assert model(torch.randn(1, *shape)).ndim == 2, name
+            ndim = 4 if name.startswith("deeplabv3") else 2  # segmentation: [1, C, H, W]
+            assert model(torch.randn(1, *shape)).ndim == ndim, name
 
 
 @pytest.mark.parametrize(

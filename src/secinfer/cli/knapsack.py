@@ -78,6 +78,18 @@ def _weights(args: argparse.Namespace) -> Path:
     return path
 
 
+def _load(model: str, split: str, limit: int | None = None):
+    """Training / test data for ``model``: FashionDigits scenes for the segmentation nets
+    (``deeplabv3_*``, the first ``limit`` or 10,000 of the split), else Fashion-MNIST."""
+    if model.startswith("deeplabv3"):
+        from secinfer.seg.scenes import load_scenes
+
+        return load_scenes(split, limit or 10000)  # type: ignore[arg-type]
+    from secinfer.data import load
+
+    return load(split, limit)  # type: ignore[arg-type]
+
+
 def _command() -> str:
     return "secinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -85,7 +97,6 @@ def _command() -> str:
 def _distortion(args: argparse.Namespace) -> int:
     import torch
 
-    from secinfer.data import load
     from secinfer.knapsack.distortion import ModelRef, extract, stored_samples
 
     if args.samples < 1:
@@ -95,7 +106,7 @@ def _distortion(args: argparse.Namespace) -> int:
     if x is not None:
         print(f"resuming the run in {args.out} ({x.shape[0]} stored samples)", flush=True)
     else:
-        xs, _ = load("train")
+        xs, _ = _load(args.model, "train")
         gen = torch.Generator().manual_seed(secrets.randbits(63))
         x = xs[torch.randperm(len(xs), generator=gen)[: args.samples]].contiguous()
     layers = args.layers.split(",") if args.layers else None
@@ -141,7 +152,6 @@ def _finetune(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from secinfer.data import load
     from secinfer.knapsack.distortion import ModelRef
     from secinfer.knapsack.finetune import FinetuneConfig, evaluate, finetune
     from secinfer.knapsack.spec import activation_shapes, apply_spec, drelu_counts, load_spec
@@ -150,8 +160,8 @@ def _finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(args.epochs, args.lr, args.batch, args.temperature, args.alpha)
     teacher = ModelRef(args.model, str(_weights(args))).build()
     spec = load_spec(args.spec)
-    x_tr, y_tr = load("train", args.train_limit)
-    x_te, y_te = load("test", args.test_limit)
+    x_tr, y_tr = _load(args.model, "train", args.train_limit)
+    x_te, y_te = _load(args.model, "test", args.test_limit)
     shapes = activation_shapes(teacher, tuple(x_te.shape[1:]))
     full = sum(drelu_counts({}, shapes).values())
     blocked = sum(drelu_counts(spec, shapes).values())

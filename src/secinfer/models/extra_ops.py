@@ -3,7 +3,7 @@
 Each op kind here has three forms that must agree: :func:`secure` (the engine's protocols),
 :func:`plain` (float64 reference) and :func:`interval` (sound bounds for :mod:`.ranges`).
 
-* pad, upsample (nearest, integer scale), permute: local rearrangements of the shares;
+* pad, permute: local rearrangements of the shares (upsampling is :mod:`secinfer.mpc.upsample`);
 * affine ``x * scale + shift`` with public scalars: one local product and truncation (none
   when the scale is an integer);
 * sub, mul (share x share, broadcast): a subtraction; one Beaver product;
@@ -32,12 +32,8 @@ __all__ = ["EXTRA_KINDS", "secure", "plain", "interval"]
 
 EXTRA_KINDS = frozenset({
     "pad", "affine", "sub", "mul", "mean", "sigmoid", "tanh", "silu", "gelu", "softmax",
-    "hardswish", "hardsigmoid", "upsample", "permute", "layer_norm",
+    "hardswish", "hardsigmoid", "permute", "layer_norm",
 })
-
-
-def _up(t: torch.Tensor, s: list[int]) -> torch.Tensor:
-    return t.repeat_interleave(s[0], dim=2).repeat_interleave(s[1], dim=3)
 
 
 def _bcast(a: Share, b: Share) -> tuple[Share, Share]:
@@ -52,8 +48,6 @@ def secure(e: MPCEngine, op: PlanOp, xs: list[Share], w: PreparedWeight | None,
     k = op.kind
     if k == "pad":
         return x.pad(p["pad"])
-    if k == "upsample":
-        return Share(_up(x.data, p["scale"]), x.frac_bits)
     if k == "permute":
         return x.permute(*p["dims"]).contiguous()
     if k == "affine":
@@ -95,8 +89,6 @@ def plain(op: PlanOp, xs: list[torch.Tensor], wt: Any) -> torch.Tensor:
     a, p, k = xs[0], op.params, op.kind
     if k == "pad":
         return F.pad(a, p["pad"])
-    if k == "upsample":
-        return _up(a, p["scale"])
     if k == "permute":
         return a.permute(*p["dims"])
     if k == "affine":
@@ -134,7 +126,7 @@ def interval(op: PlanOp, ins: list[tuple[torch.Tensor, torch.Tensor]],
              weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound elementwise bounds of one extra op's output."""
     (lo, hi), p, k = ins[0], op.params, op.kind
-    if k in ("pad", "upsample", "permute", "mean"):
+    if k in ("pad", "permute", "mean"):
         return plain(op, [lo], None), plain(op, [hi], None)
     if k == "affine":
         s, sh = float(p["scale"]), float(p["shift"])

@@ -236,12 +236,21 @@ def _mean(ctx: Ctx, node: torch.fx.Node, inp: Any, dim: Any, keepdim: bool) -> N
                       "average over the spatial dims (2, 3) of NCHW or one feature dim")
 
 
-def _upsample(ctx: Ctx, node: torch.fx.Node, inp: Any, mode: str) -> None:
-    (h, w), (oh, ow) = _shape(inp)[2:], _shape(node)[2:]
-    if mode != "nearest" or oh % h or ow % w:
-        raise unsupported(f"interpolate(mode={mode!r}) from {h}x{w} to {oh}x{ow}", node.name,
-                          "use mode='nearest' with an integer scale factor")
-    ctx.emit(PlanOp("upsample", node.name, [ctx.src(inp)], {"scale": [oh // h, ow // w]}))
+def _upsample(ctx: Ctx, node: torch.fx.Node, inp: Any, mode: str,
+              align_corners: bool | None = None) -> None:
+    """Bilinear / nearest upsampling: a public linear map (:mod:`secinfer.mpc.upsample`)."""
+    from ..mpc.upsample import MODES
+
+    shape = _shape(node)
+    if node.kwargs.get("antialias"):
+        raise unsupported("interpolate(antialias=True)", node.name,
+                          "antialiased resizing is not a supported linear map; drop antialias")
+    if mode not in MODES or len(shape) != 4:
+        raise unsupported(f"interpolate(mode={mode!r}) of a {len(shape)}-d tensor", node.name,
+                          f"use one of the modes {', '.join(MODES)} on an NCHW tensor")
+    ctx.emit(PlanOp("upsample", node.name, [ctx.src(inp)], {
+        "size": [int(shape[2]), int(shape[3])], "mode": str(mode),
+        "align_corners": bool(align_corners) if mode == "bilinear" else None}))
 
 
 def _permute(ctx: Ctx, node: torch.fx.Node, inp: Any, dims: list[int]) -> None:
@@ -340,8 +349,9 @@ def function_op(ctx: Ctx, node: torch.fx.Node) -> bool:
              _arg(node, 3, "value", 0.0))
     elif t in (torch.mean, "mean"):
         _mean(ctx, node, inp, _arg(node, 1, "dim"), bool(_arg(node, 2, "keepdim", False)))
-    elif t is F.interpolate:
-        _upsample(ctx, node, inp, _arg(node, 3, "mode", "nearest"))
+    elif t is F.interpolate or t is F.upsample:
+        _upsample(ctx, node, inp, _arg(node, 3, "mode", "nearest"),
+                  _arg(node, 4, "align_corners", None))
     elif t == "upsample_nearest2d":
         _upsample(ctx, node, inp, "nearest")
     elif t in ("permute", torch.permute):
@@ -428,7 +438,7 @@ def module_op(ctx: Ctx, node: torch.fx.Node, mod: nn.Module) -> bool:
     elif isinstance(mod, nn.Softmax):
         _softmax(ctx, node, inp, mod.dim)
     elif isinstance(mod, nn.Upsample):
-        _upsample(ctx, node, inp, mod.mode)
+        _upsample(ctx, node, inp, mod.mode, mod.align_corners)
     elif isinstance(mod, nn.AdaptiveMaxPool2d):
         _adaptive_max(ctx, node, inp, mod.output_size)
     elif isinstance(mod, nn.LayerNorm):

@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..mpc.upsample import upsample_plain
 from . import extra_ops
 from .plan import Plan
 
@@ -103,6 +104,9 @@ def interval_bounds(plan: Plan, weights: dict[str, torch.Tensor], lo: float, hi:
                                                                        p["dim"]))
         elif op.kind == "identity":
             y = (l, u)
+        elif op.kind == "upsample":  # bilinear / nearest weights are >= 0 and sum to 1
+            y = (upsample_plain(l, p["size"], p["mode"], p["align_corners"]),
+                 upsample_plain(u, p["size"], p["mode"], p["align_corners"]))
         elif op.kind in extra_ops.EXTRA_KINDS:
             y = extra_ops.interval(op, ins, weights)
         else:

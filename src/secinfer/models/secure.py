@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ..mpc import MPCEngine, PreparedWeight, Share, cat, maxpool2d, relu, relu6
 from ..mpc.block_relu import block_relu, block_relu_plain
 from ..mpc.engine import encode
+from ..mpc.upsample import upsample, upsample_plain
 from . import extra_ops
 from .plan import Plan, PlanOp
 
@@ -136,6 +137,8 @@ class SecureModel:
             return cat(xs, p["dim"])
         if op.kind == "identity":
             return x
+        if op.kind == "upsample":
+            return upsample(e, x, p["size"], p["mode"], p["align_corners"])
         return extra_ops.secure(e, op, xs, self.weights.get(op.name), self.biases.get(op.name))
 
 
@@ -197,6 +200,8 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
             y = xs[0] + xs[1]
         elif op.kind == "cat":
             y = torch.cat(xs, p["dim"])
+        elif op.kind == "upsample":
+            y = upsample_plain(a, p["size"], p["mode"], p["align_corners"])
         elif op.kind in extra_ops.EXTRA_KINDS:
             y = extra_ops.plain(op, xs, wt)
         else:

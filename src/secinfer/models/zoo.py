@@ -376,6 +376,20 @@ def vgg(depth: int = 11, num_classes: int = 10, in_channels: int = 3,
     return VGG(depth, num_classes, in_channels, batch_norm, width_mult)
 
 
+def deeplabv3_resnet(**kwargs: object) -> nn.Module:
+    """DeepLabV3 over a small dilated ResNet (:mod:`secinfer.models.segmentation`)."""
+    from .segmentation import deeplabv3_resnet as _build
+
+    return _build(**kwargs)  # type: ignore[arg-type]
+
+
+def deeplabv3_mobilenet(**kwargs: object) -> nn.Module:
+    """DeepLabV3 over MobileNetV2 blocks (:mod:`secinfer.models.segmentation`)."""
+    from .segmentation import deeplabv3_mobilenet as _build
+
+    return _build(**kwargs)  # type: ignore[arg-type]
+
+
 # name -> (factory, example input shape without batch). The shape lets tests and benchmarks build
 # a matching input without knowing each model.
 ZOO: dict[str, tuple[Callable[..., nn.Module], tuple[int, int, int]]] = {
@@ -387,6 +401,8 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], tuple[int, int, int]]] = {
     "resnet50": (resnet50, (3, 224, 224)),
     "mobilenet_v2": (mobilenet_v2, (3, 32, 32)),
     "vgg11": (vgg, (3, 32, 32)),
+    "deeplabv3_resnet": (deeplabv3_resnet, (1, 32, 32)),
+    "deeplabv3_mobilenet": (deeplabv3_mobilenet, (1, 32, 32)),
 }
 
 

@@ -1,0 +1,1 @@
+"""Semantic segmentation: an offline real-image scene data set, training and mIoU (issue 19)."""
