@@ -44,6 +44,7 @@ unit: $(STAMP) data browser
 test: lint typecheck unit
 
 bench: $(STAMP) data
+	$(PY) -m pip install -q -e '.[bench]'
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:

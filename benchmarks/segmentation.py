@@ -114,8 +114,6 @@ def phase_secure(args: argparse.Namespace) -> None:
 
 def _mask_png(x: torch.Tensor, y: torch.Tensor, masks: dict[str, torch.Tensor]) -> None:
     plt = _plt()
-    if plt is None:
-        return
     rows = 2 + len(masks)
     fig, ax = plt.subplots(rows, len(x), figsize=(1.2 * len(x), 1.3 * rows))
     for j in range(len(x)):
@@ -139,9 +137,9 @@ def _plt():
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plots: matplotlib is not installed (pip install matplotlib)")
-        return None
+    except ImportError as e:
+        raise SystemExit("the plots need matplotlib: pip install -e '.[bench]' "
+                         "(make bench installs it)") from e
     return plt
 
 

@@ -38,13 +38,13 @@ def test_misc_ops_secure_match():
     assert (out - ref).abs().max().item() < 0.01
 
 
-class Bilinear(nn.Module):
+class Bicubic(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3, padding=1)
 
     def forward(self, x):
-        return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear")
+        return F.interpolate(self.conv(x), scale_factor=2, mode="bicubic")
 
 
 class ValueBranch(nn.Module):
@@ -64,7 +64,7 @@ class Exp(nn.Module):
 
 
 @pytest.mark.parametrize("model,shape,what,node", [
-    (Bilinear(), (1, 4, 4), "interpolate(mode='bilinear')", "interpolate"),
+    (Bicubic(), (1, 4, 4), "interpolate(mode='bicubic')", "interpolate"),
     (Exp(), (4,), "function exp", "exp"),
 ])
 def test_unsupported_ops_name_op_node_and_fix(model, shape, what, node):

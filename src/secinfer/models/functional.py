@@ -247,7 +247,8 @@ def _upsample(ctx: Ctx, node: torch.fx.Node, inp: Any, mode: str,
                           "antialiased resizing is not a supported linear map; drop antialias")
     if mode not in MODES or len(shape) != 4:
         raise unsupported(f"interpolate(mode={mode!r}) of a {len(shape)}-d tensor", node.name,
-                          f"use one of the modes {', '.join(MODES)} on an NCHW tensor")
+                          f"use mode={' or '.join(repr(m) for m in MODES)} on an NCHW tensor "
+                          "(see docs/supported-ops.md)")
     ctx.emit(PlanOp("upsample", node.name, [ctx.src(inp)], {
         "size": [int(shape[2]), int(shape[3])], "mode": str(mode),
         "align_corners": bool(align_corners) if mode == "bilinear" else None}))
