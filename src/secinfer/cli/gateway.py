@@ -46,6 +46,7 @@ FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal"
 
 def _gateway(args: argparse.Namespace) -> int:
     from secinfer.net.topology import Topology
+    from secinfer.net.userlink import user_credentials
 
     try:
         import uvicorn
@@ -54,18 +55,7 @@ def _gateway(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RuntimeError(f"the gateway needs `pip install 'secinfer[service]'` ({e})") from e
     topo = Topology.load(args.topology)
-    cert, key = args.cert, args.key
-    if (cert is None) != (key is None):
-        raise ValueError("give both --cert and --key, or neither")
-    if cert is None:
-        users = [p for p in topo.parties if p.role == "user"]
-        if not users:
-            raise ValueError(f"{args.topology} has no user party: give --cert and --key "
-                             "(from `secinfer certs user`)")
-        cert, key = users[0].cert, users[0].key
-    for f in (cert, key):
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"user certificate file {f} does not exist")
+    cert, key = user_credentials(topo, args.cert, args.key)
     if args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
     plaintext = None

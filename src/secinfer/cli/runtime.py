@@ -174,18 +174,10 @@ def _certs_user(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from secinfer.net.errors import SecinferNetError
     from secinfer.net.topology import Topology
-    from secinfer.net.userlink import probe_health
+    from secinfer.net.userlink import probe_health, user_credentials
 
     topo = Topology.load(args.topology)
-    cert, key = args.cert, args.key
-    if (cert is None) != (key is None):
-        raise ValueError("give both --cert and --key, or neither")
-    if cert is None:
-        users = [p for p in topo.parties if p.role == "user"]
-        if not users:
-            raise ValueError(f"{args.topology} has no user party: give --cert and --key "
-                             "(from `secinfer certs user`)")
-        cert, key = users[0].cert, users[0].key
+    cert, key = user_credentials(topo, args.cert, args.key)
     statuses: dict[int, dict] = {}
     failed = 0
     for spec in topo.parties:

@@ -46,7 +46,7 @@ from .transport import (
 )
 
 __all__ = ["UserLinks", "USER_PEER", "dial_user", "user_digest", "user_session_id",
-           "probe_health"]
+           "user_credentials", "probe_health"]
 
 # the user's peer id inside a server's session with it (users have no topology id)
 USER_PEER = 99
@@ -180,6 +180,34 @@ def dial_user(topology: Topology, cert: str | Path, key: str | Path, token: byte
 
 
 _HEALTH_MAX = 1 << 20
+
+
+def user_credentials(topology: Topology, cert: str | Path | None = None,
+                     key: str | Path | None = None,
+                     user_id: int | None = None) -> tuple[Path, Path]:
+    """The user certificate and key to dial with: the ones given (both, from ``secinfer certs
+    user``), else topology user ``user_id``'s (default: the first user party); clear errors
+    for half a pair, a topology without users, a party that is not a user, a missing file."""
+    if (cert is None) != (key is None):
+        raise ValueError("give both --cert and --key (cert= and key=: a user certificate "
+                         "from `secinfer certs user` and its key), or neither to use a "
+                         "topology user's")
+    if cert is None or key is None:
+        users = [p.id for p in topology.parties if p.role == "user"]
+        if user_id is None:
+            if not users:
+                raise ValueError(f"{topology.source or 'the topology'} has no user party (no "
+                                 "party with role 'user'): give --cert and --key (from "
+                                 "`secinfer certs user`)")
+            user_id = users[0]
+        me = topology.party(user_id)
+        if me.role != "user":
+            raise ValueError(f"party {user_id} has role {me.role!r}, not 'user'")
+        cert, key = me.cert, me.key
+    for f in (cert, key):
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"user certificate file {f} does not exist")
+    return Path(cert), Path(key)
 
 
 def probe_health(topology: Topology, cert: str | Path, key: str | Path, server: int,

@@ -32,7 +32,7 @@ from ..models.ranges import range_slack
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from ..net import PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, Topology
-from ..net.userlink import dial_user
+from ..net.userlink import dial_user, user_credentials
 from .output import decode_policy_output
 
 __all__ = ["Client"]
@@ -51,22 +51,9 @@ class Client:
                  compute_timeout: float = 600.0, record_view: bool = False,
                  cert: str | Path | None = None, key: str | Path | None = None,
                  admit_timeout: float | None = None) -> None:
-        if (cert is None) != (key is None):
-            raise ValueError("give both cert and key (a user certificate from `secinfer certs "
-                             "user`), or neither to use a topology user's")
-        if cert is None:
-            users = [p.id for p in topology.parties if p.role == "user"]
-            if user_id is None:
-                if not users:
-                    raise ValueError("the topology has no party with role 'user'; pass a user "
-                                     "certificate (cert=, key=) from `secinfer certs user`")
-                user_id = users[0]
-            me = topology.party(user_id)
-            if me.role != "user":
-                raise ValueError(f"party {user_id} has role {me.role!r}, not 'user'")
-            cert, key = me.cert, me.key
+        cert, key = user_credentials(topology, cert, key, user_id)
         self.topology, self.user_id = topology, user_id
-        self.cert, self.key = Path(cert), Path(key)  # type: ignore[arg-type]
+        self.cert, self.key = cert, key
         # waiting for a result is waiting for a whole secure inference, not for a silent peer
         self.compute_timeout = compute_timeout
         self.admit_timeout = topology.timeout if admit_timeout is None else admit_timeout
