@@ -1,6 +1,8 @@
 """secinfer: secure neural-network inference.
 
-Importing the package has no side effects; sub-packages load on first use.
+The contract (:mod:`secinfer.api`): ``compile`` a model for a backend (``mpc``, ``tee``,
+``stip``), ``serve`` its artifact, ask as a user with ``Client``. Importing the package has no
+side effects; sub-packages load on first use.
 """
 
 from __future__ import annotations
@@ -11,6 +13,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "compile": "secinfer.api",
+    "serve": "secinfer.api",
+    "Client": "secinfer.api",
+    "Compiled": "secinfer.api",
+    "ClassifyResult": "secinfer.api",
+    "EmbedResult": "secinfer.api",
+    "GenerateResult": "secinfer.api",
+    "BACKENDS": "secinfer.api",
+    "TASKS": "secinfer.api",
     "Session": "secinfer.net",
     "Topology": "secinfer.net",
     "local_cluster": "secinfer.net",

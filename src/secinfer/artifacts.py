@@ -38,7 +38,7 @@ from safetensors.torch import save as _st_save
 
 from .errors import ArtifactError, ArtifactExistsError
 
-__all__ = ["Artifact", "MANIFEST", "VERSION", "read_artifact", "write_artifact",
+__all__ = ["Artifact", "MANIFEST", "VERSION", "read_artifact", "inspect_artifact", "write_artifact",
            "tensor_bytes", "sha256_file", "staging_dir", "install"]
 
 MANIFEST = "manifest.json"
@@ -188,6 +188,17 @@ def read_artifact(folder: str | Path, format: str, role: str | None = None) -> A
         if h.hexdigest() != digest:
             raise ArtifactError(f"{folder}: checksum mismatch for {name}: corrupted or replaced")
     return Artifact(folder, format, VERSION, m["backend"], m["role"], party, meta, dict(files))
+
+
+def inspect_artifact(folder: str | Path) -> Artifact:
+    """Check an artifact of any format (every check of :func:`read_artifact`); for the one
+    ``serve`` that dispatches on what the folder holds."""
+    folder = Path(folder)
+    _check_folder(folder)
+    fmt = _parse_manifest(folder, "secinfer").get("format")
+    if not isinstance(fmt, str):
+        raise ArtifactError(f"{folder / MANIFEST} is corrupt: format is not a string")
+    return read_artifact(folder, fmt)
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:

@@ -1,4 +1,5 @@
-"""CNN commands: ``compile``, ``serve``, ``infer``, ``eval``, ``demo``."""
+"""The one flow for every backend: ``compile``, ``serve``, ``infer``, ``generate``; and the CNN
+``eval`` and ``demo``. Each verb calls :mod:`secinfer.api`."""
 
 from __future__ import annotations
 
@@ -10,18 +11,23 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compile", help="capture a model and write one bundle per party")
+    p = sub.add_parser("compile", help="compile a model for a backend: one artifact per party")
+    p.add_argument("--backend", choices=["mpc", "tee", "stip"], default="mpc",
+                   help="mpc: three servers on secret shares (default); tee: enclave + "
+                        "untrusted device (int8); stip: one cloud on permuted weights")
     p.add_argument("--model", required=True,
                    help="'zoo:NAME', a Python factory 'module:function', or an ONNX file "
-                        "(needs the 'onnx' extra)")
+                        "(needs the 'onnx' extra); stip: a local Hugging Face model folder")
     p.add_argument("--weights", type=Path, default=None,
                    help="safetensors (or torch state dict, loaded weights_only) file")
-    p.add_argument("--input-shape", required=True, help="e.g. 1,28,28 (no batch dimension)")
-    p.add_argument("--calibration", type=Path, default=None,
-                   help="safetensors file with tensor 'x' [n, *input_shape]: the compiler runs "
-                        "the model through the fixed-point encoding on it, refuses a "
-                        "--frac-bits that would wrap, picks the truncation and records the "
-                        "valid input range")
+    p.add_argument("--input-shape", default=None,
+                   help="e.g. 1,28,28 (no batch dimension; mpc and tee)")
+    p.add_argument("--calibration", default=None,
+                   help="safetensors file with tensor 'x' [n, *input_shape] ('fashion-mnist' "
+                        "for 512 training images): mpc runs the model through the fixed-point "
+                        "encoding on it, refuses a --frac-bits that would wrap, picks the "
+                        "truncation and records the valid input range; tee (required) "
+                        "quantizes on it")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--frac-bits", type=int, default=12)
     p.add_argument("--relu-spec", type=Path, default=None, help="block ReLU spec (JSON)")
@@ -32,10 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _policy_args(p, default="logits")
     p.set_defaults(handler=_compile)
 
-    p = sub.add_parser("serve", help="run a long-lived server (P0, P1) or helper (P2)")
+    p = sub.add_parser("serve", help="run a long-lived server of any backend (the artifact "
+                                     "says which)")
     p.add_argument("--topology", required=True, type=Path)
     p.add_argument("--id", required=True, type=int)
-    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--artifact", "--bundle", dest="artifact", required=True, type=Path,
+                   help="the folder compile wrote, or this party's sub-folder of it")
     p.add_argument("--max-clients", type=int, default=None)
     p.add_argument("--report", type=Path, default=None, help="JSON cost report per user")
     _policy_args(p, default=None)
@@ -51,9 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="address of the metrics endpoint (default: loopback only)")
     p.set_defaults(handler=_serve)
 
-    p = sub.add_parser("infer", help="secure inference of one input file as the user")
+    p = sub.add_parser("infer", help="classify one input file as the user (any backend)")
     p.add_argument("--topology", required=True, type=Path)
-    p.add_argument("--input", required=True, type=Path, help="safetensors file with tensor 'x'")
+    p.add_argument("--input", required=True, type=Path,
+                   help="safetensors file with tensor 'x' (stip: int64 token ids [batch, seq])")
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="the user's artifact (stip: the key folder)")
     p.add_argument("--out", type=Path, default=None,
                    help="write the result (safetensors 'y': logits, top-k indices or labels, as "
                         "the owner's output policy says)")
@@ -62,6 +73,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a user certificate from `secinfer certs user` (instead of --id)")
     p.add_argument("--key", type=Path, default=None, help="its private key")
     p.set_defaults(handler=_infer)
+
+    p = sub.add_parser("generate", help="greedy generation from a causal LM (stip) as the user")
+    p.add_argument("--topology", required=True, type=Path)
+    p.add_argument("--artifact", required=True, type=Path, help="the user's key folder")
+    p.add_argument("--input-ids", required=True, help="comma-separated prompt token ids")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
+    p.set_defaults(handler=_generate)
 
     for name, helptext in (("eval", "plaintext vs secure accuracy on a data set"),
                            ("demo", "the main job: secure inference of the shipped CNN")):
@@ -157,27 +176,73 @@ def _range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _calibration(spec: str | None):
+    if spec is None:
+        return None
+    if spec == "fashion-mnist":
+        from secinfer.data import fashion_mnist
+
+        return fashion_mnist.load("train", limit=512)[0]
+    from safetensors.torch import load_file
+
+    cal = load_file(spec).get("x")
+    if cal is None:
+        raise ValueError(f"{spec} has no tensor 'x'")
+    return cal
+
+
 def _compile(args: argparse.Namespace) -> int:
+    from secinfer import api
+
+    if args.backend == "stip":
+        return _compile_stip(args)
+    if args.input_shape is None:
+        raise ValueError(f"--backend {args.backend} needs --input-shape")
+    cal = _calibration(args.calibration)
+    if args.backend == "tee":
+        if cal is None:
+            raise ValueError("--backend tee needs --calibration (samples to quantize on)")
+        res = api.compile(load_model(args.model, args.weights), "tee", args.out,
+                          input_shape=_shape(args.input_shape), calibration=cal)
+        for d in res.artifacts.values():
+            print(f"wrote {d}")
+        print(json.dumps(res.report, indent=1))
+        return 0
     from secinfer.knapsack.spec import load_spec
-    from secinfer.models.bundle import compile_model, load_bundle
+    from secinfer.models.bundle import load_bundle
     from secinfer.models.summary import describe
 
     spec = load_spec(args.relu_spec) if args.relu_spec else None
-    cal = None
-    if args.calibration is not None:
-        from safetensors.torch import load_file
-
-        cal = load_file(str(args.calibration)).get("x")
-        if cal is None:
-            raise ValueError(f"{args.calibration} has no tensor 'x'")
-    dirs = compile_model(load_model(args.model, args.weights, spec), _shape(args.input_shape),
-                         args.out, frac_bits=args.frac_bits, relu_spec=spec,
-                         output_policy=_policy(args), input_range=_range(args.input_range),
-                         calibration=cal)
-    for d in dirs:
+    res = api.compile(load_model(args.model, args.weights, spec), "mpc", args.out,
+                      input_shape=_shape(args.input_shape), calibration=cal,
+                      frac_bits=args.frac_bits, relu_spec=spec, output_policy=_policy(args),
+                      input_range=_range(args.input_range))
+    for d in res.artifacts.values():
         print(f"wrote {d}")
-    plan, _shares, manifest = load_bundle(dirs[2], expect_party=2)
+    plan, _shares, manifest = load_bundle(res.artifacts["party2"], expect_party=2)
     print(describe(plan, manifest))
+    return 0
+
+
+def _compile_stip(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    from secinfer import api
+    from secinfer.stip.archs import spec_for
+
+    config = transformers.AutoConfig.from_pretrained(args.model, local_files_only=True)
+    name = (config.architectures or [None])[0]
+    if name is None:
+        raise ValueError(f"{args.model}: the config names no architecture")
+    arch = spec_for(name)
+    model = getattr(transformers, arch.model_class).from_pretrained(
+        args.model, local_files_only=True, dtype="float32").eval()
+    res = api.compile(model, "stip", args.out)
+    print(f"compiled {arch.model_class} ({arch.task}) for stip: cloud {res.artifacts['cloud']}, "
+          f"key {res.artifacts['key']} (give the key only to the user)")
     return 0
 
 
@@ -186,8 +251,8 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from secinfer import api
     from secinfer.net import Topology
-    from secinfer.serve.server import serve
 
     stop = threading.Event()
 
@@ -206,10 +271,19 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("secinfer.serve").info(
             "server %d: metrics on http://%s:%d/metrics", args.id, args.metrics_host,
             args.metrics_port)
+    topology = Topology.load(args.topology)
+    mpc_options = {"report": args.report, "policy": _policy(args), "max_batch": args.max_batch,
+                   "max_frame_bytes": args.max_frame_bytes, "metrics": metrics}
     try:
-        serve(Topology.load(args.topology), args.id, args.bundle, max_clients=args.max_clients,
-              report=args.report, policy=_policy(args), max_batch=args.max_batch,
-              max_frame_bytes=args.max_frame_bytes, stop=stop, metrics=metrics)
+        if api.backend_of(topology) == "mpc":
+            options = mpc_options
+        else:
+            given = sorted(k for k, v in mpc_options.items() if v is not None)
+            if given:
+                raise ValueError(f"{', '.join(given)}: options of the mpc backend only")
+            options = {}
+        api.serve(topology, args.id, args.artifact, stop=stop, max_clients=args.max_clients,
+                  **options)
     finally:
         if metrics is not None:
             metrics.close()
@@ -219,23 +293,44 @@ def _serve(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file, save_file
 
+    from secinfer import api
     from secinfer.net import Topology
-    from secinfer.serve.client import Client
 
     x = load_file(str(args.input)).get("x")
     if x is None:
         raise ValueError(f"{args.input} has no tensor named 'x'")
-    with Client(Topology.load(args.topology), args.id, cert=args.cert, key=args.key) as client:
-        y = client.predict(x)
-        mode = client.policy.mode
-    if mode == "logits":
-        print("prediction:", y.argmax(-1).tolist())
-    elif mode == "label":
-        print("label:", y.tolist())
-    else:
+    with api.Client(Topology.load(args.topology), user_id=args.id, cert=args.cert,
+                    key=args.key, artifact=args.artifact) as client:
+        res = client.classify(x)
+    if res.topk is not None:
+        y = res.topk
         print(f"top-{y.shape[-1]} indices:", y.tolist())
+    elif res.logits is not None:
+        y = res.logits
+        print("prediction:", res.labels.tolist())
+    else:
+        y = res.labels
+        print("label:", y.tolist())
     if args.out:
         save_file({"y": y.contiguous()}, str(args.out))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from secinfer import api
+    from secinfer.net import Topology
+
+    try:
+        ids = torch.tensor([[int(v) for v in args.input_ids.split(",")]], dtype=torch.int64)
+    except ValueError as e:
+        raise ValueError(f"--input-ids must be comma-separated integers, got "
+                         f"{args.input_ids!r}") from e
+    with api.Client(Topology.load(args.topology), user_id=args.id,
+                    artifact=args.artifact) as client:
+        res = client.generate(ids, args.max_new_tokens)
+    print("tokens:", res.tokens[0].tolist())
     return 0
 
 
