@@ -14,7 +14,6 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "compile": "secinfer.api",
-    "serve": "secinfer.api",
     "Client": "secinfer.api",
     "Compiled": "secinfer.api",
     "ClassifyResult": "secinfer.api",

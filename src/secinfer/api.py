@@ -1,9 +1,10 @@
 """The one contract: compile a model for a backend, serve its artifact, ask as a user.
 
-Every backend is used the same way::
+Every backend is used the same way (``secinfer.compile`` and ``secinfer.Client`` are these;
+``serve`` is ``secinfer.api.serve``, since ``secinfer.serve`` is the serving sub-package)::
 
     compiled = secinfer.compile(model, "mpc", "out/", input_shape=(1, 28, 28))
-    secinfer.serve(topology, party_id, "out/")   # at each server, a long-lived process
+    secinfer.api.serve(topology, party_id, "out/")   # at each server, a long-lived process
     with secinfer.Client(topology) as c:         # at the user, any number of them
         result = c.classify(x)                   # or embed / zeroshot / generate
 
@@ -185,9 +186,12 @@ def serve(topology: Topology, party_id: int, artifact: str | Path, *,
     if backend is None or art.format == "secinfer-stip-key":
         raise ArtifactError(f"{folder} holds a {art.format!r} artifact ({art.role}), which "
                             "no server serves")
-    if _ROLE_BACKEND.get(role) != backend:
+    if _ROLE_BACKEND.get(role) != backend or (backend == "tee" and art.role != role):
         raise ConfigError(f"party {party_id} has role {role!r} in the topology, but {folder} "
                           f"is a {backend} artifact for a {art.role!r}")
+    if art.party is not None and art.party != party_id:
+        raise ArtifactError(f"{folder} is the artifact of party {art.party}, not of party "
+                            f"{party_id}")
     if backend == "mpc":
         from .serve.server import serve as serve_mpc
 

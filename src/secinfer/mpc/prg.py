@@ -20,6 +20,7 @@ SEED_BYTES = 16
 
 
 def new_seed() -> bytes:
+    """A fresh PRG key from the OS CSPRNG (``secrets``)."""
     return secrets.token_bytes(SEED_BYTES)
 
 

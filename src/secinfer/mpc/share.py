@@ -104,6 +104,7 @@ class Share:
 
 
 def cat(shares: Sequence[Share], dim: int = 0) -> Share:
+    """Concatenate shares of one scale along ``dim`` (local: each party concatenates its own)."""
     if not shares:
         raise ValueError("cat of no shares")
     f = shares[0].frac_bits

@@ -208,6 +208,7 @@ SUPPORTED_CLASSES = tuple(sorted(ARCHS))
 
 
 def spec_for(model_class: str) -> ArchSpec:
+    """The STIP spec of a ``transformers`` class name; an unsupported one is refused by name."""
     try:
         return ARCHS[model_class]
     except KeyError:

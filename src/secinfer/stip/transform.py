@@ -48,6 +48,7 @@ def random_permutation(n: int) -> torch.Tensor:
 
 
 def inverse_permutation(p: torch.Tensor) -> torch.Tensor:
+    """The permutation q with q[p[i]] = i."""
     inv = torch.empty_like(p)
     inv[p] = torch.arange(p.numel(), dtype=p.dtype)
     return inv
@@ -155,6 +156,7 @@ def write_key(folder: str | Path, key: StipKey, overwrite: bool = False) -> Path
 
 
 def load_key(folder: str | Path) -> StipKey:
+    """Read and check the user's key artifact (permutations and embedding tables)."""
     manifest, groups = read_artifact(folder, KEY_KIND)
     meta = manifest["meta"]
     spec = spec_for(meta["model_class"])
