@@ -10,8 +10,8 @@ import pytest
 import secinfer
 
 MODULES = ["secinfer", "secinfer.api", "secinfer.errors", "secinfer.artifacts", "secinfer.net",
-           "secinfer.serve", "secinfer.mpc", "secinfer.models", "secinfer.stip",
-           "secinfer.tee"]
+           "secinfer.serve", "secinfer.mpc", "secinfer.models.bundle", "secinfer.stip",
+           "secinfer.tee", "secinfer.tee.service"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -79,6 +79,7 @@ def encode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
 
 
 def decode(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    """Fixed-point ring elements back to float64 (:class:`~secinfer.ring.fixed.FixedPoint`)."""
     return FixedPoint(frac_bits).decode(x)
 
 

@@ -103,6 +103,8 @@ class InMemoryHub:
 
 
 class InMemoryTransport(Transport):
+    """One party's end of an :class:`InMemoryHub`: queues in one process, for tests."""
+
     def __init__(self, hub: InMemoryHub, party_id: int) -> None:
         self.hub = hub
         self.party_id = party_id

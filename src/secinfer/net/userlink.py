@@ -58,9 +58,9 @@ def user_digest(topology: Topology) -> bytes:
     topology entries (a user with another deployment's topology is refused, saying so)."""
     h = hashlib.sha256(b"secinfer-user-links-v1")
     h.update(Path(topology.ca_cert).read_bytes())
-    for i in SERVERS:
-        p = topology.party(i)
-        h.update(f"{p.id}|{p.role}|{p.host}|{p.port};".encode())
+    for p in sorted(topology.parties, key=lambda q: q.id):
+        if p.role != "user":  # the servers of any backend (mpc: 0, 1, 2; tee: the enclave)
+            h.update(f"{p.id}|{p.role}|{p.host}|{p.port};".encode())
     return h.digest()
 
 

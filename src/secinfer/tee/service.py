@@ -1,0 +1,363 @@
+"""TSQP as a long-lived service: the enclave serves users over TLS, the device serves the enclave.
+
+Parties (roles in the topology): the ``enclave`` (trusted: it holds every secret of
+:mod:`.bundle`), the ``device`` (untrusted, fast: it holds only the device bundle's int8
+weights) and any number of users (a certificate of role ``user`` from the topology's CA, no
+topology entry needed). Users dial out to the enclave exactly as they dial the MPC servers
+(:mod:`secinfer.net.userlink`); the enclave dials the device as a party link.
+
+Protocol of one user session:
+  1. the user dials two TLS 1.3 links to the enclave (mutual authentication); when admitted
+     (fewer than ``[service] max_users`` sessions active, else an abort saying "busy") the
+     enclave sends int64 ``[max_batch]``;
+  2. per request the user sends an int64 header ``[batch, *input_shape]`` and the float64
+     input ``[batch, *input_shape]`` in plaintext over its link: the enclave is trusted;
+     an empty header ends the session;
+  3. the enclave checks the header and values (shape accepted by a dry run of the program,
+     batch at most ``max_batch``, finite values), runs the split with the device
+     (:meth:`.enclave.Enclave.infer`: the device sees only masked, shuffled int8 values mixed
+     with fingerprints; every result is checked exactly) and sends float64 logits
+     ``[batch, C]``, bit-equal to the int8 model's;
+  4. a refused request, a failed integrity check or a failed device ends that user's session
+     with an abort frame whose reason reaches the user; the enclave keeps serving the others.
+
+After a failed integrity check the enclave drops the device session and dials it again: the
+device's state in the aborted protocol run is unknown, and a new session starts from fresh
+masks. A dead or frozen device is named to the user within the topology's session timeout;
+the enclave reconnects with backoff (0.5 s doubling to 5 s).
+
+Threat model: the enclave and the user who sends it an input are trusted (on our machines the
+enclave is an ordinary OS process: its secrets are protected by the process boundary only;
+SGX/Gramine deployment: ``deploy/gramine``, untested). The device is malicious: it may return
+anything and is caught with the probability stated in :mod:`.monitor`; it learns the shapes
+and the number of requests, nothing of an input or a weight scale. Out of scope: denial of
+service by the device (it becomes an error naming it) and side channels of the enclave host.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import IntegrityError
+from ..net import Listener, PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session
+from ..net.topology import Topology
+from ..net.userlink import (
+    USER_PEER,
+    UserLinks,
+    dial_user,
+    server_side,
+    user_credentials,
+    user_digest,
+)
+from .bundle import DeviceBundle, EnclaveBundle
+from .device import Device, Fault
+from .enclave import Enclave
+from .monitor import MonitorConfig
+
+__all__ = ["serve_enclave", "serve_device", "TeeClient"]
+
+log = logging.getLogger(__name__)
+_BACKOFF_MIN, _BACKOFF_MAX = 0.5, 5.0
+_POLL_S = 0.002
+
+
+def _role_id(topology: Topology, role: str) -> int:
+    found = topology.by_role(role)
+    if len(found) != 1:
+        raise ValueError(f"a tee topology needs exactly one party with role {role!r}, it has "
+                         f"{len(found)}")
+    return int(found[0].id)
+
+
+def _wait(stop: threading.Event | None, seconds: float) -> None:
+    if stop is not None:
+        stop.wait(seconds)
+    else:
+        time.sleep(seconds)
+
+
+@dataclass
+class _User:
+    identity: str
+    session: Session
+    links: UserLinks
+    requests: int = 0
+    last: float = field(default_factory=time.monotonic)
+
+
+class _EnclaveLoop:
+    def __init__(self, topology: Topology, party_id: int, enclave: Enclave,
+                 listener: Listener) -> None:
+        self.topology, self.party_id, self.enclave = topology, party_id, enclave
+        self.listener = listener
+        self.device = _role_id(topology, "device")
+        self.users: dict[bytes, _User] = {}
+        self.ended = 0
+        self.shapes: dict[tuple[int, ...], bool] = {}
+        self._digest = user_digest(topology)
+
+    def end(self, token: bytes, why: str | None) -> None:
+        u = self.users.pop(token)
+        if why is not None:
+            log.warning("user %s: %s", u.identity, why)
+            u.links.abort(why)
+        u.session.close()
+        self.ended += 1
+
+    def admit(self) -> None:
+        for t in self.listener.user_tokens():
+            a = self.listener.take_user(t, time.monotonic())
+            if a is None:
+                continue
+            links = server_side(self.topology, self.party_id, a)
+            if a.digest != self._digest:
+                links.abort("this session's links are for another deployment (topology)")
+                links.close()
+                continue
+            if len(self.users) >= self.topology.max_users:
+                links.abort(f"busy: the enclave serves at most {self.topology.max_users} users "
+                            "at once ([service] max_users); try again later")
+                links.close()
+                continue
+            s = Session(links, timeout=self.topology.timeout, role="server")
+            self.users[t] = _User(a.identity, s, links)
+            try:
+                s.send(USER_PEER, torch.tensor([self.topology.max_batch], dtype=torch.int64))
+            except SecinferNetError:
+                self.end(t, None)
+
+    def _accepts(self, shape: tuple[int, ...]) -> bool:
+        if shape not in self.shapes:
+            try:
+                self.enclave.input_shapes(shape)
+                ok = True
+            except (RuntimeError, ValueError, IndexError):
+                ok = False
+            self.shapes[shape] = ok
+        return self.shapes[shape]
+
+    def request(self, token: bytes, u: _User, device: Session) -> None:
+        """One request of user ``u``; a device failure propagates after the user is told."""
+        try:
+            header = u.session.recv(USER_PEER, timeout=min(self.topology.timeout, 5.0))
+        except SecinferNetError:
+            self.end(token, None)
+            return
+        if header.numel() == 0:
+            self.end(token, None)
+            return
+        if header.dtype != torch.int64 or header.dim() != 1 or header.numel() < 2:
+            self.end(token, f"malformed request header {header.dtype} {tuple(header.shape)}")
+            return
+        batch, shape = int(header[0]), tuple(int(v) for v in header[1:].tolist())
+        try:
+            x = u.session.recv(USER_PEER)
+        except SecinferNetError as e:
+            self.end(token, None if not isinstance(e, PeerAborted) else None)
+            return
+        if batch < 1 or batch > self.topology.max_batch:
+            self.end(token, f"batch of {batch} outside 1..max_batch = {self.topology.max_batch}")
+            return
+        if tuple(x.shape) != (batch, *shape) or x.dtype != torch.float64:
+            self.end(token, f"input of {x.dtype} {tuple(x.shape)} does not match its header "
+                     f"{(batch, *shape)} float64")
+            return
+        if not self._accepts(shape):
+            self.end(token, f"the model does not take inputs of shape [batch, "
+                     f"{', '.join(map(str, shape))}]")
+            return
+        if not bool(torch.isfinite(x).all()):
+            self.end(token, "the input holds NaN or infinite values")
+            return
+        t0 = time.perf_counter()
+        try:
+            out = self.enclave.infer(device, self.device, x)
+        except IntegrityError as e:
+            self.end(token, f"integrity check failed: the device (party {self.device}) "
+                     f"returned a wrong result ({e}); the request is refused")
+            raise
+        except SecinferNetError as e:
+            self.end(token, f"the device (party {self.device}) failed ({e}); retry later")
+            raise
+        u.requests += 1
+        u.last = time.monotonic()
+        log.info("request %s-%d (batch %d) in %.3f s", u.identity, u.requests, batch,
+                 time.perf_counter() - t0)
+        try:
+            u.session.send(USER_PEER, out.contiguous())
+        except SecinferNetError:
+            self.end(token, None)
+
+    def run(self, device: Session, stop: threading.Event | None,
+            max_clients: int | None) -> bool:
+        """Serve until stop / max_clients (True) or a device failure (raises)."""
+        while True:
+            if (stop is not None and stop.is_set()) or \
+                    (max_clients is not None and self.ended >= max_clients):
+                return True
+            self.admit()
+            busy = False
+            now = time.monotonic()
+            for token, u in list(self.users.items()):
+                if u.links.pending(USER_PEER):
+                    busy = True
+                    self.request(token, u, device)
+                elif now - u.last > self.topology.timeout:
+                    self.end(token, f"session idle for more than {self.topology.timeout:.0f} s "
+                             "(the session timeout); closed")
+            if not busy:
+                time.sleep(_POLL_S)
+
+
+def serve_enclave(topology: Topology, party_id: int, artifact: str | Path,
+                  stop: threading.Event | None = None, max_clients: int | None = None,
+                  monitor: MonitorConfig | None = None) -> int:
+    """Serve users until ``stop`` (or ``max_clients`` sessions ended); returns that count."""
+    enclave = Enclave(EnclaveBundle.load(artifact), monitor)
+    device_id = _role_id(topology, "device")
+    listener = Listener(topology, topology.party(party_id))
+    loop = _EnclaveLoop(topology, party_id, enclave, listener)
+    backoff = _BACKOFF_MIN
+    try:
+        while not (stop is not None and stop.is_set()):
+            try:
+                device = Session.connect(topology, party_id, peers=[device_id],
+                                         listener=listener)
+            except SecinferNetError as e:
+                log.warning("enclave %d: device unreachable (%s); retrying in %.1f s",
+                            party_id, e, backoff)
+                _wait(stop, backoff)
+                backoff = min(2 * backoff, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_MIN
+            print(f"enclave {party_id}: ready ({len(enclave.model.program.layers)} linear "
+                  f"layers on the device, party {device_id}; max_batch {topology.max_batch})",
+                  flush=True)
+            with device:
+                try:
+                    if loop.run(device, stop, max_clients):
+                        try:
+                            enclave.stop(device, device_id)
+                        except SecinferNetError:
+                            pass
+                        break
+                except (IntegrityError, SecinferNetError, OSError) as e:
+                    log.error("enclave %d: %s; reconnecting to the device", party_id, e)
+    finally:
+        for token in list(loop.users):
+            loop.end(token, f"the enclave (party {party_id}) is shutting down")
+        listener.close()
+    return loop.ended
+
+
+def serve_device(topology: Topology, party_id: int, artifact: str | Path,
+                 stop: threading.Event | None = None, fault: Fault | None = None) -> int:
+    """Serve the enclave's layer calls until ``stop``, dialing it again whenever its session
+    ends; returns the layer calls served. ``fault`` makes this device lie (for tests)."""
+    dev = Device(DeviceBundle.load(artifact), fault or Fault())
+    enclave_id = _role_id(topology, "enclave")
+    listener = Listener(topology, topology.party(party_id))
+    served, backoff = 0, _BACKOFF_MIN
+    try:
+        while not (stop is not None and stop.is_set()):
+            try:
+                session = Session.connect(topology, party_id, peers=[enclave_id],
+                                          listener=listener)
+            except SecinferNetError as e:
+                log.warning("device %d: enclave unreachable (%s); retrying", party_id, e)
+                _wait(stop, backoff)
+                backoff = min(2 * backoff, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_MIN
+            print(f"device {party_id}: ready (serving enclave {enclave_id})", flush=True)
+            with session:
+                try:
+                    served += dev.serve(session, enclave_id, idle_timeout=10 ** 6)
+                except (SecinferNetError, ValueError, OSError) as e:
+                    log.warning("device %d: enclave session ended (%s)", party_id, e)
+    finally:
+        listener.close()
+    return served
+
+
+class TeeClient:
+    """A user of the enclave: ``with TeeClient(topology) as c: logits = c.predict(x)``."""
+
+    def __init__(self, topology: Topology, cert: str | Path | None = None,
+                 key: str | Path | None = None, user_id: int | None = None,
+                 compute_timeout: float = 600.0) -> None:
+        self.topology = topology
+        self.cert, self.key = user_credentials(topology, cert, key, user_id)
+        self.enclave = _role_id(topology, "enclave")
+        self.compute_timeout = compute_timeout
+        self.max_batch = 0
+        self._session: Session | None = None
+
+    def __enter__(self) -> TeeClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        links = dial_user(self.topology, self.cert, self.key, secrets.token_bytes(16),
+                          servers=(self.enclave,))
+        self._session = Session(links, timeout=self.topology.timeout, role="user")
+        try:
+            self.max_batch = int(self._recv(self.topology.timeout)[0])
+        except BaseException:
+            self.close()
+            raise
+
+    def _recv(self, timeout: float) -> torch.Tensor:
+        assert self._session is not None
+        try:
+            return self._session.recv(self.enclave, timeout=timeout)
+        except PeerAborted as e:
+            self._session.close()
+            self._session = None
+            raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Float64 logits ``[batch, C]`` of the int8 model for a batch ``x``."""
+        if self._session is None:
+            raise RuntimeError("client is not connected")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"input must hold real numbers, got {x.dtype}")
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise ValueError(f"input must be a non-empty batch [batch, ...], got shape "
+                             f"{tuple(x.shape)}")
+        xf = x.to(torch.float64)
+        if not bool(torch.isfinite(xf).all()):
+            raise ValueError("the input holds NaN or infinite values")
+        if math.prod(x.shape[:1]) > self.max_batch:
+            raise ValueError(f"batch of {x.shape[0]} exceeds the enclave's max_batch = "
+                             f"{self.max_batch}")
+        self._session.send(self.enclave, torch.tensor(list(x.shape), dtype=torch.int64))
+        self._session.send(self.enclave, xf.contiguous())
+        try:
+            return self._recv(self.compute_timeout)
+        except PeerTimeout:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._session is None:
+            return
+        try:
+            self._session.send(self.enclave, torch.empty(0, dtype=torch.int64))
+        except Exception:  # noqa: BLE001 - best effort goodbye
+            pass
+        self._session.close()
+        self._session = None
