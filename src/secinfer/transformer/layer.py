@@ -38,6 +38,7 @@ padding, i.e. every text's token count); weights are shared by their owner.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -137,10 +138,15 @@ class SecureLayer:
 
 
 def share_layer(engine: MPCEngine, w: LayerWeights | None, owner: int, hidden: int, ffn: int,
-                heads: int, eps: float) -> SecureLayer:
+                heads: int, eps: float,
+                dealt: Mapping[str, torch.Tensor] | None = None) -> SecureLayer:
     """Secret-share a layer from ``owner`` (who passes ``w``; the others pass None) and
     prepare its weights: each weight's mask is opened once (8 bytes per element per compute
-    party), after which queries exchange only activations."""
+    party), after which queries exchange only activations.
+
+    ``dealt`` (name -> int64 share at ``engine.f``, from a compiled bundle, see
+    :mod:`.bundle`): P0 and P1 each pass their own pre-dealt share instead, nothing is sent
+    for the sharing (``w`` and ``owner`` are then ignored); the helper passes None."""
     tensors = w.tensors() if w is not None else {}
     prepared: dict[str, PreparedWeight] = {}
     biases: dict[str, Share] = {}
@@ -148,7 +154,13 @@ def share_layer(engine: MPCEngine, w: LayerWeights | None, owner: int, hidden: i
         x = tensors.get(name)
         if x is not None and tuple(x.shape) != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
-        sh = engine.share_input(x, owner, shape)
+        if dealt is not None and not engine.is_helper:
+            d = dealt.get(name)
+            if d is None or tuple(d.shape) != shape or d.dtype != torch.int64:
+                raise ValueError(f"{name}: the dealt share is missing or not int64 {shape}")
+            sh = Share(d, engine.f)
+        else:
+            sh = engine.share_input(x, owner, shape)
         if name in _PREPARED:
             prepared[name] = engine.prepare_weight(sh)
         else:

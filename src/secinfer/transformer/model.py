@@ -39,6 +39,7 @@ user learns the embedding; the servers learn the shapes: batch and padded length
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -91,12 +92,19 @@ class SecureEncoder:
 
 
 def share_encoder(engine: MPCEngine, enc: EncoderWeights | None, owner: int,
-                  dims: EncoderDims) -> SecureEncoder:
-    """Share and prepare every layer (``enc`` only at the owner)."""
+                  dims: EncoderDims,
+                  dealt: Mapping[str, torch.Tensor] | None = None) -> SecureEncoder:
+    """Share and prepare every layer (``enc`` only at the owner).
+
+    ``dealt``: a server's pre-dealt shares keyed "layer.name" (:func:`.bundle.load_encoder_shares`)
+    instead of owner sharing; the prepare step is unchanged."""
     if enc is not None and EncoderDims.of(enc) != dims:
         raise ValueError(f"weights have dims {EncoderDims.of(enc)}, the plan says {dims}")
     layers = [share_layer(engine, enc.layers[i] if enc is not None else None, owner,
-                          dims.hidden, dims.ffn, dims.heads, dims.eps)
+                          dims.hidden, dims.ffn, dims.heads, dims.eps,
+                          None if dealt is None else
+                          {k.split(".", 1)[1]: v for k, v in dealt.items()
+                           if k.split(".", 1)[0] == str(i)})
               for i in range(dims.n_layers)]
     return SecureEncoder(layers, dims)
 
