@@ -37,7 +37,6 @@ service by the device (it becomes an error naming it) and side channels of the e
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import threading
 import time
@@ -160,8 +159,8 @@ class _EnclaveLoop:
         batch, shape = int(header[0]), tuple(int(v) for v in header[1:].tolist())
         try:
             x = u.session.recv(USER_PEER)
-        except SecinferNetError as e:
-            self.end(token, None if not isinstance(e, PeerAborted) else None)
+        except SecinferNetError:  # the user left mid-request
+            self.end(token, None)
             return
         if batch < 1 or batch > self.topology.max_batch:
             self.end(token, f"batch of {batch} outside 1..max_batch = {self.topology.max_batch}")
@@ -341,7 +340,7 @@ class TeeClient:
         xf = x.to(torch.float64)
         if not bool(torch.isfinite(xf).all()):
             raise ValueError("the input holds NaN or infinite values")
-        if math.prod(x.shape[:1]) > self.max_batch:
+        if x.shape[0] > self.max_batch:
             raise ValueError(f"batch of {x.shape[0]} exceeds the enclave's max_batch = "
                              f"{self.max_batch}")
         self._session.send(self.enclave, torch.tensor(list(x.shape), dtype=torch.int64))
