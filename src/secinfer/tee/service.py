@@ -83,6 +83,22 @@ def _wait(stop: threading.Event | None, seconds: float) -> None:
         time.sleep(seconds)
 
 
+def _connect(topology: Topology, party_id: int, peer: int, listener: Listener,
+             stop: threading.Event | None) -> Session | None:
+    """A session with ``peer``, dialing again with backoff (0.5 s doubling to 5 s) until it
+    answers; None once ``stop`` is set."""
+    backoff = _BACKOFF_MIN
+    while not (stop is not None and stop.is_set()):
+        try:
+            return Session.connect(topology, party_id, peers=[peer], listener=listener)
+        except SecinferNetError as e:
+            log.warning("party %d: %s unreachable (%s); retrying in %.1f s", party_id,
+                        topology.party(peer).name, e, backoff)
+            _wait(stop, backoff)
+            backoff = min(2 * backoff, _BACKOFF_MAX)
+    return None
+
+
 @dataclass
 class _User:
     identity: str
@@ -224,19 +240,11 @@ def serve_enclave(topology: Topology, party_id: int, artifact: str | Path,
     device_id = _role_id(topology, "device")
     listener = Listener(topology, topology.party(party_id))
     loop = _EnclaveLoop(topology, party_id, enclave, listener)
-    backoff = _BACKOFF_MIN
     try:
-        while not (stop is not None and stop.is_set()):
-            try:
-                device = Session.connect(topology, party_id, peers=[device_id],
-                                         listener=listener)
-            except SecinferNetError as e:
-                log.warning("enclave %d: device unreachable (%s); retrying in %.1f s",
-                            party_id, e, backoff)
-                _wait(stop, backoff)
-                backoff = min(2 * backoff, _BACKOFF_MAX)
-                continue
-            backoff = _BACKOFF_MIN
+        while True:
+            device = _connect(topology, party_id, device_id, listener, stop)
+            if device is None:
+                break
             print(f"enclave {party_id}: ready ({len(enclave.model.program.layers)} linear "
                   f"layers on the device, party {device_id}; max_batch {topology.max_batch})",
                   flush=True)
@@ -264,18 +272,12 @@ def serve_device(topology: Topology, party_id: int, artifact: str | Path,
     dev = Device(DeviceBundle.load(artifact), fault or Fault())
     enclave_id = _role_id(topology, "enclave")
     listener = Listener(topology, topology.party(party_id))
-    served, backoff = 0, _BACKOFF_MIN
+    served = 0
     try:
-        while not (stop is not None and stop.is_set()):
-            try:
-                session = Session.connect(topology, party_id, peers=[enclave_id],
-                                          listener=listener)
-            except SecinferNetError as e:
-                log.warning("device %d: enclave unreachable (%s); retrying", party_id, e)
-                _wait(stop, backoff)
-                backoff = min(2 * backoff, _BACKOFF_MAX)
-                continue
-            backoff = _BACKOFF_MIN
+        while True:
+            session = _connect(topology, party_id, enclave_id, listener, stop)
+            if session is None:
+                break
             print(f"device {party_id}: ready (serving enclave {enclave_id})", flush=True)
             with session:
                 try:
