@@ -22,6 +22,7 @@ import hashlib
 import json
 import queue
 import secrets
+import select
 import socket
 import ssl
 import struct
@@ -218,6 +219,21 @@ class _Incoming:
     nonce: bytes
     digest: bytes
 
+    def stale(self) -> bool:
+        """True when the dialer already gave up on this link: between its hello and our
+        confirmation a dialer sends nothing, so anything readable is its close."""
+        try:
+            return self.sock.fileno() < 0 or self.sock.pending() > 0 or bool(
+                select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def discard(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
 
 # A user's links to a server are both dialed by the user (users open no port): "up" carries
 # the user's frames, "down" the server's; same hello size as a party's, another magic.
@@ -390,11 +406,37 @@ class Listener:
         return [a.identity for a in gone]
 
     def wait_for(self, peers: list[int], deadline: float) -> dict[int, _Incoming]:
+        """One live incoming link from each of ``peers``, waiting until ``deadline``.
+
+        A peer that gave up a session attempt leaves its link behind here (queued, or held
+        for a later session); such stale links are dropped and the newest link of each peer
+        wins, so parties retrying on their own clocks still meet.
+        """
         got: dict[int, _Incoming] = {}
+
+        def take(inc: _Incoming) -> None:
+            if inc.stale():
+                inc.discard()
+                return
+            box = got if inc.peer in peers else self._held
+            old = box.pop(inc.peer, None)
+            if old is not None:  # a reconnect supersedes the earlier link
+                old.discard()
+            box[inc.peer] = inc
+
         for p in peers:
             if p in self._held:
-                got[p] = self._held.pop(p)
-        while len(got) < len(peers):
+                take(self._held.pop(p))
+        while True:
+            while True:  # everything already queued, oldest first, so the newest is kept
+                try:
+                    take(self._arrivals.get_nowait())
+                except queue.Empty:
+                    break
+            for p in [p for p, inc in got.items() if inc.stale()]:
+                got.pop(p).discard()
+            if len(got) == len(peers):
+                return got
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = [self.topology.party(p).name for p in peers if p not in got]
@@ -402,19 +444,9 @@ class Listener:
                 raise PeerTimeout(", ".join(missing), self.topology.connect_timeout,
                                   "never connected" + why)
             try:
-                inc = self._arrivals.get(timeout=min(left, 0.2))
+                take(self._arrivals.get(timeout=min(left, 0.2)))
             except queue.Empty:
                 continue
-            if inc.peer not in peers:
-                stale = self._held.pop(inc.peer, None)
-                if stale is not None:
-                    stale.sock.close()
-                self._held[inc.peer] = inc
-                continue
-            if inc.peer in got:  # a reconnect supersedes a stale link
-                got[inc.peer].sock.close()
-            got[inc.peer] = inc
-        return got
 
     def close(self) -> None:
         """Stop accepting; when this returns the port refuses new connections.

@@ -147,15 +147,22 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
     peers = [p for p in SERVER_IDS if p != party_id]
     try:
         while not _stopping(stop) and (max_clients is None or served < max_clients):
+            began = time.monotonic()
             try:
                 servers = Session.connect(topology, party_id, peers=peers, listener=listener,
                                           max_payload=limits.server_frame)
             except SecinferNetError as e:
                 state["state"] = "waiting for the other servers"
+                # an attempt that waited out its window retries at once: a server asleep
+                # while its peers try is how retrying parties keep missing each other; only
+                # fast failures (a refused handshake, a link dropped at once) back off
+                waited = time.monotonic() - began >= 0.9 * topology.connect_timeout
+                pause = 0.0 if waited else backoff
                 log.warning("server %d: the other servers are not all reachable (%s); retrying "
-                            "in %.1f s", party_id, e, backoff)
-                _sleep(stop, backoff)
-                backoff = min(2 * backoff, _BACKOFF_MAX)
+                            "in %.1f s", party_id, e, pause)
+                _sleep(stop, pause)
+                if not waited:
+                    backoff = min(2 * backoff, _BACKOFF_MAX)
                 continue
             backoff = _BACKOFF_MIN
             if metrics is not None:
