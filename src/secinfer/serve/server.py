@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -49,14 +48,14 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
-from ..models.bundle import OutputPolicy, load_bundle
-from ..models.secure import SecureModel
+from ..models.bundle import OutputPolicy
 from ..mpc import MPCConfig, MPCEngine, Share
 from ..net import Listener, SecinferNetError, Session, Topology
-from .limits import ServeLimits, plan_sizes, serve_limits
+from .limits import ServeLimits
 from .metrics import ServiceMetrics
 from .output import policy_output
-from .scheduler import StepLoop, UserConn, Welcome, nan_range
+from .scheduler import StepLoop, UserConn, Welcome
+from .served import Program, load_served
 
 __all__ = ["serve", "SERVER_IDS", "QuotaBook", "layer_counters"]
 
@@ -110,28 +109,17 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
         topology = replace(topology, max_batch=max_batch)
     if max_frame_bytes is not None:
         topology = replace(topology, max_frame_bytes=max_frame_bytes)
-    plan, shares, manifest = load_bundle(bundle, expect_party=party_id)
-    policy = policy or OutputPolicy.from_manifest(manifest)
-    cfg = mpc_config or MPCConfig(frac_bits=plan.frac_bits,
-                                  truncation=manifest.get("truncation", "local"))
-    sizes = plan_sizes(plan)
-    classes = math.prod(sizes.output_shape)
-    if policy.mode != "logits" and len(sizes.output_shape) != 1:
-        raise ValueError(f"output mode {policy.mode} needs a model with outputs [batch, C]; "
-                         f"this one gives [batch, {', '.join(map(str, sizes.output_shape))}]")
-    if policy.mode == "topk" and policy.k is not None and policy.k > classes:
-        raise ValueError(f"output policy top-{policy.k}, but the model has {classes} outputs")
-    if policy.mode == "topk" and cfg.drelu_high_bits:
-        raise ValueError("output mode topk needs the exact DReLU (drelu_high_bits = 0)")
-    limits = serve_limits(plan, topology, sizes)
+    served_prog = load_served(topology, party_id, bundle, policy, mpc_config)
+    policy, cfg, limits = served_prog.policy, served_prog.mpc_config, served_prog.limits
+    classes = served_prog.classes
     quota = QuotaBook(policy.quota)
-    welcome = Welcome(int(manifest["frac_bits"]), tuple(manifest["input_shape"]), policy.code,
-                      policy.k or 0, classes, nan_range(manifest.get("input_range")))
+    welcome = Welcome(served_prog.frac_bits, served_prog.input_shape, policy.code,
+                      policy.k or 0, classes, served_prog.input_range)
     me = topology.party(party_id)
     listener = Listener(topology, me)
-    state = {"state": "connecting", "role": me.role, "party": party_id,
-             "plan": manifest["files"]["plan.json"][:12], "sessions": 0,
-             "version": __version__}
+    state: dict[str, Any] = {"state": "connecting", "role": me.role, "party": party_id,
+                             "plan": served_prog.digest, "kind": served_prog.kind,
+                             "sessions": 0, "version": __version__}
     live: list[StepLoop] = []  # the loop now serving, for the health answer
     linked: list[Session] = []  # its server session, for the cost counters in the answer
 
@@ -170,12 +158,11 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
             with servers:
                 _agree_config(servers, policy, limits, classes)
                 engine = MPCEngine(servers, cfg)
-                model = SecureModel(engine, plan, shares)
+                program = served_prog.build(engine)
 
-                def forward(x: Share, engine: MPCEngine = engine,
-                            model: SecureModel = model, servers: Session = servers
-                            ) -> torch.Tensor:
-                    y = model.forward(x)
+                def forward(x: Share, engine: MPCEngine = engine, program: Program = program,
+                            servers: Session = servers) -> torch.Tensor:
+                    y = program(x)
                     with servers.op("output"):
                         return policy_output(engine, y, policy).data
 
@@ -189,14 +176,14 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                                 welcome, quota.left, quota.charge, stop, metrics=metrics,
                                 max_sessions=left, on_session_end=ended,
                                 quota=quota.quota)
-                log.info("server %d (%s) ready on %s:%d: backend mpc, bundle %s (plan %s), %d "
-                         "ops; output %s; max_batch %d, max_users %d, batching %s, frame "
+                log.info("server %d (%s) ready on %s:%d: backend mpc, bundle %s (plan %s), %s; "
+                         "output %s; max_batch %d, max_users %d, batching %s, frame "
                          "limits %d B from users, %d B from servers", party_id, me.role,
                          me.host, me.port, Path(bundle).resolve(), state["plan"],
-                         len(plan.ops), policy.describe(), limits.max_batch, topology.max_users,
-                         "on" if topology.batching else "off", limits.user_frame,
-                         limits.server_frame)
-                print(f"server {party_id}: ready ({len(plan.ops)} ops; output "
+                         served_prog.summary, policy.describe(), limits.max_batch,
+                         topology.max_users, "on" if topology.batching else "off",
+                         limits.user_frame, limits.server_frame)
+                print(f"server {party_id}: ready ({served_prog.summary}; output "
                       f"{policy.describe()}; max_batch {limits.max_batch}, frame limits "
                       f"{limits.user_frame} B from users, {limits.server_frame} B from "
                       "servers)", flush=True)

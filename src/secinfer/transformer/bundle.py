@@ -10,13 +10,16 @@ What is written (``out/party0``, ``out/party1``, ``out/party2``, ``out/user``):
 3. The user artifact holds the plaintext embedding tables (the user embeds locally, see
    :mod:`.model`), ``max_length`` and ``frac_bits``.
 
-The manifest's meta carries ``"kind": "encoder"`` so a server can pick the program. Serving
-these artifacts (server/scheduler entries, Client methods) is NOT done yet.
+The manifest's meta carries ``"kind": "encoder"``, the public dims and the secure config
+(:class:`~.layer.SecureTransformerConfig`), so a server builds the program from the artifact
+alone (:mod:`secinfer.serve.served`); the user artifact also carries the tokenizer's files, so
+the user needs nothing else (:mod:`.user`).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,22 +29,44 @@ import torch
 from ..artifacts import read_artifact, tensor_bytes, write_artifact
 from ..errors import ArtifactError
 from ..mpc.engine import encode
+from ..mpc.nonlinear import NonlinearConfig
 from ..mpc.prg import PRG, new_seed
 from .layer import SecureTransformerConfig
 from .model import EncoderDims
 from .weights import Embeddings, EncoderWeights, capture_bert
 
-__all__ = ["FORMAT", "USER_FORMAT", "compile_encoder", "compile_encoder_parts",
-           "load_encoder_shares"]
+__all__ = ["FORMAT", "USER_FORMAT", "TOKENIZER_PREFIX", "compile_encoder",
+           "compile_encoder_parts", "load_encoder_shares", "config_of"]
 
 FORMAT = "secinfer-mpc-bundle"
 USER_FORMAT = "secinfer-user-artifact"
 ROLES = {0: "server", 1: "server", 2: "helper"}
+TOKENIZER_PREFIX = "tokenizer-"  # the tokenizer's files in the user artifact (names are flat)
+
+
+def config_of(meta: dict[str, Any]) -> SecureTransformerConfig:
+    """The secure config an encoder artifact was compiled with (unknown keys refused)."""
+    raw = dict(meta.get("config") or {"frac_bits": meta.get("frac_bits", 16)})
+    try:
+        nl = NonlinearConfig(**raw.pop("nonlinear", {}))
+        return SecureTransformerConfig(**raw, nonlinear=nl)
+    except TypeError as e:
+        raise ArtifactError(f"encoder artifact has a config this version cannot read: {e}") from e
 
 
 def compile_encoder_parts(emb: Embeddings, enc: EncoderWeights, out: str | Path,
-                          max_length: int = 128, frac_bits: int = 16) -> list[Path]:
-    """Write the three party artifacts and the user artifact; returns [p0, p1, p2, user]."""
+                          max_length: int = 128, frac_bits: int = 16,
+                          cfg: SecureTransformerConfig | None = None,
+                          user_files: dict[str, bytes] | None = None) -> list[Path]:
+    """Write the three party artifacts and the user artifact; returns [p0, p1, p2, user].
+
+    ``cfg`` (default: the defaults at ``frac_bits``) is recorded for the servers; it must
+    hide the length (the served program takes the padding as shares)."""
+    cfg = cfg or SecureTransformerConfig(frac_bits=frac_bits)
+    frac_bits = cfg.frac_bits
+    if not cfg.hide_length:
+        raise ArtifactError("a served encoder hides the text length: compile with "
+                            "hide_length=True")
     if not 1 <= max_length <= emb.position.shape[0]:
         raise ArtifactError(f"max_length {max_length} outside 1..{emb.position.shape[0]}")
     out = Path(out)
@@ -55,7 +80,8 @@ def compile_encoder_parts(emb: Embeddings, enc: EncoderWeights, out: str | Path,
             r = prg.int64(e.shape)
             s0[f"{i}.{name}"], s1[f"{i}.{name}"] = (e - r).contiguous(), r.contiguous()
     meta: dict[str, Any] = {"kind": "encoder", "dims": asdict(dims), "frac_bits": frac_bits,
-                            "max_length": max_length}
+                            "max_length": max_length, "config": asdict(cfg),
+                            "input_shape": [max_length, dims.hidden + 2]}
     dirs = []
     for party, shares in ((0, s0), (1, s1), (2, None)):
         files = {"dims.json": json.dumps(asdict(dims)).encode()}
@@ -68,26 +94,38 @@ def compile_encoder_parts(emb: Embeddings, enc: EncoderWeights, out: str | Path,
               "token_type": emb.token_type, "ln_w": emb.ln_w, "ln_b": emb.ln_b}
     dirs.append(write_artifact(out / "user", USER_FORMAT, "mpc", "user",
                                {"embeddings.safetensors": tensor_bytes(
-                                   {k: v.contiguous() for k, v in tables.items()})},
+                                   {k: v.contiguous() for k, v in tables.items()}),
+                                **(user_files or {})},
                                {**meta, "ln_eps": emb.eps}, overwrite=True))
     return dirs
 
 
 def compile_encoder(model: Any, out: str | Path, max_length: int = 128,
                     cfg: SecureTransformerConfig | None = None,
-                    tokenizer: str | None = None) -> list[Path]:
+                    tokenizer: Any = None) -> list[Path]:
     """A Hugging Face BERT-family ``model`` (e.g. all-MiniLM-L6-v2) -> [p0, p1, p2, user].
 
-    ``tokenizer``: a reference (name or path) the user side loads its tokenizer from; recorded
-    in the user artifact's meta only."""
-    cfg = cfg or SecureTransformerConfig()
+    ``tokenizer``: the model's tokenizer, or a name / folder to load it from; its files go
+    into the user artifact (the user tokenizes; the servers never see a token)."""
     emb, enc = capture_bert(model)
-    dirs = compile_encoder_parts(emb, enc, out, max_length, cfg.frac_bits)
+    files: dict[str, bytes] = {}
+    meta: dict[str, Any] = {}
     if tokenizer is not None:
+        if isinstance(tokenizer, (str, Path)):
+            import transformers
+
+            meta["tokenizer"] = str(tokenizer)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer))
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            files = {TOKENIZER_PREFIX + p.name: p.read_bytes()
+                     for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+    dirs = compile_encoder_parts(emb, enc, out, max_length, cfg=cfg, user_files=files)
+    if meta:
         art = read_artifact(dirs[3], USER_FORMAT)
-        files = {n: art.read_bytes(n) for n in art.files}
-        write_artifact(dirs[3], USER_FORMAT, "mpc", "user", files,
-                       {**art.meta, "tokenizer": str(tokenizer)}, overwrite=True)
+        write_artifact(dirs[3], USER_FORMAT, "mpc", "user",
+                       {n: art.read_bytes(n) for n in art.files}, {**art.meta, **meta},
+                       overwrite=True)
     return dirs
 
 
