@@ -19,6 +19,7 @@ _LAZY = {
     "ClassifyResult": "secinfer.api",
     "EmbedResult": "secinfer.api",
     "GenerateResult": "secinfer.api",
+    "ZeroShotResult": "secinfer.api",
     "BACKENDS": "secinfer.api",
     "TASKS": "secinfer.api",
     "Session": "secinfer.net",

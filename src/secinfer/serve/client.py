@@ -34,6 +34,7 @@ from ..mpc.prg import PRG, new_seed
 from ..net import PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, Topology
 from ..net.userlink import dial_user, user_credentials
 from .output import decode_policy_output
+from .scheduler import parse_entries
 
 __all__ = ["Client"]
 
@@ -61,6 +62,8 @@ class Client:
         self._prg = PRG(new_seed())
         self.frac_bits = 0
         self.input_shape: tuple[int, ...] = ()
+        # every input shape the servers take (CLIP: image patches and packed prompts)
+        self.entries: tuple[tuple[int, ...], ...] = ()
         self.policy = OutputPolicy()
         self.max_batch = 0
         self.queries_left: int | None = None
@@ -92,6 +95,7 @@ class Client:
             meta = self._await(0, self.admit_timeout, "did not admit this session").tolist()
             pol = [int(v) for v in self._recv(0).tolist()]
             rng = self._recv(0)
+            entries = self._recv(0)
         except PeerAborted as e:
             self.close()
             raise RequestRefused(f"{e.peer} refused the session: {e.reason}") from e
@@ -108,6 +112,11 @@ class Client:
                                    f"{tuple(rng.shape)}, expected float64 (2,)")
         lo, hi = (float(v) for v in rng)
         self.input_range = None if math.isnan(lo) else (lo, hi)
+        try:
+            self.entries = parse_entries(entries)
+        except ValueError as e:
+            self.close()
+            raise SecinferNetError(f"server 0 sent {e}") from None
 
     def _await(self, server: int, timeout: float, what: str) -> torch.Tensor:
         """Receive from ``server``, but fail at once when ANY server has aborted or dropped
@@ -165,9 +174,10 @@ class Client:
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype == torch.bool or x.is_complex():
             raise TypeError(f"input must hold real numbers, got {x.dtype}")
-        if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
-            raise ValueError(f"input of shape {tuple(x.shape)}; the model takes "
-                             f"[batch, {', '.join(map(str, self.input_shape))}]")
+        if tuple(x.shape[1:]) not in (self.entries or (self.input_shape,)):
+            takes = " or ".join(f"[batch, {', '.join(map(str, e))}]"
+                                for e in (self.entries or (self.input_shape,)))
+            raise ValueError(f"input of shape {tuple(x.shape)}; the model takes {takes}")
         if x.shape[0] == 0:
             raise ValueError("empty batch: send at least one input")
         # the batch limit and the quota are the servers' to enforce (they refuse the request

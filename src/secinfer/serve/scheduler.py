@@ -134,13 +134,45 @@ class Welcome:
     k: int
     classes: int
     input_range: tuple[float, float]
+    # every input shape the servers take (one program each); the first is ``shape``
+    entries: tuple[tuple[int, ...], ...] = ()
+
+    def all_entries(self) -> tuple[tuple[int, ...], ...]:
+        return self.entries or (self.shape,)
+
+
+# an accepted verdict of a request for entry e with b inputs is b + e * ENTRY_STRIDE, so the
+# three servers' agreement covers the entry too
+ENTRY_STRIDE = 1 << 32
+
+
+def entries_message(entries: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """P0's fourth welcome message: int64 [E, len(shape_0), *shape_0, len(shape_1), ...]."""
+    flat = [len(entries)]
+    for e in entries:
+        flat += [len(e), *e]
+    return torch.tensor(flat, dtype=torch.int64)
+
+
+def parse_entries(t: torch.Tensor) -> tuple[tuple[int, ...], ...]:
+    v = [int(x) for x in t.tolist()]
+    if not v or v[0] < 1:
+        raise ValueError(f"bad entries message {v[:8]}")
+    out, i = [], 1
+    for _ in range(v[0]):
+        n = v[i]
+        out.append(tuple(v[i + 1:i + 1 + n]))
+        i += 1 + n
+    if i != len(v):
+        raise ValueError(f"bad entries message {v[:8]}")
+    return tuple(out)
 
 
 class StepLoop:
     """Runs steps until stopped; the same object at every server (P0 also plans)."""
 
     def __init__(self, topology: Topology, party_id: int, listener: Listener, servers: Session,
-                 engine: MPCEngine, forward: Callable[[Share], torch.Tensor],
+                 engine: MPCEngine, forward: Callable[[Share, int], torch.Tensor],
                  limits: ServeLimits, welcome: Welcome, quota_left: Callable[[str], int | None],
                  charge: Callable[[str, int], None], stop: threading.Event | None,
                  metrics: object | None = None, max_sessions: int | None = None,
@@ -342,6 +374,7 @@ class StepLoop:
                 [w.policy_code, w.k, self.limits.max_batch, -1 if left is None else left,
                  w.classes], dtype=torch.int64))
             session.send(USER_PEER, torch.tensor(w.input_range, dtype=torch.float64))
+            session.send(USER_PEER, entries_message(w.all_entries()))
         except SecinferNetError as e:  # the others will see it as a user gone
             log.warning("user %s left before its welcome: %s", conn.tag, e)
 
@@ -367,7 +400,6 @@ class StepLoop:
     # ------------------------------------------------------------------ requests
     def _read_request(self, conn: UserConn) -> tuple[int, str, torch.Tensor | None]:
         """This server's verdict on the user's next request, why, and its input share."""
-        shape = self.welcome.shape
         user, s = conn.identity, conn.session
         header_wait = min(self.topology.timeout, 5.0)
         try:
@@ -384,10 +416,14 @@ class StepLoop:
             return MALFORMED, (f"request header must be a 1-d int64 tensor, got "
                                f"{tuple(header.shape)} {header.dtype}"), None
         got = tuple(int(v) for v in header.tolist())
-        if len(got) != len(shape) + 1 or got[1:] != shape or got[0] < 1:
+        entries = self.welcome.all_entries()
+        if len(got) < 2 or got[1:] not in entries or got[0] < 1:
+            takes = " or ".join(f"[batch, {', '.join(map(str, e))}]" for e in entries)
             return MALFORMED, (f"user {user} asked for input {got}; the model takes "
-                               f"[batch, {', '.join(map(str, shape))}]"), None
+                               f"{takes}"), None
         batch = got[0]
+        entry = entries.index(got[1:])
+        shape = entries[entry]
         if batch > self.limits.max_batch:
             return OVER_BATCH, (f"batch of {batch} exceeds the limit max_batch = "
                                 f"{self.limits.max_batch}"), None
@@ -396,8 +432,9 @@ class StepLoop:
             return (OVER_QUOTA, (f"query quota exceeded: user {user} has {left} of its "
                                 f"quota of {self.quota} queries left and asked for {batch}"),
                     None)
+        verdict = batch + entry * ENTRY_STRIDE
         if self.engine.is_helper:
-            return batch, "", None
+            return verdict, "", None
         try:
             data = s.recv(USER_PEER)
         except FrameError as e:
@@ -407,12 +444,19 @@ class StepLoop:
         if tuple(data.shape) != (batch, *shape) or data.dtype != torch.int64:
             return BAD_SHARE, (f"user {user} sent a share of {tuple(data.shape)} {data.dtype}, "
                                f"expected {(batch, *shape)} int64"), None
-        return batch, "", data
+        return verdict, "", data
 
     def _compute(self, batch: list[tuple[UserConn, int, torch.Tensor | None]]) -> None:
+        """Run the accepted requests, one batch per entry (program), in entry order."""
+        for entry in sorted({v // ENTRY_STRIDE for _, v, _ in batch}):
+            self._compute_entry(entry, [(c, v % ENTRY_STRIDE, d) for c, v, d in batch
+                                        if v // ENTRY_STRIDE == entry])
+
+    def _compute_entry(self, entry: int,
+                       batch: list[tuple[UserConn, int, torch.Tensor | None]]) -> None:
         sizes = [b for _, b, _ in batch]
         total = sum(sizes)
-        shape = self.welcome.shape
+        shape = self.welcome.all_entries()[entry]
         t0 = time.perf_counter()
         for conn, b, _ in batch:
             self.charge(conn.identity, b)
@@ -420,7 +464,7 @@ class StepLoop:
             x = self.engine.placeholder((total, *shape), self.engine.f)
         else:
             x = Share(torch.cat([d for _, _, d in batch if d is not None]), self.engine.f)
-        out = self.forward(x)
+        out = self.forward(x, entry)
         seconds = time.perf_counter() - t0
         start = 0
         for (conn, b, _), rows in zip(batch, sizes, strict=True):

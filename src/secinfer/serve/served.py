@@ -11,6 +11,9 @@ model; what differs is read here, from the artifact's manifest:
   (:mod:`secinfer.transformer.user`), the program the encoder's layers with the padding as
   shares, mean pooling and the L2 normalisation; the output the [H] embedding (logits mode
   only: an embedding has no label).
+- ``kind: "clip"`` (:func:`secinfer.transformer.clip_bundle.compile_clip`): two entries, told
+  apart by the request's input shape: ``image`` (patches [P, C p p]) and ``text`` (the
+  packed prompt [S, H_t + 2]); each returns the L2-normalised [D] embedding.
 
 Every server builds the same :class:`Served` from its own artifact; the servers compare the
 policy and the limits when their session starts (:func:`.server._agree_config`).
@@ -42,8 +45,8 @@ _SLACK = 1 << 20
 
 @dataclass(frozen=True)
 class Served:
-    kind: str                              # "cnn" or "encoder"
-    input_shape: tuple[int, ...]           # per input, no batch dimension
+    kind: str                              # "cnn", "encoder" or "clip"
+    entries: tuple[tuple[int, ...], ...]   # each program's input, per input, no batch dim
     output_shape: tuple[int, ...]          # per input, before the output policy
     frac_bits: int
     policy: OutputPolicy
@@ -52,7 +55,12 @@ class Served:
     limits: ServeLimits
     digest: str                            # 12 hex digits of the program file's SHA-256
     summary: str                           # for the log: "12 ops", "encoder, 6 layers"
-    build: Callable[[MPCEngine], Program]  # once per server session: weights prepared
+    build: Callable[[MPCEngine], list[Program]]  # per server session (weights prepared),
+    #                                               one program per entry
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.entries[0]
 
     @property
     def classes(self) -> int:
@@ -69,6 +77,8 @@ def load_served(topology: Topology, party_id: int, path: str | Path,
     kind = inspect_artifact(path).meta.get("kind", "cnn")
     if kind == "encoder":
         return _encoder(topology, party_id, Path(path), policy, mpc_config)
+    if kind == "clip":
+        return _clip(topology, party_id, Path(path), policy, mpc_config)
     if kind != "cnn":
         raise ArtifactError(f"{path}: an MPC artifact of kind {kind!r}, which no server runs")
     return _cnn(topology, party_id, Path(path), policy, mpc_config)
@@ -90,10 +100,10 @@ def _cnn(topology: Topology, party_id: int, path: Path, policy: OutputPolicy | N
     if policy.mode == "topk" and cfg.drelu_high_bits:
         raise ValueError("output mode topk needs the exact DReLU (drelu_high_bits = 0)")
 
-    def build(engine: MPCEngine) -> Program:
-        return SecureModel(engine, plan, shares).forward
+    def build(engine: MPCEngine) -> list[Program]:
+        return [SecureModel(engine, plan, shares).forward]
 
-    return Served("cnn", tuple(manifest["input_shape"]), tuple(sizes.output_shape),
+    return Served("cnn", (tuple(manifest["input_shape"]),), tuple(sizes.output_shape),
                   int(manifest["frac_bits"]), policy, nan_range(manifest.get("input_range")),
                   cfg, serve_limits(plan, topology, sizes), manifest["files"]["plan.json"][:12],
                   f"{len(plan.ops)} ops", build)
@@ -120,7 +130,7 @@ def _encoder(topology: Topology, party_id: int, path: Path, policy: OutputPolicy
                           "apply (use logits)")
     s, h = int(art.meta["max_length"]), dims.hidden
 
-    def build(engine: MPCEngine) -> Program:
+    def build(engine: MPCEngine) -> list[Program]:
         with engine.session.op("weights"):
             model = share_encoder(engine, None, 0, dims, dealt=shares)
 
@@ -131,7 +141,7 @@ def _encoder(topology: Topology, party_id: int, path: Path, policy: OutputPolicy
             with engine.session.op("pool"):
                 return pool_normalise(engine, y, weights.contiguous(), cfg.nonlinear)
 
-        return forward
+        return [forward]
 
     batch = topology.max_batch
     if topology.max_frame_bytes is not None:
@@ -143,7 +153,68 @@ def _encoder(topology: Topology, party_id: int, path: Path, policy: OutputPolicy
         weights = dims.n_layers * (4 * h * h + 2 * h * dims.ffn + 9 * h + dims.ffn)
         limits = ServeLimits(batch, max(8 * batch * s * (h + 2), 4096),
                              max(8 * weights, _BYTES_PER_ELEMENT * batch * largest) + _SLACK)
-    return Served("encoder", (s, h + 2), (h,), cfg.frac_bits, policy, (math.nan, math.nan),
+    return Served("encoder", ((s, h + 2),), (h,), cfg.frac_bits, policy, (math.nan, math.nan),
                   mpc_config or cfg.mpc_config(), limits,
                   art.manifest()["files"]["dims.json"][:12],
                   f"encoder, {dims.n_layers} layers, hidden {h}, max_length {s}", build)
+
+
+def _clip(topology: Topology, party_id: int, path: Path, policy: OutputPolicy | None,
+          mpc_config: MPCConfig | None) -> Served:
+    from ..artifacts import read_artifact
+    from ..transformer.bundle import FORMAT, config_of
+    from ..transformer.clip import secure_image_tower, secure_text_tower, share_clip
+    from ..transformer.clip_bundle import load_clip_shares
+    from ..transformer.layer import SecretPadding
+
+    art = read_artifact(path, FORMAT)
+    if art.party != party_id:
+        raise ArtifactError(f"{path} is the artifact of party {art.party}, not of party "
+                            f"{party_id}")
+    dims, shares, meta = load_clip_shares(path)
+    if shares is None and party_id in (0, 1):
+        raise ArtifactError(f"{path}: a compute party's artifact must hold weight shares")
+    cfg = config_of(meta)
+    policy = policy or OutputPolicy()
+    if policy.mode != "logits":
+        raise ConfigError(f"a CLIP serves embeddings: output mode {policy.mode} does not "
+                          "apply (use logits)")
+    image = (dims.n_patches, dims.patch_dim)
+    s, ht = int(meta["text_length"]), dims.text.hidden
+    text = (s, ht + 2)
+
+    def build(engine: MPCEngine) -> list[Program]:
+        with engine.session.op("weights"):
+            model = share_clip(engine, None, 0, dims, dealt=shares)
+
+        def forward_image(x: Share) -> Share:
+            with engine.session.op("vision"):
+                return secure_image_tower(engine, model, x, cfg)
+
+        def forward_text(x: Share) -> Share:
+            emb, bias, eos = x[..., :ht], x[..., ht], x[..., ht + 1]
+            with engine.session.op("text"):
+                return secure_text_tower(engine, model, emb.contiguous(),
+                                         SecretPadding(bias.contiguous(), causal=True),
+                                         eos.contiguous(), cfg)
+
+        return [forward_image, forward_text]
+
+    batch = topology.max_batch
+    if topology.max_frame_bytes is not None:
+        limits = ServeLimits(batch, topology.max_frame_bytes, topology.max_frame_bytes)
+    else:
+        largest = 0
+        for d, n in ((dims.vision, dims.n_patches + 1), (dims.text, s)):
+            largest = max(largest, d.heads * n * n, n * d.ffn, n * (d.hidden + 2))
+        weights = sum(d.n_layers * (4 * d.hidden ** 2 + 2 * d.hidden * d.ffn + 9 * d.hidden
+                                    + d.ffn) for d in (dims.vision, dims.text))
+        weights += dims.patch_dim * dims.vision.hidden + (dims.n_patches + 1) * dims.vision.hidden
+        user = 8 * batch * max(math.prod(image), math.prod(text))
+        limits = ServeLimits(batch, max(user, 4096),
+                             max(8 * weights, _BYTES_PER_ELEMENT * batch * largest) + _SLACK)
+    return Served("clip", (image, text), (dims.projection,), cfg.frac_bits, policy,
+                  (math.nan, math.nan), mpc_config or cfg.mpc_config(), limits,
+                  art.manifest()["files"]["dims.json"][:12],
+                  f"CLIP, vision {dims.vision.n_layers} + text {dims.text.n_layers} layers, "
+                  f"entries image {list(image)} and text {list(text)}", build)

@@ -26,7 +26,11 @@ Wire messages of a user session (framed by the runtime):
                               queries left (-1: unlimited), outputs per input]
     P0 -> user on admission:  float64 [lo, hi], the owner's valid input range
                               (NaN, NaN: none was stated at compile time)
-    user -> P0, P1, P2:       int64 header [batch, *input_shape]   (empty = goodbye)
+    P0 -> user on admission:  int64 [E, n_0, *shape_0, n_1, *shape_1, ...]: the input shapes
+                              the servers take (E programs, e.g. CLIP's image and text
+                              towers; a CNN or an encoder has one)
+    user -> P0, P1, P2:       int64 header [batch, *shape_e]   (empty = goodbye; the shape
+                              says which program)
     user -> P0 / P1:          int64 input share [batch, *input_shape]
     P0 / P1 -> user:          output share: [batch, C] logits, [batch, k] or [batch]
     any server -> user:       an abort frame with the reason (busy, refused, a server failed,
@@ -114,7 +118,7 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
     classes = served_prog.classes
     quota = QuotaBook(policy.quota)
     welcome = Welcome(served_prog.frac_bits, served_prog.input_shape, policy.code,
-                      policy.k or 0, classes, served_prog.input_range)
+                      policy.k or 0, classes, served_prog.input_range, served_prog.entries)
     me = topology.party(party_id)
     listener = Listener(topology, me)
     state: dict[str, Any] = {"state": "connecting", "role": me.role, "party": party_id,
@@ -158,11 +162,12 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
             with servers:
                 _agree_config(servers, policy, limits, classes)
                 engine = MPCEngine(servers, cfg)
-                program = served_prog.build(engine)
+                programs = served_prog.build(engine)
 
-                def forward(x: Share, engine: MPCEngine = engine, program: Program = program,
+                def forward(x: Share, entry: int, engine: MPCEngine = engine,
+                            programs: list[Program] = programs,
                             servers: Session = servers) -> torch.Tensor:
-                    y = program(x)
+                    y = programs[entry](x)
                     with servers.op("output"):
                         return policy_output(engine, y, policy).data
 

@@ -59,6 +59,7 @@ Collusion of the helper with a compute server reveals everything.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +106,13 @@ class SecureClip:
     dims: ClipDims
 
 
-def share_clip(engine: MPCEngine, w: ClipWeights | None, owner: int, dims: ClipDims
-               ) -> SecureClip:
-    """Share and prepare every CLIP weight from ``owner`` (who passes ``w``), in a fixed order."""
+def share_clip(engine: MPCEngine, w: ClipWeights | None, owner: int, dims: ClipDims,
+               dealt: Mapping[str, torch.Tensor] | None = None) -> SecureClip:
+    """Share and prepare every CLIP weight from ``owner`` (who passes ``w``), in a fixed order.
+
+    ``dealt``: a server's pre-dealt shares (:mod:`.clip_bundle`; "name", "vision.i.name",
+    "text.i.name") instead of owner sharing; the helper passes None. The prepare step is
+    unchanged."""
     vd, td = dims.vision, dims.text
     shapes: dict[str, tuple[int, ...]] = {
         "patch_w": (vd.hidden, dims.patch_dim), "cls_pos": (dims.n_patches + 1, vd.hidden),
@@ -125,11 +130,26 @@ def share_clip(engine: MPCEngine, w: ClipWeights | None, owner: int, dims: ClipD
         x = got.get(name)
         if x is not None and tuple(x.shape) != shape:
             raise ValueError(f"CLIP weight {name}: expected shape {shape}, got {tuple(x.shape)}")
-        sh[name] = engine.share_input(x, owner, shape)
+        if dealt is not None and not engine.is_helper:
+            d = dealt.get(name)
+            if d is None or tuple(d.shape) != shape or d.dtype != torch.int64:
+                raise ValueError(f"CLIP weight {name}: the dealt share is missing or not "
+                                 f"int64 {shape}")
+            sh[name] = Share(d, engine.f)
+        else:
+            sh[name] = engine.share_input(x, owner, shape)
     prep = {k: engine.prepare_weight(sh[k]) for k in
             ("patch_w", "pre_ln_w", "post_ln_w", "vision_proj", "final_ln_w", "text_proj")}
-    vision = share_encoder(engine, w.vision if w is not None else None, owner, vd)
-    text = share_encoder(engine, w.text if w is not None else None, owner, td)
+
+    def tower(prefix: str) -> dict[str, torch.Tensor] | None:
+        if dealt is None:
+            return None
+        return {k[len(prefix):]: v for k, v in dealt.items() if k.startswith(prefix)}
+
+    vision = share_encoder(engine, w.vision if w is not None else None, owner, vd,
+                           dealt=tower("vision."))
+    text = share_encoder(engine, w.text if w is not None else None, owner, td,
+                         dealt=tower("text."))
     return SecureClip(prep["patch_w"], sh["cls_pos"], (prep["pre_ln_w"], sh["pre_ln_b"]),
                       vision, (prep["post_ln_w"], sh["post_ln_b"]), prep["vision_proj"], text,
                       (prep["final_ln_w"], sh["final_ln_b"]), prep["text_proj"],
@@ -180,9 +200,13 @@ def secure_text_tower(engine: MPCEngine, sc: SecureClip, x: Share, keep: Mask,
     y = _encoder(engine, sc.text, x, keep, cfg, sc.dims.native_act, embed_ln_shift)
     with engine.session.op("pool"):
         if isinstance(eos, Share):
-            if tuple(eos.shape) != (t, s) or eos.frac_bits != 0:
-                raise ValueError(f"EOS one-hot shares must be [T, S] = {(t, s)} at scale 0")
-            row = engine.matmul(eos.reshape(t, 1, s), y, truncate=False).reshape(t, h)
+            if tuple(eos.shape) != (t, s) or eos.frac_bits not in (0, engine.f):
+                raise ValueError(f"EOS one-hot shares must be [T, S] = {(t, s)} at scale 0 "
+                                 f"or {engine.f}")
+            # at scale 0 the product is exact; at scale f (packed with the text, as the
+            # served program takes it) it is truncated once
+            row = engine.matmul(eos.reshape(t, 1, s), y,
+                                truncate=eos.frac_bits != 0).reshape(t, h)
         elif engine.is_helper:
             row = y.sum(1)  # a placeholder of the right shape
         else:
