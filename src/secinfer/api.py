@@ -381,6 +381,8 @@ class Client:
             hidden = impl.encode(inputs)[0].double()
             pooled = hidden.mean(1)
             return EmbedResult(pooled / pooled.norm(dim=-1, keepdim=True))
+        if isinstance(inputs, str):
+            raise ValueError("embed takes a non-empty list of strings, not one string")
         x = self._user_encoder().request(list(inputs))
         if tuple(x.shape[1:]) != impl.input_shape:
             raise ConfigError(f"the servers take inputs {list(impl.input_shape)}; the user "

@@ -87,12 +87,13 @@ def test_label_mode_reveals_only_the_label_and_the_quota_is_enforced(tmp_path):
         view = list(c.view)
     assert labels.dtype == torch.int64 and labels.shape == (3,)
     assert torch.equal(labels[sure[:3]], logits[:3].argmax(1)[sure[:3]]) and bool(sure[:3].any())
-    # the user's whole view: meta, policy and input range from P0, then one [3] share from
-    # P0 and one from
-    # P1; nothing with a logit's shape, and 8 bytes per input from each: only the label
+    # the user's whole view: meta, policy, input range and the input shapes (entries) from
+    # P0, then one [3] share from P0 and one from P1; nothing with a logit's shape, and 8
+    # bytes per input from each: only the label
     assert [(s, tuple(t.shape)) for s, t in view] == [(0, (4,)), (0, (5,)), (0, (2,)),
-                                                     (0, (3,)), (1, (3,))]
-    s0, s1 = view[3][1], view[4][1]
+                                                     (0, (5,)), (0, (3,)), (1, (3,))]
+    assert view[3][1].tolist() == [1, 3, 1, 28, 28]  # one program, input [1, 28, 28]
+    s0, s1 = view[4][1], view[5][1]
     assert s0.dtype == s1.dtype == torch.int64
     assert torch.equal(s0 + s1, labels)
     assert bool((s0.abs() > 2**40).all()) and bool((s1.abs() > 2**40).all())  # each uniform
@@ -121,7 +122,7 @@ def test_logits_mode_is_unchanged_and_topk_gives_indices(tmp_path):
         out = c.predict(x)
     assert out.dtype == torch.float64 and out.shape == (4, 10)
     assert (out - logits).abs().max().item() < 0.05
-    assert [tuple(t.shape) for _, t in c.view[3:]] == [(4, 10), (4, 10)]
+    assert [tuple(t.shape) for _, t in c.view[4:]] == [(4, 10), (4, 10)]
     srv.join()
     assert not srv.errors, srv.errors
 
@@ -129,7 +130,7 @@ def test_logits_mode_is_unchanged_and_topk_gives_indices(tmp_path):
     with Client(srv.topo, record_view=True) as c:
         top = c.predict(x)
     assert top.shape == (4, 2) and torch.equal(top[:, 0][sure], logits.argmax(1)[sure])
-    assert [tuple(t.shape) for _, t in c.view[3:]] == [(4, 2), (4, 2)]
+    assert [tuple(t.shape) for _, t in c.view[4:]] == [(4, 2), (4, 2)]
     srv.join()
     assert not srv.errors, srv.errors
 
