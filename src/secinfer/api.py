@@ -49,7 +49,7 @@ __all__ = ["BACKENDS", "TASKS", "Compiled", "ClassifyResult", "GenerateResult",
 
 BACKENDS = ("mpc", "tee", "stip")
 TASKS: Mapping[str, tuple[str, ...]] = {
-    "mpc": ("classify", "embed", "zeroshot"),
+    "mpc": ("classify", "embed", "zeroshot", "fewshot"),
     "tee": ("classify",),
     "stip": ("classify", "embed", "generate"),
 }
@@ -402,6 +402,38 @@ class Client:
         txt = impl.predict(user.text_request([template.format(label=c) for c in classes]))
         scores = img @ txt.T
         return ZeroShotResult(scores.argmax(-1), scores, img, txt)
+
+    def fewshot(self, support: Any, support_labels: torch.Tensor, queries: Any
+                ) -> ZeroShotResult:
+        """Few-shot classification by prototypes (SecLMM's few-shot task): the servers embed
+        the labelled ``support`` examples and the ``queries`` on shares (images through a
+        served CLIP, texts through a served encoder); this user alone averages each class's
+        support embeddings into a prototype and scores every query by cosine.
+        ``text_embeddings`` of the result holds the prototypes [classes, D]."""
+        impl = self._need("fewshot")
+        labels = torch.as_tensor(support_labels, dtype=torch.int64)
+        if labels.dim() != 1 or labels.numel() == 0 or int(labels.min()) < 0:
+            raise ValueError("support_labels must be a non-empty 1-d tensor of class indices")
+        classes = int(labels.max()) + 1
+        missing = sorted(set(range(classes)) - set(labels.tolist()))
+        if missing:
+            raise ValueError(f"classes {missing} have no support example")
+        if isinstance(support, torch.Tensor):
+            user = self._user_side("clip")
+            sup = impl.predict(user.image_request(support))
+            qry = impl.predict(user.image_request(queries))
+        else:
+            enc = self._user_encoder()
+            if isinstance(support, str) or isinstance(queries, str):
+                raise ValueError("few-shot texts must be lists of strings")
+            sup = impl.predict(enc.request(list(support)))
+            qry = impl.predict(enc.request(list(queries)))
+        if len(sup) != len(labels):
+            raise ValueError(f"{len(sup)} support examples but {len(labels)} labels")
+        protos = torch.stack([sup[labels == k].mean(0) for k in range(classes)])
+        protos = protos / protos.norm(dim=-1, keepdim=True)
+        scores = qry @ protos.T
+        return ZeroShotResult(scores.argmax(-1), scores, qry, protos)
 
     def _user_encoder(self) -> Any:
         return self._user_side("encoder")

@@ -65,6 +65,7 @@ def test_encoder_service_embeds_like_plaintext_and_refuses_a_wrong_shape(tmp_pat
         with pytest.raises(ValueError, match="non-empty list of strings"):
             c.embed("not a list")
         again = c.embed(texts[:1]).vectors  # the session (and the servers) serve on
+        few = c.fewshot(texts, torch.tensor([0, 1]), texts)  # each text its class prototype
     batch = transformers.AutoTokenizer.from_pretrained(path)(texts, padding=True,
                                                                return_tensors="pt")
     with torch.no_grad():
@@ -74,6 +75,8 @@ def test_encoder_service_embeds_like_plaintext_and_refuses_a_wrong_shape(tmp_pat
     cos = torch.nn.functional.cosine_similarity(got, ref, dim=-1)
     assert (cos >= 0.999).all(), cos
     assert torch.nn.functional.cosine_similarity(again, ref[:1], dim=-1).item() >= 0.999
+    assert few.labels.tolist() == [0, 1]
+    assert (few.scores - ref @ ref.T).abs().max().item() < 5e-3
     # a CLIP task on an encoder: refused before anything is sent, naming the artifact's kind
     with api.Client(srv.topo, user_id=3, artifact=tmp_path / "b" / "user") as c, \
             pytest.raises(ConfigError, match="not of a clip"):
@@ -101,6 +104,10 @@ def test_clip_service_runs_both_towers_as_two_programs(tmp_path):
         assert c.session.entries == ((16, 49), (16, 34))
         with pytest.raises(ValueError, match=r"\[batch, 16, 49\] or \[batch, 16, 34\]"):
             c.session.predict(torch.zeros(1, 16, 50))
+        support, labels = images[:2], torch.tensor([0, 1])
+        few = c.fewshot(support, labels, images)
+        with pytest.raises(ValueError, match=r"classes \[1\] have no support example"):
+            c.fewshot(support, torch.tensor([0, 2]), images)
     with torch.no_grad():
         img = torch.nn.functional.normalize(clip_image_embeddings(bundle, images).double(), dim=-1)
         txt = torch.nn.functional.normalize(clip_text_embeddings(
@@ -110,4 +117,6 @@ def test_clip_service_runs_both_towers_as_two_programs(tmp_path):
     assert (torch.nn.functional.cosine_similarity(res.text_embeddings, txt, dim=-1)
             >= 0.999).all()
     assert (res.scores - img @ txt.T).abs().max().item() < 5e-3
+    # few-shot: one support image per class, so the prototypes are those images' embeddings
+    assert (few.scores - img @ img[:2].T).abs().max().item() < 5e-3
     srv.join()
