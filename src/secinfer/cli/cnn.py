@@ -72,10 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="write the result (safetensors 'y': logits, top-k indices or labels, as "
                         "the owner's output policy says)")
-    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
-    p.add_argument("--cert", type=Path, default=None,
-                   help="a user certificate from `secinfer certs user` (instead of --id)")
-    p.add_argument("--key", type=Path, default=None, help="its private key")
+    _user_args(p)
     p.set_defaults(handler=_infer)
 
     p = sub.add_parser("embed", help="sentence embeddings from a served encoder as the user")
@@ -85,10 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", action="append", required=True, help="a text (repeat for more)")
     p.add_argument("--out", type=Path, default=None,
                    help="write the embeddings (safetensors 'y' [texts, hidden])")
-    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
-    p.add_argument("--cert", type=Path, default=None,
-                   help="a user certificate from `secinfer certs user` (instead of --id)")
-    p.add_argument("--key", type=Path, default=None, help="its private key")
+    _user_args(p)
     p.set_defaults(handler=_embed)
 
     p = sub.add_parser("zeroshot", help="zero-shot image classification by a served CLIP")
@@ -102,10 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", default="a photo of a {label}.")
     p.add_argument("--out", type=Path, default=None,
                    help="write the scores (safetensors 'scores' [n, classes])")
-    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
-    p.add_argument("--cert", type=Path, default=None,
-                   help="a user certificate from `secinfer certs user` (instead of --id)")
-    p.add_argument("--key", type=Path, default=None, help="its private key")
+    _user_args(p)
     p.set_defaults(handler=_zeroshot)
 
     p = sub.add_parser("generate", help="greedy generation from a causal LM (stip) as the user")
@@ -127,6 +118,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--relu-spec", type=Path, default=None)
         p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
         p.set_defaults(handler=_eval)
+
+
+def _user_args(p: argparse.ArgumentParser) -> None:
+    """Who the user is: a topology party, or a certificate from `secinfer certs user`."""
+    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
+    p.add_argument("--cert", type=Path, default=None,
+                   help="a user certificate from `secinfer certs user` (instead of --id)")
+    p.add_argument("--key", type=Path, default=None, help="its private key")
 
 
 def _policy_args(p: argparse.ArgumentParser, default: str | None) -> None:

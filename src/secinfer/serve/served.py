@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..artifacts import inspect_artifact
 from ..errors import ArtifactError, ConfigError
@@ -34,6 +35,9 @@ from ..mpc import MPCConfig, MPCEngine, Share
 from ..net import Topology
 from .limits import ServeLimits, plan_sizes, serve_limits
 from .scheduler import nan_range
+
+if TYPE_CHECKING:
+    from ..transformer.layer import SecureTransformerConfig
 
 __all__ = ["Served", "load_served"]
 
@@ -109,25 +113,35 @@ def _cnn(topology: Topology, party_id: int, path: Path, policy: OutputPolicy | N
                   f"{len(plan.ops)} ops", build)
 
 
-def _encoder(topology: Topology, party_id: int, path: Path, policy: OutputPolicy | None,
-             mpc_config: MPCConfig | None) -> Served:
+def _embedding_artifact(path: Path, party_id: int, shares: dict | None,
+                        policy: OutputPolicy | None, what: str
+                        ) -> tuple[Any, SecureTransformerConfig, OutputPolicy]:
+    """The checks every transformer artifact passes: this party's, shares where a compute
+    party needs them, and an output policy of logits (an embedding has no label)."""
     from ..artifacts import read_artifact
-    from ..transformer.bundle import FORMAT, config_of, load_encoder_shares
-    from ..transformer.layer import SecretPadding
-    from ..transformer.model import encoder_forward, pool_normalise, share_encoder
+    from ..transformer.bundle import FORMAT, config_of
 
     art = read_artifact(path, FORMAT)
     if art.party != party_id:
         raise ArtifactError(f"{path} is the artifact of party {art.party}, not of party "
                             f"{party_id}")
-    dims, shares = load_encoder_shares(path)
     if shares is None and party_id in (0, 1):
         raise ArtifactError(f"{path}: a compute party's artifact must hold weight shares")
-    cfg = config_of(art.meta)
     policy = policy or OutputPolicy()
     if policy.mode != "logits":
-        raise ConfigError(f"an encoder serves embeddings: output mode {policy.mode} does not "
+        raise ConfigError(f"{what} serves embeddings: output mode {policy.mode} does not "
                           "apply (use logits)")
+    return art, config_of(art.meta), policy
+
+
+def _encoder(topology: Topology, party_id: int, path: Path, policy: OutputPolicy | None,
+             mpc_config: MPCConfig | None) -> Served:
+    from ..transformer.bundle import load_encoder_shares
+    from ..transformer.layer import SecretPadding
+    from ..transformer.model import encoder_forward, pool_normalise, share_encoder
+
+    dims, shares = load_encoder_shares(path)
+    art, cfg, policy = _embedding_artifact(path, party_id, shares, policy, "an encoder")
     s, h = int(art.meta["max_length"]), dims.hidden
 
     def build(engine: MPCEngine) -> list[Program]:
@@ -161,24 +175,12 @@ def _encoder(topology: Topology, party_id: int, path: Path, policy: OutputPolicy
 
 def _clip(topology: Topology, party_id: int, path: Path, policy: OutputPolicy | None,
           mpc_config: MPCConfig | None) -> Served:
-    from ..artifacts import read_artifact
-    from ..transformer.bundle import FORMAT, config_of
     from ..transformer.clip import secure_image_tower, secure_text_tower, share_clip
     from ..transformer.clip_bundle import load_clip_shares
     from ..transformer.layer import SecretPadding
 
-    art = read_artifact(path, FORMAT)
-    if art.party != party_id:
-        raise ArtifactError(f"{path} is the artifact of party {art.party}, not of party "
-                            f"{party_id}")
     dims, shares, meta = load_clip_shares(path)
-    if shares is None and party_id in (0, 1):
-        raise ArtifactError(f"{path}: a compute party's artifact must hold weight shares")
-    cfg = config_of(meta)
-    policy = policy or OutputPolicy()
-    if policy.mode != "logits":
-        raise ConfigError(f"a CLIP serves embeddings: output mode {policy.mode} does not "
-                          "apply (use logits)")
+    art, cfg, policy = _embedding_artifact(path, party_id, shares, policy, "a CLIP")
     image = (dims.n_patches, dims.patch_dim)
     s, ht = int(meta["text_length"]), dims.text.hidden
     text = (s, ht + 2)

@@ -36,7 +36,7 @@ from .model import EncoderDims
 from .weights import Embeddings, EncoderWeights, capture_bert
 
 __all__ = ["FORMAT", "USER_FORMAT", "TOKENIZER_PREFIX", "compile_encoder",
-           "compile_encoder_parts", "load_encoder_shares", "config_of"]
+           "compile_encoder_parts", "load_encoder_shares", "config_of", "write_server_artifacts"]
 
 FORMAT = "secinfer-mpc-bundle"
 USER_FORMAT = "secinfer-user-artifact"
@@ -52,6 +52,29 @@ def config_of(meta: dict[str, Any]) -> SecureTransformerConfig:
         return SecureTransformerConfig(**raw, nonlinear=nl)
     except TypeError as e:
         raise ArtifactError(f"encoder artifact has a config this version cannot read: {e}") from e
+
+
+def write_server_artifacts(out: Path, tensors: dict[str, torch.Tensor], dims: dict[str, Any],
+                           meta: dict[str, Any], frac_bits: int) -> list[Path]:
+    """Steps 1-2 of the module docstring for any transformer: every tensor encoded at
+    ``frac_bits`` and split ``enc - r`` (party 0) / ``r`` (party 1), ``r`` uniform from the
+    AES-CTR PRG keyed by the OS CSPRNG; the helper (party 2) gets the dims only."""
+    prg = PRG(new_seed())
+    s0: dict[str, torch.Tensor] = {}
+    s1: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        e = encode(t, frac_bits)
+        r = prg.int64(tuple(e.shape))
+        s0[name], s1[name] = (e - r).contiguous(), r.contiguous()
+    dirs = []
+    for party, shares in ((0, s0), (1, s1), (2, None)):
+        files = {"dims.json": json.dumps(dims).encode()}
+        if shares is not None:
+            files["weights.safetensors"] = tensor_bytes(shares)
+        dirs.append(write_artifact(out / f"party{party}", FORMAT, "mpc", ROLES[party], files,
+                                   meta, party=party, secret=shares is not None,
+                                   overwrite=True))
+    return dirs
 
 
 def compile_encoder_parts(emb: Embeddings, enc: EncoderWeights, out: str | Path,
@@ -71,25 +94,12 @@ def compile_encoder_parts(emb: Embeddings, enc: EncoderWeights, out: str | Path,
         raise ArtifactError(f"max_length {max_length} outside 1..{emb.position.shape[0]}")
     out = Path(out)
     dims = EncoderDims.of(enc)
-    prg = PRG(new_seed())
-    s0: dict[str, torch.Tensor] = {}
-    s1: dict[str, torch.Tensor] = {}
-    for i, layer in enumerate(enc.layers):
-        for name, w in layer.tensors().items():
-            e = encode(w, frac_bits)
-            r = prg.int64(e.shape)
-            s0[f"{i}.{name}"], s1[f"{i}.{name}"] = (e - r).contiguous(), r.contiguous()
+    tensors = {f"{i}.{name}": w for i, layer in enumerate(enc.layers)
+               for name, w in layer.tensors().items()}
     meta: dict[str, Any] = {"kind": "encoder", "dims": asdict(dims), "frac_bits": frac_bits,
                             "max_length": max_length, "config": asdict(cfg),
                             "input_shape": [max_length, dims.hidden + 2]}
-    dirs = []
-    for party, shares in ((0, s0), (1, s1), (2, None)):
-        files = {"dims.json": json.dumps(asdict(dims)).encode()}
-        if shares is not None:
-            files["weights.safetensors"] = tensor_bytes(shares)
-        dirs.append(write_artifact(out / f"party{party}", FORMAT, "mpc", ROLES[party], files,
-                                   meta, party=party, secret=shares is not None,
-                                   overwrite=True))
+    dirs = write_server_artifacts(out, tensors, asdict(dims), meta, frac_bits)
     tables = {"word": emb.word, "position": emb.position[:max_length],
               "token_type": emb.token_type, "ln_w": emb.ln_w, "ln_b": emb.ln_b}
     dirs.append(write_artifact(out / "user", USER_FORMAT, "mpc", "user",

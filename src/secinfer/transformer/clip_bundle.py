@@ -28,9 +28,7 @@ import torch
 
 from ..artifacts import read_artifact, tensor_bytes, write_artifact
 from ..errors import ArtifactError
-from ..mpc.engine import encode
-from ..mpc.prg import PRG, new_seed
-from .bundle import FORMAT, ROLES, USER_FORMAT, config_of
+from .bundle import FORMAT, USER_FORMAT, config_of, write_server_artifacts
 from .clip_weights import ClipDims, ClipUserSide, capture_clip, eos_positions
 from .layer import SecureTransformerConfig, hidden_bias
 from .model import EncoderDims
@@ -77,24 +75,10 @@ def compile_clip(bundle: Any, out: str | Path, cfg: SecureTransformerConfig | No
         for i, layer in enumerate(enc.layers):
             for name, t in layer.tensors().items():
                 tensors[f"{tower}.{i}.{name}"] = t
-    prg = PRG(new_seed())
-    s0: dict[str, torch.Tensor] = {}
-    s1: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
-        e = encode(t, cfg.frac_bits)
-        r = prg.int64(tuple(e.shape))
-        s0[name], s1[name] = (e - r).contiguous(), r.contiguous()
     meta: dict[str, Any] = {"kind": "clip", "dims": asdict(dims), "frac_bits": cfg.frac_bits,
                             "config": asdict(cfg), "text_length": s, "entries": shapes}
     out = Path(out)
-    dirs = []
-    for party, shares in ((0, s0), (1, s1), (2, None)):
-        files = {"dims.json": json.dumps(asdict(dims)).encode()}
-        if shares is not None:
-            files["weights.safetensors"] = tensor_bytes(shares)
-        dirs.append(write_artifact(out / f"party{party}", FORMAT, "mpc", ROLES[party], files,
-                                   meta, party=party, secret=shares is not None,
-                                   overwrite=True))
+    dirs = write_server_artifacts(out, tensors, asdict(dims), meta, cfg.frac_bits)
     tables = {"token": user.token.contiguous(), "position": user.position[:s].contiguous()}
     dirs.append(write_artifact(
         out / "user", USER_FORMAT, "mpc", "user",
