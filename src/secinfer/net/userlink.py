@@ -31,9 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import HandshakeError, PeerTimeout, SecinferNetError
-from .tls import user_context
-from .topology import Topology, party_dns_name
-from .transport import (
+from .listener import (
     _HELLO,
     _PROTOCOL_VERSION,
     _SOCKET_BUFFER,
@@ -41,9 +39,11 @@ from .transport import (
     USER_DOWN,
     USER_HEALTH,
     USER_UP,
-    TlsTransport,
     UserArrival,
 )
+from .tls import user_context
+from .topology import Topology, party_dns_name
+from .transport import TlsTransport
 
 __all__ = ["UserLinks", "USER_PEER", "dial_user", "user_digest", "user_session_id",
            "user_credentials", "probe_health"]
