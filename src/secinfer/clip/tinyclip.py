@@ -16,7 +16,6 @@ Weights are loaded as safetensors when present; nothing is unpickled.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from secinfer.clip.zeroshot import ZeroShotResult, prompts_for, zeroshot_from_embeddings
+from secinfer.transformer.word_tokenizer import CLIP_TEMPLATES, WordTokenizer
 
 __all__ = [
     "CLIP_TEMPLATES",
@@ -47,59 +47,7 @@ __all__ = [
 
 FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                   "sneaker", "bag", "ankle boot"]
-CLIP_TEMPLATES = ("a photo of a {label}.", "a picture of a {label}.", "an image of the {label}.")
 _TOKENIZER_FILE = "secinfer_tokenizer.json"
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-class WordTokenizer:
-    """Lower-cased word tokenizer over a fixed vocabulary.
-
-    Ids: 0 pad, 1 bos, 2 unknown, words from 3, and eos = the largest id, so CLIP's pooling
-    (first eos, or argmax of the ids) picks the eos position either way.
-    """
-
-    def __init__(self, words: list[str], max_length: int = 16) -> None:
-        if len(set(words)) != len(words):
-            raise ValueError("tokenizer words must be unique")
-        if max_length < 3:
-            raise ValueError(f"max_length must be at least 3, got {max_length}")
-        self.words = list(words)
-        self.max_length = max_length
-        self._ids = {w: i + 3 for i, w in enumerate(self.words)}
-        self.pad_id, self.bos_id, self.unk_id = 0, 1, 2
-        self.eos_id = len(self.words) + 3
-
-    @classmethod
-    def for_prompts(cls, classes: list[str], templates: tuple[str, ...] = CLIP_TEMPLATES,
-                    max_length: int = 16) -> WordTokenizer:
-        """A vocabulary covering every word of every template filled with every class."""
-        words: list[str] = []
-        for t in templates:
-            for p in prompts_for(classes, t):
-                words.extend(w for w in _WORD.findall(p.lower()) if w not in words)
-        return cls(words, max_length)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.eos_id + 1
-
-    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids, attention_mask)``, int64 ``[len(texts), L]``, padded to the longest."""
-        rows = []
-        for t in texts:
-            ids = [self._ids.get(w, self.unk_id) for w in _WORD.findall(t.lower())]
-            rows.append([self.bos_id, *ids[: self.max_length - 2], self.eos_id])
-        width = max(len(r) for r in rows)
-        ids_t = torch.full((len(rows), width), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(rows), width), dtype=torch.int64)
-        for i, r in enumerate(rows):
-            ids_t[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        return ids_t, mask
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "secinfer-word", "words": self.words, "max_length": self.max_length}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .bundle import FORMAT, USER_FORMAT, config_of, write_server_artifacts
 from .clip_weights import ClipDims, ClipUserSide, capture_clip, eos_positions
 from .layer import SecureTransformerConfig, hidden_bias
 from .model import EncoderDims
+from .word_tokenizer import WordTokenizer
 
 __all__ = ["compile_clip", "load_clip_shares", "ClipUser", "load_clip_user", "clip_dims"]
 
@@ -52,8 +53,6 @@ def compile_clip(bundle: Any, out: str | Path, cfg: SecureTransformerConfig | No
 
     ``text_length``: every prompt is padded to it (default: the text tower's context length);
     the servers learn only that length."""
-    from ..clip.tinyclip import WordTokenizer
-
     cfg = cfg or SecureTransformerConfig()
     if not cfg.hide_length:
         raise ArtifactError("a served CLIP hides the prompt length: compile with "
@@ -131,8 +130,6 @@ class ClipUser:
 
 def load_clip_user(path: str | Path) -> ClipUser:
     """The user artifact of a compiled CLIP (checksums verified by the one reader)."""
-    from ..clip.tinyclip import WordTokenizer
-
     art = read_artifact(path, USER_FORMAT)
     if art.meta.get("kind") != "clip":
         raise ArtifactError(f"{path}: not a CLIP user artifact (kind {art.meta.get('kind')!r})")
