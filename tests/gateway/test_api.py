@@ -123,7 +123,7 @@ def test_bad_requests_are_json_errors_and_the_servers_go_on(api, tmp_path):
     big = torch.zeros((300, 1, 28, 28)).tolist()  # over max_batch 256: the servers refuse it
     _assert_error(api.post("/v1/classify", json={"input": big}), 422, "max_batch")
     for name, why in (("embed", "without a STIP cloud"), ("generate", "without a STIP cloud"),
-                      ("zero-shot", "no long-lived CLIP server")):
+                      ("zero-shot", "without a served CLIP")):
         body = _assert_error(api.post(f"/v1/{name}", json={}), 501, why)
         assert body["error"] == "not served by this gateway"
     _assert_error(api.get("/nope"), 404)

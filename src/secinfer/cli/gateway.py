@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stip-key", type=Path, default=None, help="the user's STIP key folder")
     p.add_argument("--stip-tokenizer", type=Path, default=None,
                    help="a local tokenizer folder, to accept text (else token ids)")
+    p.add_argument("--clip-topology", type=Path, default=None,
+                   help="the topology of three servers serving a compiled CLIP (default: "
+                        "--topology, when --clip-artifact is given): /v1/zero-shot goes there")
+    p.add_argument("--clip-artifact", type=Path, default=None,
+                   help="the compiled CLIP's user artifact (its 'user' folder)")
     p.set_defaults(handler=_gateway)
 
 
@@ -76,10 +81,20 @@ def _gateway(args: argparse.Namespace) -> int:
 
         stip = StipBackend(StipConfig(Topology.load(args.stip_topology), args.stip_key,
                                       args.stip_tokenizer))
+    clip = None
+    if args.clip_topology is not None and args.clip_artifact is None:
+        raise ValueError("--clip-topology needs --clip-artifact (the CLIP's user artifact)")
+    if args.clip_artifact is not None:
+        from secinfer.gateway.clip import ClipBackend, ClipConfig
+
+        clip_topo = Topology.load(args.clip_topology) if args.clip_topology else topo
+        clip = ClipBackend(ClipConfig(clip_topo, args.clip_artifact, Path(cert), Path(key),
+                                      compute_timeout=args.compute_timeout))
     cfg = GatewayConfig(topo, Path(cert), Path(key), max_sessions=args.max_sessions,
                         compute_timeout=args.compute_timeout, busy_wait=args.busy_wait,
                         plaintext=plaintext,
-                        plaintext_name=args.plaintext_model or "", class_names=names, stip=stip)
+                        plaintext_name=args.plaintext_model or "", class_names=names, stip=stip,
+                        clip=clip)
     app = create_app(cfg)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"WARNING: the gateway binds {args.host}, not loopback: anyone reaching it "

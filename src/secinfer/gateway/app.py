@@ -39,19 +39,17 @@ from .. import __version__
 from ..net import RequestRefused, Topology
 from ..net.userlink import probe_health
 from ..serve.client import Client
+from .clip import ClipBackend
 from .costs import SERVERS, layer_costs, snapshot
 from .errors import GatewayError, classify_error
 from .inputs import MAX_UPLOAD_BYTES, ModelInfo, decode_image, image_to_input, json_to_input
 from .stip import StipBackend
 
-__all__ = ["GatewayConfig", "create_app", "NOT_SERVED"]
+__all__ = ["GatewayConfig", "create_app"]
 
-# protocols the issue asks for whose secure versions have no long-lived server to reach
-NOT_SERVED = {
-    "zero-shot": "secure CLIP zero-shot (secinfer.clip) runs only as a one-shot local "
-                 "experiment (`secinfer experiments clip zeroshot`): there is no long-lived "
-                 "CLIP server for a gateway to reach",
-}
+NO_CLIP = ("this gateway was started without a served CLIP (--clip-topology, --clip-artifact):"
+           " zero-shot goes to the three MPC servers of a compiled CLIP (`secinfer compile "
+           "--backend mpc --model tinyclip:fashion-mnist`, then `secinfer serve`)")
 NO_STIP = ("this gateway was started without a STIP cloud (--stip-topology and --stip-key): "
            "STIP text endpoints (generate: causal LM key; embed: encoder key) go to a "
            "long-lived `secinfer stip serve`")
@@ -73,6 +71,7 @@ class GatewayConfig:
     plaintext_name: str = ""
     class_names: list[str] = field(default_factory=list)
     stip: StipBackend | None = None  # text endpoints through a STIP cloud (:mod:`.stip`)
+    clip: ClipBackend | None = None  # zero-shot through a served CLIP (:mod:`.clip`)
 
 
 class Gateway:
@@ -331,12 +330,28 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
     async def embed(request: Request) -> dict[str, Any]:
         return await stip_call(request, "embed")
 
-    for name, why in NOT_SERVED.items():
-        def not_served(why: str = why) -> JSONResponse:
-            return error(501, "not served by this gateway", why)
+    @app.post("/v1/zero-shot", summary="zero-shot classification through a served CLIP",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"type": "object", "properties": {
+                      "input": {"type": "array", "items": {}},
+                      "classes": {"type": "array", "items": {"type": "string"}},
+                      "template": {"type": "string"}}}}}}})
+    async def zero_shot(request: Request) -> dict[str, Any]:
+        if cfg.clip is None:
+            raise GatewayError(501, "not served by this gateway", NO_CLIP)
+        try:
+            body = await request.json()
+        except ValueError as e:
+            raise GatewayError(422, "invalid request", f"the body is not JSON: {e}") from None
+        try:
+            return await run_in_threadpool(cfg.clip.zeroshot, body)
+        except GatewayError:
+            raise
+        except RequestRefused as e:
+            raise GatewayError(422, "refused by the servers", str(e)) from e
+        except Exception as e:  # noqa: BLE001 - mapped with its message
+            raise classify_error(e) from e
 
-        app.add_api_route(f"/v1/{name}", not_served, methods=["POST"],
-                          summary=f"{name}: not available (501, says why)")
     return app
 
 
