@@ -120,3 +120,36 @@ def test_clip_service_runs_both_towers_as_two_programs(tmp_path):
     # few-shot: one support image per class, so the prototypes are those images' embeddings
     assert (few.scores - img @ img[:2].T).abs().max().item() < 5e-3
     srv.join()
+
+
+def test_a_user_asking_two_servers_for_different_programs_is_refused_and_others_served(
+        tmp_path):
+    """The servers' verdict agreement covers the program: image patches to P0 and P2 but a
+    prompt to P1 (both valid shapes) is refused naming the disagreement, at once, and the
+    servers serve the next session."""
+    from secinfer.clip.tinyclip import FMNIST_CLASSES, TinyClipSpec, make_tiny_clip
+    from secinfer.mpc.engine import encode
+    from secinfer.mpc.prg import PRG, new_seed
+    from secinfer.net import PeerAborted
+    from secinfer.transformer.clip_bundle import load_clip_user
+
+    bundle = make_tiny_clip(FMNIST_CLASSES, TinyClipSpec(hidden=32, layers=1, heads=2,
+                                                         intermediate=64, projection=16))
+    api.compile(bundle, "mpc", tmp_path / "b")
+    srv = _Servers(tmp_path, tmp_path / "b", sessions=2)
+    user = load_clip_user(tmp_path / "b" / "user")
+    img = encode(user.image_request(torch.rand(1, 1, 28, 28)), 16)
+    txt = encode(user.text_request(["a photo of a bag."]), 16)
+    prg = PRG(new_seed())
+    with api.Client(srv.topo, user_id=3, artifact=tmp_path / "b" / "user") as c:
+        s = c.session._session
+        s.send(0, torch.tensor([1, *img.shape[1:]]))
+        s.send(1, torch.tensor([1, *txt.shape[1:]]))
+        s.send(2, torch.tensor([1, *img.shape[1:]]))
+        s.send(0, img - prg.int64(tuple(img.shape)))
+        s.send(1, prg.int64(tuple(txt.shape)))
+        with pytest.raises(PeerAborted, match="received different requests"):
+            c.session._await(0, 60.0, "sent no answer")
+    with api.Client(srv.topo, user_id=3, artifact=tmp_path / "b" / "user") as c:
+        assert c.zeroshot(torch.rand(2, 1, 28, 28), FMNIST_CLASSES[:2]).labels.shape == (2,)
+    srv.join()
