@@ -48,6 +48,10 @@ def _lin(lo: float, hi: float, *shape: int) -> torch.Tensor:
     return torch.linspace(lo, hi, n, dtype=torch.float64).reshape(shape)
 
 
+def _onehot(positions: list[int]) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(positions), 8).to(torch.float64)
+
+
 def _prepared_linear(e, ins):
     return e.linear(ins[0], e.prepare_weight(ins[1]))
 
@@ -89,6 +93,11 @@ PROTOCOLS = {
              [torch.full((16,), 1.0, dtype=torch.float64)]),
     "layer_norm": (CFG16X, lambda e, i: layer_norm(e, i[0], None, None), [_lin(-3, 3, 2, 8)],
                    [_lin(10, 0, 2, 8)]),
+    # a served CLIP's text pooling: the user's EOS one-hot, shared at scale f like the rest of
+    # its packed prompt, times the tower's output, one truncating Beaver matmul
+    "eos_pool_scale_f": (CFG16X, lambda e, i: e.matmul(i[0].reshape(2, 1, 8), i[1]),
+                         [_onehot([1, 5]), _lin(-2, 2, 2, 8, 4)],
+                         [_onehot([7, 0]), _lin(3, -1, 2, 8, 4)]),
 }
 
 # For the user, two secrets with the SAME output: its view must then not tell them apart
