@@ -36,12 +36,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from secinfer.net import Session, Topology, make_certs, write_local_topology  # noqa: E402
+from secinfer.net import Topology, make_certs, write_local_topology  # noqa: E402
 from secinfer.stip import (  # noqa: E402
     LocalLink,
     SessionLink,
     StipUser,
     build_cloud,
+    dial_cloud,
     load_key,
     transform_model,
     write_cloud,
@@ -162,7 +163,7 @@ def bench_minilm(tmp: Path, topo: Topology, topo_path: Path, reps: int,
             print(f"MiniLM batch {batch} x 128, same-process compute (median of {ab_reps}): "
                   f"plaintext {ab['plaintext']:.4f} s, STIP {ab['stip']:.4f} s")
     with cloud_process(topo_path, tmp / "minilm" / "cloud", tmp / "serve-minilm.log"), \
-            Session.connect(topo, USER, peers=[CLOUD]) as session, torch.inference_mode():
+            dial_cloud(topo, CLOUD, user_id=USER) as session, torch.inference_mode():
         link = SessionLink(session, CLOUD)
         user = StipUser(key, link)
         for batch in (1, 8):
@@ -262,7 +263,7 @@ def bench_llama(tmp: Path, topo: Topology, topo_path: Path, reps: int,
     print(f"Llama-arch prefill 1 x 128, same-process compute (median of {ab_reps}): "
           f"plaintext {ab['plaintext']:.4f} s, STIP {ab['stip']:.4f} s")
     with cloud_process(topo_path, tmp / "llama" / "cloud", tmp / "serve-llama.log"), \
-            Session.connect(topo, USER, peers=[CLOUD]) as session, torch.inference_mode():
+            dial_cloud(topo, CLOUD, user_id=USER) as session, torch.inference_mode():
         link = SessionLink(session, CLOUD)
         user = StipUser(key, link)
         mask = torch.ones_like(ids)

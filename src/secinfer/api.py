@@ -253,14 +253,9 @@ def serve(topology: Topology, party_id: int, artifact: str | Path, *,
     from .stip.cloud import load_cloud
     from .stip.protocol import serve as serve_stip
 
-    users = topology.by_role("user")
-    if not users:
-        raise ConfigError("a stip topology needs a party with role 'user'")
-    user_id = int(options.pop("user_id", users[0].id))
     if options:
         raise ConfigError(f"stip serve takes no options {', '.join(sorted(options))}")
-    return serve_stip(topology, party_id, load_cloud(folder), user_id,
-                      max_sessions=max_clients,
+    return serve_stip(topology, party_id, load_cloud(folder), max_sessions=max_clients,
                       should_stop=(stop.is_set if stop is not None else None),
                       log=lambda m: print(m, flush=True))
 
@@ -311,21 +306,19 @@ class Client:
             self._connect_stip()
 
     def _connect_stip(self) -> None:
-        from .net import Session
-        from .stip.protocol import SessionLink
+        from .stip.protocol import SessionLink, dial_cloud
         from .stip.transform import load_key
         from .stip.user import StipUser
 
         if self._artifact is None:
             raise ConfigError("a stip user needs its key artifact (Client(..., artifact=DIR): "
                               "the 'key' folder of compile)")
-        users = self.topology.by_role("user")
-        uid = self._user_id if self._user_id is not None else (users[0].id if users else None)
         clouds = self.topology.by_role("cloud")
-        if uid is None or not clouds:
-            raise ConfigError("a stip topology needs a 'user' and a 'cloud' party")
+        if len(clouds) != 1:
+            raise ConfigError("a stip topology needs exactly one party with role 'cloud'")
         key = load_key(self._artifact)
-        session = Session.connect(self.topology, uid, peers=[clouds[0].id])
+        session = dial_cloud(self.topology, clouds[0].id, cert=self._cert, key=self._key,
+                             user_id=self._user_id)
         self._stip = (session, SessionLink(session, clouds[0].id))
         self._impl = StipUser(key, self._stip[1])
 

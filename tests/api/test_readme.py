@@ -25,7 +25,7 @@ pytestmark = pytest.mark.network
 README = Path(__file__).resolve().parents[2] / "README.md"
 LAYOUT = {"mpc": ["server", "server", "helper"], "mpc-embed": ["server", "server", "helper"],
           "mpc-clip": ["server", "server", "helper"],
-          "tee": ["enclave", "device"], "stip": ["cloud", "user"]}
+          "tee": ["enclave", "device"], "stip": ["cloud"]}
 
 
 def _block(marker: str) -> str:

@@ -74,7 +74,7 @@ def test_embed_through_a_stip_cloud(served, tmp_path):
     with local_cluster(roles=["owner", "cloud", "user"], workdir=tmp_path / "run",
                        timeout=30.0, connect_timeout=20.0) as cluster:
         topo = cluster.topology
-        t = threading.Thread(target=stip_serve, args=(topo, 1, load_cloud(cloud), 2),
+        t = threading.Thread(target=stip_serve, args=(topo, 1, load_cloud(cloud)),
                              kwargs={"max_sessions": 1, "log": lambda _m: None}, daemon=True)
         t.start()
         with _gateway(served, topo, key) as api:

@@ -12,8 +12,16 @@ import sys
 import pytest
 import torch
 
-from secinfer.net import Session, local_cluster
-from secinfer.stip import SessionLink, StipUser, load_key, transform_model, write_cloud, write_key
+from secinfer.net import local_cluster
+from secinfer.stip import (
+    SessionLink,
+    StipUser,
+    dial_cloud,
+    load_key,
+    transform_model,
+    write_cloud,
+    write_key,
+)
 
 from . import tiny
 from .test_equivalence import plaintext_greedy
@@ -58,11 +66,11 @@ def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
         try:
             ids = torch.randint(3, 150, (1, 6))
             # a user that vanishes mid-session (no bye) must not take the server down
-            with Session.connect(cluster.topology, 2, peers=[1]) as s:
+            with dial_cloud(cluster.topology, 1) as s:
                 SessionLink(s, 1).call("lm_start", [torch.zeros(1, 2, 48),
                                                     torch.ones(1, 2, dtype=torch.int64)])
                 s.send(1, torch.tensor([3, 2], dtype=torch.int64))  # a request cut short
-            with Session.connect(cluster.topology, 2, peers=[1]) as s:
+            with dial_cloud(cluster.topology, 1) as s:
                 link = SessionLink(s, 1)
                 toks = StipUser(load_key(tmp_path / "p3"), link).generate(ids, 32)
                 link.close()

@@ -104,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact", required=True, type=Path, help="the user's key folder")
     p.add_argument("--input-ids", required=True, help="comma-separated prompt token ids")
     p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--id", type=int, default=None, help="user party id (default: first user)")
+    _user_args(p)
     p.set_defaults(handler=_generate)
 
     for name, helptext in (("eval", "plaintext vs secure accuracy on a data set"),
@@ -466,8 +466,8 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ValueError(f"--input-ids must be comma-separated integers, got "
                          f"{args.input_ids!r}") from e
-    with api.Client(Topology.load(args.topology), user_id=args.id,
-                    artifact=args.artifact) as client:
+    with api.Client(Topology.load(args.topology), user_id=args.id, cert=args.cert,
+                    key=args.key, artifact=args.artifact) as client:
         res = client.generate(ids, args.max_new_tokens)
     print("tokens:", res.tokens[0].tolist())
     return 0

@@ -32,7 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = s.add_parser("serve", help="P2: serve the transformed model to the user over TLS")
     _party(r)
     r.add_argument("--model", required=True, type=Path, help="the cloud's folder")
-    r.add_argument("--user", type=int, default=None, help="the user's party id (default: role)")
     r.add_argument("--sessions", type=int, default=None, help="stop after N sessions")
     r.set_defaults(handler=_serve)
 
@@ -106,11 +105,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     topo = Topology.load(args.topology)
     pid = _role_id(topo, args.id, "cloud")
-    user = _role_id(topo, args.user, "user")
     cloud = load_cloud(args.model)
-    print(f"stip serve: {cloud.spec.model_class} on {topo.party(pid).name}, user {user}",
-          flush=True)
-    n = serve(topo, pid, cloud, user, max_sessions=args.sessions,
+    print(f"stip serve: {cloud.spec.model_class} on {topo.party(pid).name}", flush=True)
+    n = serve(topo, pid, cloud, max_sessions=args.sessions,
               log=lambda m: print(m, flush=True))
     print(f"stip serve: stopped after {n} sessions", flush=True)
     return 0
@@ -120,8 +117,8 @@ def _query(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from secinfer.net import Session, Topology
-    from secinfer.stip.protocol import SessionLink
+    from secinfer.net import Topology
+    from secinfer.stip.protocol import SessionLink, dial_cloud
     from secinfer.stip.transform import load_key
     from secinfer.stip.user import StipUser
 
@@ -142,7 +139,7 @@ def _query(args: argparse.Namespace) -> int:
         ids = torch.tensor([[int(v) for v in args.input_ids.split(",")]], dtype=torch.int64)
     else:
         raise ValueError("give --input-ids or --text")
-    with Session.connect(topo, pid, peers=[cloud_id]) as session:
+    with dial_cloud(topo, cloud_id, user_id=pid) as session:
         link = SessionLink(session, cloud_id)
         user = StipUser(key, link)
         out: dict[str, torch.Tensor] = {}

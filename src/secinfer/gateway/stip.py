@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..net import Session, Topology
+from ..net import Topology
 from .errors import GatewayError
 
 __all__ = ["StipConfig", "StipBackend", "MAX_NEW_TOKENS"]
@@ -115,12 +115,12 @@ class StipBackend:
 
     # -- step 2: one session with the cloud
     def _session(self, fn: Any) -> tuple[Any, dict[str, Any], float, float]:
-        from ..stip.protocol import SessionLink
+        from ..stip.protocol import SessionLink, dial_cloud
         from ..stip.user import StipUser
 
         with self._lock:
             t0 = time.perf_counter()
-            with Session.connect(self.cfg.topology, self.user_id, peers=[self.cloud_id]) as s:
+            with dial_cloud(self.cfg.topology, self.cloud_id, user_id=self.user_id) as s:
                 link = SessionLink(s, self.cloud_id)
                 out = fn(StipUser(self.key, link))
                 link.close()

@@ -16,6 +16,7 @@ from .protocol import (
     LocalLink,
     SessionLink,
     StipError,
+    dial_cloud,
     serve,
     serve_session,
 )
@@ -38,7 +39,7 @@ __all__ = [
     "ArtifactError", "read_artifact", "write_artifact",
     "CloudModel", "build_cloud", "config_from_dict", "load_cloud",
     "OPS", "CloudHandler", "CloudLink", "LocalLink", "SessionLink", "StipError", "serve",
-    "serve_session",
+    "serve_session", "dial_cloud",
     "CLOUD_KIND", "KEY_KIND", "StipKey", "inverse_permutation", "load_key",
     "random_permutation", "transform_model", "transform_state", "write_cloud", "write_key",
     "StipUser",

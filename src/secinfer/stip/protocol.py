@@ -1,5 +1,10 @@
 """The P3 <-> P2 request protocol, P2's per-session state, and the long-lived server loop.
 
+Links: a user (P3) dials the cloud (P2) as users dial every secinfer server
+(:mod:`secinfer.net.userlink`: two TLS 1.3 links, mutual authentication by a user certificate
+of the topology's CA; the user opens no port), so many users on any machines reach one cloud,
+each in its own session, served side by side (:func:`serve`).
+
 Wire format (every item one runtime frame, nothing pickled)::
 
     request   int64[2] (op, n)   then n tensors
@@ -18,14 +23,18 @@ int64 ``(B, S)`` attention mask)::
     6 clip_image  x'              -> projection-permuted pooled image features (B, P)
     0 bye                         -> ends the session
 
-Threat model: P2 is honest-but-curious and sees exactly these messages; P3 trusts P2 to run
-the model it was given (STIP offers no integrity against a cheating P2).
+Threat model: P2 is honest-but-curious and sees exactly these messages, plus each user's
+certificate name and the timing of its session; P3 trusts P2 to run the model it was given
+(STIP offers no integrity against a cheating P2).
 """
 
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -33,19 +42,30 @@ import torch
 from secinfer.errors import ProtocolError
 from secinfer.net import (
     Listener,
+    PeerAborted,
     PeerDisconnected,
     PeerTimeout,
     SecinferNetError,
     Session,
     Topology,
 )
+from secinfer.net.userlink import (
+    USER_PEER,
+    UserLinks,
+    dial_user,
+    server_side,
+    user_credentials,
+    user_digest,
+)
 
 from .cloud import CloudModel
 
 __all__ = [
     "OPS", "StipError", "CloudHandler", "CloudLink", "LocalLink", "SessionLink",
-    "serve_session", "serve",
+    "serve_session", "serve", "dial_cloud",
 ]
+
+_POLL_S = 0.01
 
 OPS = {"bye": 0, "encode": 1, "classify": 2, "lm_start": 3, "lm_step": 4,
        "clip_text": 5, "clip_image": 6}
@@ -189,7 +209,7 @@ class SessionLink:
         """Say goodbye so the cloud ends this session at once instead of timing out."""
         try:
             self.call("bye", [])
-        except (PeerDisconnected, PeerTimeout):
+        except (PeerDisconnected, PeerTimeout, PeerAborted):
             pass
 
 
@@ -236,41 +256,118 @@ def serve_session(session: Session, peer: int, cloud: CloudModel,
         served += 1
 
 
+def dial_cloud(topology: Topology, cloud_id: int | None = None, *,
+               cert: str | Path | None = None, key: str | Path | None = None,
+               user_id: int | None = None) -> Session:
+    """The user's session with the cloud (P3's end of the protocol), over user links.
+
+    The user dials out (two mutually authenticated TLS 1.3 links, :mod:`secinfer.net.userlink`)
+    and opens no port, so any number of users, on any machines, reach one cloud. ``cert`` /
+    ``key``: a user certificate of the topology's CA (default: topology user ``user_id``'s, or
+    the first user party's). The cloud is ``cloud_id`` (default: the topology's one party of
+    role ``cloud``); in the returned session it is peer ``cloud_id``.
+    """
+    if cloud_id is None:
+        clouds = topology.by_role("cloud")
+        if len(clouds) != 1:
+            raise ValueError(f"a stip topology needs exactly one party with role 'cloud', it "
+                             f"has {len(clouds)}")
+        cloud_id = int(clouds[0].id)
+    elif topology.party(cloud_id).role != "cloud":
+        raise ValueError(f"party {cloud_id} has role {topology.party(cloud_id).role!r}, "
+                         "not 'cloud'")
+    cert, key = user_credentials(topology, cert, key, user_id)
+    links = dial_user(topology, cert, key, secrets.token_bytes(16), servers=(cloud_id,))
+    return Session(links, timeout=topology.timeout, role="user")
+
+
+def _serve_one(session: Session, identity: str, cloud: CloudModel,
+               log: Callable[[str], None]) -> None:
+    with session:
+        log(f"stip serve: session {session.session_id.hex()} with user {identity}")
+        try:
+            n = serve_session(session, USER_PEER, cloud)
+            log(f"stip serve: session ended after {n} requests")
+        except (SecinferNetError, StipError) as e:  # timeouts, drops, bad frames
+            log(f"stip serve: session aborted: {e}")
+
+
 def serve(
     topology: Topology,
     cloud_id: int,
     cloud: CloudModel,
-    user_id: int,
     max_sessions: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
-    """P2's long-lived loop: one TLS listener, one user session after another.
+    """P2's long-lived loop: one TLS listener, users' sessions served side by side.
 
-    Returns the number of sessions served. Waiting for a user that does not come is not an
-    error (the loop keeps listening); ``should_stop`` is polled between connection attempts.
+    Steps:
+      1. listen on the cloud's port; users dial in (:func:`dial_cloud`); a session is admitted
+         once both of its links arrived;
+      2. links for another deployment (topology digest) are refused saying so; beyond
+         ``[service] max_users`` active sessions the newcomer is told "busy";
+      3. each admitted session runs :func:`serve_session` in its own thread (the model is
+         shared and read-only; the KV cache is per session), so a slow or silent user holds
+         up nobody else; a session's failure is logged and ends only that session.
+
+    Returns the number of sessions served (ended). ``max_sessions``: stop admitting after that
+    many and return once they ended; ``should_stop``: polled every few milliseconds, aborts the
+    active sessions with a reason and returns.
     """
     listener = Listener(topology, topology.party(cloud_id))
-    sessions = 0
+    digest = user_digest(topology)
+    active: dict[bytes, tuple[threading.Thread, UserLinks]] = {}
+    admitted = ended = 0
+    listener.status = lambda: {"state": "serving", "backend": "stip",
+                               "model_class": cloud.spec.model_class, "active": len(active)}
+
+    def reap() -> int:
+        done = [t for t, (th, _) in active.items() if not th.is_alive()]
+        for t in done:
+            active.pop(t)
+        return len(done)
+
     try:
-        while max_sessions is None or sessions < max_sessions:
+        while max_sessions is None or admitted < max_sessions:
             if should_stop is not None and should_stop():
+                for _, links in active.values():
+                    links.abort("the cloud is shutting down")
                 break
-            try:
-                session = Session.connect(topology, cloud_id, peers=[user_id], listener=listener)
-            except PeerTimeout:
-                continue  # nobody came yet: keep listening
-            except SecinferNetError as e:  # e.g. a failed handshake: refuse it, keep serving
-                log(f"stip serve: connection refused: {e}")
+            ended += reap()
+            for who in listener.expire_users(topology.connect_timeout):
+                log(f"stip serve: user {who} opened one of its two links only; dropped")
+            tokens = listener.user_tokens()
+            if not tokens:
+                time.sleep(_POLL_S)
                 continue
-            with session:
-                log(f"stip serve: session {session.session_id.hex()} with party {user_id}")
-                try:
-                    n = serve_session(session, user_id, cloud)
-                    log(f"stip serve: session ended after {n} requests")
-                except (SecinferNetError, StipError) as e:  # timeouts, drops, bad frames
-                    log(f"stip serve: session aborted: {e}")
-            sessions += 1
+            for token in tokens:
+                a = listener.take_user(token, time.monotonic())
+                if a is None:
+                    continue
+                links = server_side(topology, cloud_id, a)
+                why = None
+                if a.digest != digest:
+                    why = "this session's links are for another deployment (topology)"
+                elif len(active) >= topology.max_users:
+                    why = (f"busy: the cloud serves at most {topology.max_users} users at once "
+                           "([service] max_users); try again later")
+                if why is not None:
+                    log(f"stip serve: refused user {a.identity}: {why}")
+                    links.abort(why)
+                    links.close()
+                    continue
+                session = Session(links, timeout=topology.timeout, role="server")
+                th = threading.Thread(target=_serve_one, args=(session, a.identity, cloud, log),
+                                      daemon=True, name=f"stip-{token.hex()[:8]}")
+                active[token] = (th, links)
+                admitted += 1
+                th.start()
+                if max_sessions is not None and admitted >= max_sessions:
+                    break
+        for th, _ in list(active.values()):
+            th.join(timeout=topology.timeout + 5.0)
+        ended += reap()
     finally:
         listener.close()
-    return sessions
+    return ended
