@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import torch
 
-from secinfer.clip.approx import ApproxConfig
 from secinfer.clip.fewshot import few_shot, linear_probe
 from secinfer.clip.finetune import FinetuneConfig, finetune_text
 from secinfer.clip.patch import patch_model
@@ -44,6 +43,7 @@ from secinfer.clip.tinyclip import (
     zeroshot_clip,
 )
 from secinfer.clip.zeroshot import zeroshot_text
+from secinfer.mpc.approx import ApproxConfig
 
 __all__ = ["TASKS", "ExperimentConfig", "run_bbc", "run_tinyclip", "run_task"]
 
@@ -120,7 +120,9 @@ def _secure_subset(n: int, limit: int, seed: int) -> torch.Tensor:
 def _secure_cfg(approx: ApproxConfig) -> Any:
     from secinfer.transformer import SecureTransformerConfig
 
-    return SecureTransformerConfig(hidden_act=approx.hidden_act, softmax_act=approx.softmax_act)
+    # one config: the secure run takes the same non-linearity knobs as the plaintext emulation
+    return SecureTransformerConfig(hidden_act=approx.hidden_act, softmax_act=approx.softmax_act,
+                                   nonlinear=approx.nonlinear)
 
 
 def _bbc_secure(encoder: Any, train: TextDataset, test: TextDataset, tr: torch.Tensor,

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from secinfer.clip.approx import ApproxConfig
 from secinfer.clip.fewshot import few_shot, linear_probe
 from secinfer.clip.finetune import FinetuneConfig, finetune_text
 from secinfer.clip.patch import patch_model
@@ -18,6 +17,7 @@ from secinfer.clip.tasks import (
     stratified_subset,
 )
 from secinfer.clip.zeroshot import prompts_for, zeroshot_from_embeddings, zeroshot_text
+from secinfer.mpc.approx import ApproxConfig
 
 
 def test_load_bbc_sorted_classes_and_split() -> None:

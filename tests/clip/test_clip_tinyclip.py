@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from secinfer.clip.approx import ApproxConfig
 from secinfer.clip.patch import patch_model
 from secinfer.clip.tinyclip import (
     TinyClipSpec,
@@ -21,6 +20,7 @@ from secinfer.clip.tinyclip import (
     zeroshot_clip,
 )
 from secinfer.data import load_digits
+from secinfer.mpc.approx import ApproxConfig
 from tests._clip_tokenizer import write_bpe_tokenizer
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

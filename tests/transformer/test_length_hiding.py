@@ -265,7 +265,7 @@ def test_clip_server_view_does_not_depend_on_prompt_length(cfg, leaks) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="hide_length must be a bool"):
         SecureTransformerConfig(hide_length=1)  # type: ignore[arg-type]
-    from secinfer.mpc.nonlinear import NonlinearConfig
+    from secinfer.mpc.config import NonlinearConfig
 
     small = NonlinearConfig(mask_offset=100.0)
     with pytest.raises(ValueError, match="hide_length adds"):

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from secinfer.clip import approx
-from secinfer.mpc import MPCConfig, MPCEngine
+from secinfer.mpc import MPCConfig, MPCEngine, approx
 from secinfer.mpc.nonlinear import (
     NonlinearConfig,
     exp,

@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from secinfer.clip.approx import ApproxConfig
 from secinfer.clip.patch import patch_model
 from secinfer.clip.tinyclip import (
     FMNIST_CLASSES,
@@ -26,6 +25,7 @@ from secinfer.clip.tinyclip import (
     train_clip,
 )
 from secinfer.clip.zeroshot import prompts_for
+from secinfer.mpc.approx import ApproxConfig
 from secinfer.transformer import (
     SecureTransformerConfig,
     capture_clip,

@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     ExperimentConfig, run_task = ex.ExperimentConfig, ex.run_task
     import torch
 
-    from secinfer.clip.approx import ApproxConfig
+    from secinfer.mpc.approx import ApproxConfig
 
     if args.threads is not None:
         if args.threads < 1:

@@ -1,7 +1,8 @@
-"""SecLMM side of secinfer: MPC-friendly approximations, model patching and CLIP-style tasks.
+"""SecLMM side of secinfer: model patching and CLIP-style tasks (the plaintext approximations
+they patch in live beside the secure ops, in ``secinfer.mpc.approx``, with one config).
 
 Submodules load lazily (``transformers`` is heavy and optional): import
-``secinfer.clip.approx``, ``secinfer.clip.patch``, ``secinfer.clip.tasks`` and so on directly.
+``secinfer.clip.patch``, ``secinfer.clip.tasks`` and so on directly.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from secinfer.clip.approx import (
+from secinfer.mpc.approx import (
     ApproxConfig,
     gelu_mpc,
     layer_norm_mpc,

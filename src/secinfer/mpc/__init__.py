@@ -10,13 +10,14 @@ from .compare import (
     relu,
     relu6,
 )
-from .config import HELPER, P0, P1, MPCConfig
+from .config import HELPER, P0, P1, MPCConfig, NonlinearConfig
 from .engine import MPCEngine, PreparedWeight, decode, encode
 from .prg import PRG, new_seed
 from .share import Share, cat
 
 __all__ = [
-    "HELPER", "P0", "P1", "MPCConfig", "MPCEngine", "PreparedWeight", "PRG", "Share",
+    "HELPER", "P0", "P1", "MPCConfig", "NonlinearConfig", "MPCEngine", "PreparedWeight", "PRG",
+    "Share",
     "argmax_along", "cat", "check_drelu_window", "decode", "drelu", "drelu_bytes", "encode",
     "max_along", "maxpool2d", "new_seed", "relu", "relu6",
 ]

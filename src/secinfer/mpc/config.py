@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MPCConfig", "P0", "P1", "HELPER", "Truncation"]
+__all__ = ["MPCConfig", "NonlinearConfig", "P0", "P1", "HELPER", "Truncation"]
 
 Truncation = Literal["local", "exact"]
 
@@ -83,3 +83,52 @@ class MPCConfig:
         lo = (1 << self.drelu_low_bits) / self.scale if self.drelu_low_bits else 0.0
         hi = (1 << self.sign_bit) / self.scale
         return lo, hi
+
+
+@dataclass(frozen=True)
+class NonlinearConfig:
+    """Knobs of the transformer non-linearities, passed explicitly: ONE config for the secure
+    ops (:mod:`.nonlinear`, :mod:`.nonlinear_norm`) and their plaintext references
+    (:mod:`.approx`, which an :class:`~.approx.ApproxConfig` carries as ``nonlinear``), so a
+    plaintext emulation computes what the shares compute, up to fixed-point rounding.
+
+    exp_iters (8): n in exp(x) ~ (1 + x/2^n)^(2^n). At f = 16 each squaring doubles the
+        relative rounding error, so 8 (approximation error 1.1e-3, rounding ~2e-3) beats 10
+        (2.7e-4 but rounding ~8e-3); see :mod:`.nonlinear`'s table.
+    exp_lower (-14): inputs below it are clamped there (PUMA's cut, e^-14 = 8e-7 is below one
+        unit at f = 16); must exceed -2^exp_iters so that 1 + x/2^n stays positive.
+    recip_iters (3), rsqrt_iters (3): Newton iterations after normalisation to [1, 2); the
+        initial guesses' relative errors (1/17 and 4.6%) square each iteration.
+    ln_lo, ln_hi (-8, 14): LayerNorm's variance must lie in [2^ln_lo, 2^ln_hi); each power of
+        two costs one comparison per row (batched). Below 2^-8 the variance has fewer than 8
+        significant bits at f = 16; 2^14 keeps every compared value inside the approximate
+        DReLU's window at f = 16 with 32 ignored high bits (|x| < 2^15).
+    mask_offset (1e4): added (negated) to masked attention scores before the max, so they
+        fall far under exp_lower. With a public mask (``hide_length=False``) it is added
+        publicly; with length hiding the user shares -mask_offset / 2 per padded key, so
+        the offset is public but where it applies is not.
+    quant_max_shift (16): I-BERT softmax's 2^-z is computed for z in [0, 16] (from 5 bit
+        comparisons); 2^-17 is below one unit at f = 16, so larger z give 0.
+    """
+
+    exp_iters: int = 8
+    exp_lower: float = -14.0
+    recip_iters: int = 3
+    rsqrt_iters: int = 3
+    ln_lo: int = -8
+    ln_hi: int = 14
+    mask_offset: float = 1e4
+    quant_max_shift: int = 16
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("exp_iters", 1, 16), ("recip_iters", 1, 10),
+                             ("rsqrt_iters", 1, 10), ("quant_max_shift", 1, 30)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+        if not -(2.0 ** self.exp_iters) < self.exp_lower < 0:
+            raise ValueError(f"exp_lower must be in (-2^exp_iters, 0), got {self.exp_lower}")
+        if not -16 <= self.ln_lo < self.ln_hi <= 30:
+            raise ValueError(f"need -16 <= ln_lo < ln_hi <= 30, got {self.ln_lo}, {self.ln_hi}")
+        if self.mask_offset <= -self.exp_lower:
+            raise ValueError("mask_offset must exceed -exp_lower")

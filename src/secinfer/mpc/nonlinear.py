@@ -1,6 +1,6 @@
 """Non-linear functions on shares: exp, reciprocal, rsqrt, sigmoid, tanh, GELU, SecLMM ``sig``.
 
-Each function mirrors its plaintext reference in :mod:`secinfer.clip.approx` step by step, using
+Each function mirrors its plaintext reference in :mod:`secinfer.mpc.approx` step by step, using
 only what the 3-party engine offers: Beaver products (then a truncation), products with
 public constants, and comparisons (DReLU) whose bits select between shares. All comparisons of
 one step are batched into a single DReLU call and all independent products into a single
@@ -48,68 +48,18 @@ seeds fixed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from .approx import SIG_SEG1, SIG_SEG2
+from .config import NonlinearConfig
 from .engine import MPCEngine
 from .nonlinear_base import bit_mul, bits_poly, ge_bits, lincomb, mul_many, one_minus
 from .share import Share
 
-__all__ = ["NonlinearConfig", "exp", "reciprocal", "rsqrt", "sigmoid", "tanh", "gelu",
+__all__ = ["exp", "reciprocal", "rsqrt", "sigmoid", "tanh", "gelu",
            "quick_gelu", "sig_seclmm", "quick_gelu_sig", "SIG_SEG1", "SIG_SEG2"]
 
-#: SecLMM's seg1 on [-7, -2.2] and seg2 on (-2.2, 0), lowest degree first (as clip.approx).
-SIG_SEG1: tuple[float, ...] = (
-    5.13221872e-1, 3.25062059e-1, 8.02087975e-2, 9.02375527e-3, 3.86706425e-4,
-)
-SIG_SEG2: tuple[float, ...] = (0.50378299, 0.27668905, 0.04206364)
-
-
-@dataclass(frozen=True)
-class NonlinearConfig:
-    """Knobs of the secure non-linear ops, passed explicitly.
-
-    exp_iters (8): n in exp(x) ~ (1 + x/2^n)^(2^n). At f = 16 each squaring doubles the
-        relative rounding error, so 8 (approximation error 1.1e-3, rounding ~2e-3) beats 10
-        (2.7e-4 but rounding ~8e-3); see the module table.
-    exp_lower (-14): inputs below it are clamped there (PUMA's cut, e^-14 = 8e-7 is below one
-        unit at f = 16); must exceed -2^exp_iters so that 1 + x/2^n stays positive.
-    recip_iters (3), rsqrt_iters (3): Newton iterations after normalisation to [1, 2); the
-        initial guesses' relative errors (1/17 and 4.6%) square each iteration.
-    ln_lo, ln_hi (-8, 14): LayerNorm's variance must lie in [2^ln_lo, 2^ln_hi); each power of
-        two costs one comparison per row (batched). Below 2^-8 the variance has fewer than 8
-        significant bits at f = 16; 2^14 keeps every compared value inside the approximate
-        DReLU's window at f = 16 with 32 ignored high bits (|x| < 2^15).
-    mask_offset (1e4): added (negated) to masked attention scores before the max, so they
-        fall far under exp_lower. With a public mask (``hide_length=False``) it is added
-        publicly; with length hiding the user shares -mask_offset / 2 per padded key, so
-        the offset is public but where it applies is not.
-    quant_max_shift (16): I-BERT softmax's 2^-z is computed for z in [0, 16] (from 5 bit
-        comparisons); 2^-17 is below one unit at f = 16, so larger z give 0.
-    """
-
-    exp_iters: int = 8
-    exp_lower: float = -14.0
-    recip_iters: int = 3
-    rsqrt_iters: int = 3
-    ln_lo: int = -8
-    ln_hi: int = 14
-    mask_offset: float = 1e4
-    quant_max_shift: int = 16
-
-    def __post_init__(self) -> None:
-        for name, lo, hi in (("exp_iters", 1, 16), ("recip_iters", 1, 10),
-                             ("rsqrt_iters", 1, 10), ("quant_max_shift", 1, 30)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not lo <= v <= hi:
-                raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
-        if not -(2.0 ** self.exp_iters) < self.exp_lower < 0:
-            raise ValueError(f"exp_lower must be in (-2^exp_iters, 0), got {self.exp_lower}")
-        if not -16 <= self.ln_lo < self.ln_hi <= 30:
-            raise ValueError(f"need -16 <= ln_lo < ln_hi <= 30, got {self.ln_lo}, {self.ln_hi}")
-        if self.mask_offset <= -self.exp_lower:
-            raise ValueError("mask_offset must exceed -exp_lower")
 
 
 def _exp_core(engine: MPCEngine, x: Share, iters: int) -> Share:
@@ -122,7 +72,7 @@ def _exp_core(engine: MPCEngine, x: Share, iters: int) -> Share:
 
 
 def exp(engine: MPCEngine, x: Share, cfg: NonlinearConfig | None = None) -> Share:
-    """exp(x) for x <= 0 (``clip.approx.exp_limit``); inputs below ``exp_lower`` give ~0.
+    """exp(x) for x <= 0 (``mpc.approx.exp_limit``); inputs below ``exp_lower`` give ~0.
 
     Steps: 1. c = [x >= lower] (one DReLU); 2. x' = lower + c (x - lower) (one bit product);
     3. y = 1 + x' 2^-n; 4. n squarings. We keep y(lower) = e^-14 ~ 8e-7 instead of zeroing it
@@ -166,7 +116,7 @@ def _pow2_split(engine: MPCEngine, a: Share, lo: int, hi: int, root: bool
 
 def reciprocal(engine: MPCEngine, a: Share, lo: int = 0, hi: int = 8,
                cfg: NonlinearConfig | None = None) -> Share:
-    """1/a for a in [2^lo, 2^hi) (``clip.approx.reciprocal_newton``).
+    """1/a for a in [2^lo, 2^hi) (``mpc.approx.reciprocal_newton``).
 
     Steps: 1. a = m 2^k, m in [1, 2) (hi - lo - 1 comparisons in one DReLU, one product);
     2. y0 = 24/17 - 8/17 m; 3. ``recip_iters`` Newton steps y <- y (2 - m y) (2 products
@@ -186,7 +136,7 @@ def reciprocal(engine: MPCEngine, a: Share, lo: int = 0, hi: int = 8,
 
 def rsqrt(engine: MPCEngine, a: Share, lo: int = -8, hi: int = 16,
           cfg: NonlinearConfig | None = None) -> Share:
-    """1/sqrt(a) for a in [2^lo, 2^hi) (``clip.approx.rsqrt_newton``).
+    """1/sqrt(a) for a in [2^lo, 2^hi) (``mpc.approx.rsqrt_newton``).
 
     Steps: 1. a = m 2^k (hi - lo - 1 comparisons, one DReLU), g = 2^(-k/2) linear in the
     bits; 2. y0 = 1.2929 - 0.2929 m (chord, 4.6% relative error); 3. ``rsqrt_iters`` steps
@@ -205,7 +155,7 @@ def rsqrt(engine: MPCEngine, a: Share, lo: int = -8, hi: int = 16,
 
 
 def sigmoid(engine: MPCEngine, t: Share, cfg: NonlinearConfig | None = None) -> Share:
-    """sigmoid(t) for any t (``clip.approx.sigmoid_mpc``).
+    """sigmoid(t) for any t (``mpc.approx.sigmoid_mpc``).
 
     Steps: 1. one DReLU on 3n values: p = [t >= 0], [t >= lower], [t <= -lower];
     2. clamp t to [lower, -lower] (two bit products, one round); 3. -|t| = (1 - 2p) t (one bit
@@ -261,7 +211,7 @@ def quick_gelu(engine: MPCEngine, x: Share, cfg: NonlinearConfig | None = None) 
 def sig_seclmm(engine: MPCEngine, t: Share) -> Share:
     """SecLMM's piecewise-polynomial sigmoid with the correct interval selection.
 
-    Steps (``clip.approx.sig_seclmm``):
+    Steps (``mpc.approx.sig_seclmm``):
       1. one DReLU on 5n values: c1 = [t < -7], c2 = [t < -2.2], c3 = [t < 0], c4 = [t < 2.2],
          c5 = [t <= 7];
       2. clamp t to [-7, 7]: t_c = t + c1 (-7 - t) + (1 - c5) (7 - t) (two bit products, one
@@ -303,7 +253,7 @@ def sig_seclmm(engine: MPCEngine, t: Share) -> Share:
 
 
 def quick_gelu_sig(engine: MPCEngine, x: Share) -> Share:
-    """SecLMM's ``sig`` activation x sig_seclmm(1.702 x) (``clip.approx.quick_gelu_sig``).
+    """SecLMM's ``sig`` activation x sig_seclmm(1.702 x) (``mpc.approx.quick_gelu_sig``).
 
     Max abs error vs the plaintext x sig_seclmm(1.702 x): 3e-4 (1 + |x|) (the sigmoid's
     rounding scaled by |x|), and vs x sigmoid(1.702 x) additionally 3.8e-3 |x|.

@@ -1,6 +1,6 @@
 """Softmax (exp form and SecLMM's I-BERT ``quant`` form) and LayerNorm on shares.
 
-Both mirror :mod:`secinfer.clip.approx` (``softmax_mpc``, ``softmax_quant`` with
+Both mirror :mod:`secinfer.mpc.approx` (``softmax_mpc``, ``softmax_quant`` with
 ``emulate_mpc``, ``layer_norm_mpc``). Max errors at f = 16 against float64 torch on fresh
 random inputs (asserted by ``tests/transformer/test_nonlinear.py``):
 
@@ -26,20 +26,18 @@ functions get ``keep=None``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .approx import IEXP_A, IEXP_B, IEXP_C, LN2
 from .compare import max_along
+from .config import NonlinearConfig
 from .engine import MPCEngine, PreparedWeight
-from .nonlinear import NonlinearConfig, exp, reciprocal, rsqrt
+from .nonlinear import exp, reciprocal, rsqrt
 from .nonlinear_base import bit_mul, bits_poly, ge_bits, lincomb, mul_const
 from .share import Share
 
 __all__ = ["softmax", "softmax_quant", "layer_norm", "i_exp", "mean_last"]
 
-_LN2 = math.log(2.0)
-_IEXP_A, _IEXP_B, _IEXP_C = 0.3585, 1.353, 0.344
 
 
 def _shift_by_max(engine: MPCEngine, x: Share, keep: torch.Tensor | None,
@@ -67,7 +65,7 @@ def softmax(engine: MPCEngine, x: Share, keep: torch.Tensor | None = None,
             cfg: NonlinearConfig | None = None) -> Share:
     """Softmax over the last dim, masked entries (``keep == 0``, a public mask) set to 0.
 
-    Steps (PUMA-style, ``clip.approx.softmax_mpc``): 1. x' = x - max (a tournament of
+    Steps (PUMA-style, ``mpc.approx.softmax_mpc``): 1. x' = x - max (a tournament of
     ceil(log2 n) DReLU + product levels); 2. e = exp(x') with the clamp at ``exp_lower``;
     3. e *= keep (local: the mask is public); 4. s = sum e in [1, n]; 5. e * 1/s, the
     reciprocal normalised by log2(n) comparisons per row. Needs at least one kept entry per row.
@@ -80,7 +78,7 @@ def softmax(engine: MPCEngine, x: Share, keep: torch.Tensor | None = None,
 
 
 def i_exp(engine: MPCEngine, x: Share, cfg: NonlinearConfig | None = None) -> Share:
-    """I-BERT's exp for x <= 0 (``clip.approx.i_exp``), on shares.
+    """I-BERT's exp for x <= 0 (``mpc.approx.i_exp``), on shares.
 
     Steps: 1. z' = floor(-x / ln2) by a multiplication with -1/ln2 and a truncation to scale
     0 (either truncation protocol may give floor + 1); p' = x + z' ln2;
@@ -94,16 +92,16 @@ def i_exp(engine: MPCEngine, x: Share, cfg: NonlinearConfig | None = None) -> Sh
     """
     cfg = cfg or NonlinearConfig()
     f = engine.f
-    zt = engine.truncate(mul_const(engine, x, -1.0 / _LN2), f)  # scale 0
-    ln2 = bits_poly(engine, [(zt, _LN2)], 0.0, f)
+    zt = engine.truncate(mul_const(engine, x, -1.0 / LN2), f)  # scale 0
+    ln2 = bits_poly(engine, [(zt, LN2)], 0.0, f)
     pt = x + ln2
-    lim = -(cfg.quant_max_shift + 1) * _LN2
+    lim = -(cfg.quant_max_shift + 1) * LN2
     nb, c = ge_bits(engine, [-pt, engine.add_public(x, -lim)])
     b = engine.add_public(-nb, 1.0)                        # [p' > 0]
     z = zt - b
-    p = pt - bits_poly(engine, [(b, _LN2)], 0.0, f)
-    pb = engine.add_public(p, _IEXP_B)
-    q = lincomb(engine, [(engine.mul(pb, pb), _IEXP_A)], _IEXP_C)
+    p = pt - bits_poly(engine, [(b, LN2)], 0.0, f)
+    pb = engine.add_public(p, IEXP_B)
+    q = lincomb(engine, [(engine.mul(pb, pb), IEXP_A)], IEXP_C)
     # the remainder compared at scale f so an approximate DReLU (ignored low bits) stays exact
     rem = z.with_frac(0)
     scale: Share | None = None
@@ -166,7 +164,7 @@ def mean_last(engine: MPCEngine, x: Share) -> Share:
 def layer_norm(engine: MPCEngine, x: Share, weight: PreparedWeight | torch.Tensor | None,
                bias: Share | torch.Tensor | None, eps: float = 1e-12,
                cfg: NonlinearConfig | None = None) -> Share:
-    """LayerNorm over the last dim (``clip.approx.layer_norm_mpc``).
+    """LayerNorm over the last dim (``mpc.approx.layer_norm_mpc``).
 
     Steps: 1. mu = sum(x) / d (:func:`mean_last`);
     2. dx = x - mu; v = sum(dx^2) / d + eps (one product); 3. r = rsqrt(v) with the

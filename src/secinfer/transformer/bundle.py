@@ -28,8 +28,8 @@ import torch
 
 from ..artifacts import read_artifact, tensor_bytes, write_artifact
 from ..errors import ArtifactError
+from ..mpc.config import NonlinearConfig
 from ..mpc.engine import encode
-from ..mpc.nonlinear import NonlinearConfig
 from ..mpc.prg import PRG, new_seed
 from .layer import SecureTransformerConfig
 from .model import EncoderDims

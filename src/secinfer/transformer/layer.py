@@ -43,9 +43,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..mpc.config import MPCConfig, Truncation
+from ..mpc.config import MPCConfig, NonlinearConfig, Truncation
 from ..mpc.engine import MPCEngine, PreparedWeight
-from ..mpc.nonlinear import NonlinearConfig, gelu, quick_gelu, quick_gelu_sig
+from ..mpc.nonlinear import gelu, quick_gelu, quick_gelu_sig
 from ..mpc.nonlinear_norm import layer_norm, softmax, softmax_quant
 from ..mpc.share import Share
 from .weights import HiddenAct, LayerWeights, SoftmaxAct

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..mpc.config import HELPER, P0, P1
+from ..mpc.config import HELPER, P0, P1, NonlinearConfig
 from ..mpc.engine import MPCEngine, decode, encode
-from ..mpc.nonlinear import NonlinearConfig, rsqrt
+from ..mpc.nonlinear import rsqrt
 from ..mpc.nonlinear_base import mul_const
 from ..mpc.prg import PRG, new_seed
 from ..mpc.share import Share

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..clip.approx import quick_gelu_sig, softmax_quant
+from ..mpc.approx import quick_gelu_sig, softmax_quant
 
 __all__ = ["HiddenAct", "SoftmaxAct", "LayerWeights", "EncoderWeights", "Embeddings",
            "capture_bert", "plain_layer", "plain_encoder", "random_encoder", "mean_pool"]

@@ -15,26 +15,31 @@ In float32 the exp's 2^n squarings amplify rounding: results differ from float64
 No ``torch.exp``, ``torch.sigmoid``, division by a secret or ``sqrt`` appears in an approximation;
 those are only used by the tests as the float64 ground truth. Inputs keep their dtype.
 
+One config: the knobs are :class:`~secinfer.mpc.config.NonlinearConfig`, the very object the
+secure ops (:mod:`.nonlinear`, :mod:`.nonlinear_norm`) take, so an emulation with
+``ApproxConfig(emulate_mpc=True)`` uses the secure side's squarings, iterations and ranges.
+
 Measured maximum errors (float64, dense grids, the ranges stated; reproduce with
-``pytest tests/clip/test_approx.py -q``; the tests assert the bounds in each docstring):
+``pytest tests/mpc/test_approx.py -q``; the tests assert these bounds), at the defaults
+(``exp_iters`` 8, Newton 3 iterations, ``ln`` range [2^-8, 2^14), ``quant_max_shift`` 16):
 
 =============================  =====================  ===============================
 function                       range                  max error (default knobs)
 =============================  =====================  ===============================
 ``sig_seclmm``                 all reals              abs 3.8e-3 vs sigmoid
 ``quick_gelu_sig``             all reals              abs 3.8e-3 vs x*sigmoid(1.702x)
-``exp_limit`` (n=10)           (-inf, 0]              abs 2.7e-4 vs exp
+``exp_limit`` (n=8)            (-inf, 0]              abs 1.06e-3 vs exp (n=10: 2.7e-4)
 ``reciprocal_newton`` (3 it)   [2^-16, 2^16)          rel 2e-10 vs 1/a
 ``rsqrt_newton`` (3 it)        [2^-16, 2^16)          rel 4e-10 vs 1/sqrt(a)
-``sigmoid_mpc``                all reals              abs 2.2e-4 vs sigmoid
-``tanh_mpc``                   all reals              abs 4.4e-4 vs tanh
-``quick_gelu_mpc``             [-8, 8]                abs 3.6e-4 vs x*sigmoid(1.702x)
+``sigmoid_mpc``                all reals              abs 8.6e-4 vs sigmoid
+``tanh_mpc``                   all reals              abs 1.7e-3 vs tanh
+``quick_gelu_mpc``             [-8, 8]                abs 1.4e-3 vs x*sigmoid(1.702x)
 ``gelu_poly``                  all reals              abs 4.1e-4 vs erf GELU
-``gelu_tanh_mpc``              all reals              abs 6.4e-4 vs erf GELU
-``i_exp``                      [-20, 0]               rel 3.1e-3 vs exp
-``softmax_mpc``                any scores             abs 2.5e-3 vs softmax
+``gelu_tanh_mpc``              all reals              abs 1.3e-3 vs erf GELU
+``i_exp`` (z <= 16)            [-16 ln2, 0]           rel 3.1e-3 vs exp; below: < 2^-16
+``softmax_mpc``                any scores             abs 5.9e-3 vs softmax
 ``softmax_quant`` (I-BERT)     any scores             abs 1.5e-3 vs softmax
-``layer_norm_mpc``             var in [2^-16, 2^16)   abs 1e-9 * |gamma| vs LayerNorm
+``layer_norm_mpc``             var in [2^-8, 2^14)    abs 1e-8 * |gamma| vs LayerNorm
 =============================  =====================  ===============================
 
 Threat model: none here; this module is plaintext arithmetic. Which values would be secret on
@@ -44,10 +49,12 @@ shares is noted where it matters for the protocol (every input tensor; never the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+
+from .config import NonlinearConfig
 
 __all__ = [
     "ApproxConfig",
@@ -68,6 +75,10 @@ __all__ = [
     "softmax_quant",
     "i_exp",
     "layer_norm_mpc",
+    "LN2",
+    "IEXP_A",
+    "IEXP_B",
+    "IEXP_C",
 ]
 
 HiddenAct = Literal["gelu", "sig"]
@@ -95,19 +106,15 @@ _GELU_MID: tuple[float, ...] = (
     -1.0457384612927456e-05,
 )
 
-_LN2 = math.log(2.0)
-# I-BERT's second-order fit of exp on (-ln2, 0]: exp(p) ~ 0.3585 (p + 1.353)^2 + 0.344.
-_IEXP_A, _IEXP_B, _IEXP_C = 0.3585, 1.353, 0.344
+LN2 = math.log(2.0)
+#: I-BERT's second-order fit of exp on (-ln2, 0]: exp(p) ~ 0.3585 (p + 1.353)^2 + 0.344.
+IEXP_A, IEXP_B, IEXP_C = 0.3585, 1.353, 0.344
 
 
 @dataclass(frozen=True)
 class ApproxConfig:
-    """Which approximations a transformer uses, and their knobs.
-
-    ``hidden_act`` and ``softmax_act`` are SecLMM's switches; ``emulate_mpc`` additionally
-    replaces what remains exact (GELU, softmax's exp and division, LayerNorm's rsqrt) by the
-    MPC-friendly forms below, so a plaintext run computes what the shares compute, up to
-    fixed-point rounding.
+    """Which approximations a transformer uses; their knobs are ``nonlinear``, the very
+    :class:`~secinfer.mpc.config.NonlinearConfig` the secure ops take (one config for both).
 
     Attributes:
         hidden_act: ``"gelu"`` keeps the model's own activation (erf GELU for BERT/ViT,
@@ -115,30 +122,20 @@ class ApproxConfig:
             GELU model this relies on GELU(x) ~ x * sigmoid(1.702 x) (max gap 0.020).
         softmax_act: ``"softmax"`` (exact, or exp_limit + Newton reciprocal when emulating) or
             ``"quant"``, the I-BERT integer-style exp.
-        emulate_mpc: use the MPC forms for everything not chosen by the two switches.
+        emulate_mpc: use the MPC forms for everything not chosen by the two switches, with the
+            secure ops' knobs and ranges (exp squarings, Newton iterations, LayerNorm's
+            variance range, I-BERT's shift bound, the reciprocal's range from the row length).
         gelu_mode: MPC GELU as a piecewise polynomial (``"poly"``) or the tanh form through
             ``sigmoid_mpc`` (``"tanh"``).
-        exp_iters: n in exp(x) ~ (1 + x / 2^n)^(2^n), i.e. n squarings.
-        exp_lower: below this exp returns 0 (PUMA's cut: entries under e^-14 are dropped).
-        recip_iters: Newton iterations of the reciprocal (after normalisation to [1, 2)).
-        rsqrt_iters: Newton iterations of the reciprocal square root.
-        norm_lo, norm_hi: reciprocal and rsqrt are valid on [2^norm_lo, 2^norm_hi); each power
-            of two in between costs one comparison on shares.
-        quant_max_shift: z in I-BERT's 2^-z is clamped to [0, quant_max_shift]; on shares z
-            is bit-decomposed into ceil(log2(quant_max_shift + 1)) bits.
+        nonlinear: the knobs (exp_iters, exp_lower, recip_iters, rsqrt_iters, ln_lo, ln_hi,
+            mask_offset, quant_max_shift), shared with the secure side.
     """
 
     hidden_act: HiddenAct = "gelu"
     softmax_act: SoftmaxAct = "softmax"
     emulate_mpc: bool = False
     gelu_mode: GeluMode = "poly"
-    exp_iters: int = 10
-    exp_lower: float = -14.0
-    recip_iters: int = 3
-    rsqrt_iters: int = 3
-    norm_lo: int = -16
-    norm_hi: int = 16
-    quant_max_shift: int = 31
+    nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
 
     def __post_init__(self) -> None:
         if self.hidden_act not in ("gelu", "sig"):
@@ -147,16 +144,9 @@ class ApproxConfig:
             raise ValueError(f"softmax_act must be 'softmax' or 'quant', got {self.softmax_act!r}")
         if self.gelu_mode not in ("poly", "tanh"):
             raise ValueError(f"gelu_mode must be 'poly' or 'tanh', got {self.gelu_mode!r}")
-        for name, lo, hi in (("exp_iters", 1, 20), ("recip_iters", 1, 40),
-                             ("rsqrt_iters", 1, 40), ("quant_max_shift", 1, 62)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not lo <= v <= hi:
-                raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {v!r}")
-        if not -40 <= self.norm_lo < self.norm_hi <= 40:
-            raise ValueError(
-                f"need -40 <= norm_lo < norm_hi <= 40, got {self.norm_lo}, {self.norm_hi}")
-        if not -60.0 <= self.exp_lower < 0.0:
-            raise ValueError(f"exp_lower must be in [-60, 0), got {self.exp_lower!r}")
+        if not isinstance(self.nonlinear, NonlinearConfig):
+            raise TypeError(f"nonlinear must be a NonlinearConfig, got "
+                            f"{type(self.nonlinear).__name__}")
 
     @property
     def label(self) -> str:
@@ -212,7 +202,7 @@ def quick_gelu_sig(x: torch.Tensor) -> torch.Tensor:
     return x * sig_seclmm(1.702 * x)
 
 
-def exp_limit(x: torch.Tensor, iters: int = 10, lower: float = -14.0) -> torch.Tensor:
+def exp_limit(x: torch.Tensor, iters: int = 8, lower: float = -14.0) -> torch.Tensor:
     """exp(x) ~ (1 + x / 2^n)^(2^n) for x <= 0, and 0 below ``lower``.
 
     Steps: 1. c = [x >= lower]; x' = c x + (1 - c) lower, which keeps 1 + x'/2^n positive
@@ -285,23 +275,23 @@ def sigmoid_mpc(t: torch.Tensor, cfg: ApproxConfig | None = None) -> torch.Tenso
 
     Steps: 1. s = [t < 0]; |t| = t - 2 s t. 2. e = exp(-|t|) in (0, 1]. 3. r = 1/(1 + e), the
     argument lies in [1, 2]. 4. return s (1 - r) + (1 - s) r.
-    Max |error| vs sigmoid (defaults): 2.2e-4.
+    Max |error| vs sigmoid (defaults): 8.6e-4.
     """
-    cfg = cfg or ApproxConfig()
+    nl = (cfg or ApproxConfig()).nonlinear
     s = _bit(t < 0.0, t)
     abs_t = t - 2.0 * s * t
-    e = exp_limit(-abs_t, cfg.exp_iters, cfg.exp_lower)
-    r = reciprocal_newton(1.0 + e, cfg.recip_iters, cfg.norm_lo, cfg.norm_hi)
+    e = exp_limit(-abs_t, nl.exp_iters, nl.exp_lower)
+    r = reciprocal_newton(1.0 + e, nl.recip_iters, 0, 1)  # 1 + e lies in [1, 2]
     return s * (1.0 - r) + (1.0 - s) * r
 
 
 def tanh_mpc(u: torch.Tensor, cfg: ApproxConfig | None = None) -> torch.Tensor:
-    """tanh(u) = 2 sigmoid(2u) - 1 via ``sigmoid_mpc``. Max |error| (defaults): 4.4e-4."""
+    """tanh(u) = 2 sigmoid(2u) - 1 via ``sigmoid_mpc``. Max |error| (defaults): 1.7e-3."""
     return 2.0 * sigmoid_mpc(2.0 * u, cfg) - 1.0
 
 
 def quick_gelu_mpc(x: torch.Tensor, cfg: ApproxConfig | None = None) -> torch.Tensor:
-    """Quick-GELU x * sigmoid(1.702 x) via ``sigmoid_mpc``. Max |error| on [-8, 8]: 3.6e-4."""
+    """Quick-GELU x * sigmoid(1.702 x) via ``sigmoid_mpc``. Max |error| on [-8, 8]: 1.4e-3."""
     return x * sigmoid_mpc(1.702 * x, cfg)
 
 
@@ -322,7 +312,7 @@ def gelu_poly(x: torch.Tensor) -> torch.Tensor:
 def gelu_tanh_mpc(x: torch.Tensor, cfg: ApproxConfig | None = None) -> torch.Tensor:
     """GELU(x) ~ x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), the tanh form, via ``sigmoid_mpc``.
 
-    Max |error| vs erf GELU (defaults): 6.4e-4 (tanh form 4.7e-4 plus the sigmoid's error).
+    Max |error| vs erf GELU (defaults): 1.3e-3 (tanh form 4.7e-4 plus the sigmoid's error).
     """
     k = 2.0 * math.sqrt(2.0 / math.pi)
     return x * sigmoid_mpc(k * (x + 0.044715 * x * x * x), cfg)
@@ -334,12 +324,18 @@ def gelu_mpc(x: torch.Tensor, cfg: ApproxConfig | None = None) -> torch.Tensor:
     return gelu_poly(x) if cfg.gelu_mode == "poly" else gelu_tanh_mpc(x, cfg)
 
 
-def _masked_shift(x: torch.Tensor, dim: int, keep: torch.Tensor | None) -> torch.Tensor:
+def _masked_shift(x: torch.Tensor, dim: int, keep: torch.Tensor | None,
+                  offset: float) -> torch.Tensor:
     """x - max over ``dim`` of the kept entries (on shares: a tree of comparisons)."""
     if keep is not None:
         # The mask is public (padding), so pushing masked entries far down is a public operation.
-        x = x - (1.0 - keep.to(x.dtype)) * 1e4
+        x = x - (1.0 - keep.to(x.dtype)) * offset
     return x - x.amax(dim=dim, keepdim=True)
+
+
+def _row_hi(x: torch.Tensor, dim: int) -> int:
+    """The reciprocal's range [1, 2^hi) for a sum in [1, n], as the secure softmax takes it."""
+    return max(1, int(x.shape[dim]).bit_length())
 
 
 def softmax_mpc(x: torch.Tensor, dim: int = -1, keep: torch.Tensor | None = None,
@@ -348,32 +344,34 @@ def softmax_mpc(x: torch.Tensor, dim: int = -1, keep: torch.Tensor | None = None
 
     Steps: 1. x' = x - max (kept entries only). 2. e = exp_limit(x'), 0 below ``exp_lower``.
     3. e *= keep. 4. s = sum e, which lies in [1, n] since the max contributes 1.
-    5. return e * reciprocal_newton(s); s is within the reciprocal's range for n < 2^16 keys.
-    Max |error| vs softmax (defaults): 2.5e-3 (the exp's relative error near x = -2).
+    5. return e * reciprocal_newton(s) on [1, 2^bitlen(n)), the secure softmax's range.
+    Max |error| vs softmax (defaults): 5.9e-3 (the exp's relative error near x = -2; 2.5e-3
+    with ``exp_iters`` 10).
     """
-    cfg = cfg or ApproxConfig()
-    xs = _masked_shift(x, dim, keep)
-    e = exp_limit(xs, cfg.exp_iters, cfg.exp_lower)
+    nl = (cfg or ApproxConfig()).nonlinear
+    xs = _masked_shift(x, dim, keep, nl.mask_offset)
+    e = exp_limit(xs, nl.exp_iters, nl.exp_lower)
     if keep is not None:
         e = e * keep.to(e.dtype)
-    return e * reciprocal_newton(e.sum(dim=dim, keepdim=True), cfg.recip_iters, cfg.norm_lo,
-                                 cfg.norm_hi)
+    return e * reciprocal_newton(e.sum(dim=dim, keepdim=True), nl.recip_iters, 0,
+                                 _row_hi(x, dim))
 
 
-def i_exp(x: torch.Tensor, max_shift: int = 31) -> torch.Tensor:
+def i_exp(x: torch.Tensor, max_shift: int = 16) -> torch.Tensor:
     """I-BERT's integer-friendly exp for x <= 0 (used by ``softmax_quant``).
 
     Steps: 1. z = floor(-x / ln2), clamped to [0, max_shift] (on shares: a truncation, then a
     comparison). 2. p = x + z ln2 in (-ln2, 0]. 3. exp(p) ~ 0.3585 (p + 1.353)^2 + 0.344.
     4. 2^-z as the product over z's bits b_i of (1 + b_i (2^-(2^i) - 1)); the bits come from
     comparisons of the running remainder with 2^i, so only comparisons and products are used
-    (I-BERT shifts an integer instead). Max relative error on [-20, 0]: 3.1e-3.
+    (I-BERT shifts an integer instead). Max relative error on [-max_shift ln2, 0]: 3.1e-3;
+    below, the result is under 2^-max_shift.
     """
-    z = torch.floor(-x * (1.0 / _LN2)).clamp(0, max_shift)
-    p = x + z * _LN2
+    z = torch.floor(-x * (1.0 / LN2)).clamp(0, max_shift)
+    p = x + z * LN2
     # Below the clamp, p is no longer in (-ln2, 0]; the exp is then below 2^-max_shift anyway.
-    p = torch.clamp(p, min=-_LN2)
-    poly = _IEXP_A * (p + _IEXP_B) ** 2 + _IEXP_C
+    p = torch.clamp(p, min=-LN2)
+    poly = IEXP_A * (p + IEXP_B) ** 2 + IEXP_C
     scale = torch.ones_like(x)
     rem = z
     for i in reversed(range(max(1, max_shift.bit_length()))):
@@ -392,13 +390,14 @@ def softmax_quant(x: torch.Tensor, dim: int = -1, keep: torch.Tensor | None = No
     ``cfg.emulate_mpc``. Max |error| vs softmax: 1.5e-3.
     """
     cfg = cfg or ApproxConfig()
-    xs = _masked_shift(x, dim, keep)
-    e = i_exp(xs, cfg.quant_max_shift)
+    nl = cfg.nonlinear
+    xs = _masked_shift(x, dim, keep, nl.mask_offset)
+    e = i_exp(xs, nl.quant_max_shift)
     if keep is not None:
         e = e * keep.to(e.dtype)
     s = e.sum(dim=dim, keepdim=True)
     if cfg.emulate_mpc:
-        return e * reciprocal_newton(s, cfg.recip_iters, cfg.norm_lo, cfg.norm_hi)
+        return e * reciprocal_newton(s, nl.recip_iters, 0, _row_hi(x, dim))
     return e / s
 
 
@@ -408,13 +407,14 @@ def layer_norm_mpc(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Ten
 
     Steps: 1. mu = mean(x) (public 1/d). 2. d = x - mu; v = mean(d^2). 3. r = rsqrt(v + eps).
     4. y = d r, then gamma y + beta. Valid while v + eps lies in rsqrt's range
-    [2^norm_lo, 2^norm_hi); max |error| there: 1e-9 * |gamma| (float64).
+    [2^ln_lo, 2^ln_hi) (``cfg.nonlinear``, as the secure LayerNorm); max |error| there:
+    1e-9 * |gamma| (float64).
     """
-    cfg = cfg or ApproxConfig()
+    nl = (cfg or ApproxConfig()).nonlinear
     mu = x.mean(dim=-1, keepdim=True)
     d = x - mu
     v = (d * d).mean(dim=-1, keepdim=True)
-    y = d * rsqrt_newton(v + eps, cfg.rsqrt_iters, cfg.norm_lo, cfg.norm_hi)
+    y = d * rsqrt_newton(v + eps, nl.rsqrt_iters, nl.ln_lo, nl.ln_hi)
     if weight is not None:
         y = y * weight
     if bias is not None:
