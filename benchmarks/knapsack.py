@@ -83,7 +83,7 @@ def _secure(model, shape, spec, high: int, low: int) -> dict:
 
 
 def _drelus(model, shape, spec) -> int:
-    from secinfer.knapsack.spec import apply_spec
+    from secinfer.models.block_spec import apply_spec
 
     m = apply_spec(__import__("copy").deepcopy(model), spec) if spec else model
     plan, _ = capture(m, shape)
@@ -92,7 +92,7 @@ def _drelus(model, shape, spec) -> int:
 
 def _shipped_specs(name: str) -> dict[float, dict[str, torch.Tensor]] | None:
     """The knapsack specs shipped in assets (32-sample distortion, `docs/knapsack.md`)."""
-    from secinfer.knapsack.spec import load_spec
+    from secinfer.models.block_spec import load_spec
 
     paths = {r: zoo.asset_path(name).with_name(f"{name}_spec{int(r * 100)}.json")
              for r in (0.06, 0.12)}

@@ -42,8 +42,8 @@ from secinfer.knapsack.distortion import ModelRef, extract
 from secinfer.knapsack.finetune import FinetuneConfig, distill, evaluate
 from secinfer.knapsack.problem import load_distortion
 from secinfer.knapsack.solve import resolve_budget, solve
-from secinfer.knapsack.spec import activation_shapes, apply_spec, drelu_counts
 from secinfer.models import zoo
+from secinfer.models.block_spec import activation_shapes, apply_spec, drelu_counts
 from secinfer.models.capture import capture
 from secinfer.seg.scenes import CLASSES, load_scenes
 from secinfer.seg.secure import secure_segment

@@ -2,10 +2,11 @@
 
 import torch
 
-from secinfer.knapsack.block_relu import BlockReLU
+from secinfer.models.block_relu import BlockReLU
+from secinfer.models.block_relu import block_relu as block_relu_plain
 from secinfer.models.capture import capture
 from secinfer.mpc import MPCConfig, MPCEngine
-from secinfer.mpc.block_relu import block_relu, block_relu_plain
+from secinfer.mpc.block_relu import block_relu
 from secinfer.net import run_in_memory
 
 F_BITS = 12

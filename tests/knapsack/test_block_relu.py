@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 
 from secinfer.knapsack import BlockReLU, block_cost, block_relu
-from secinfer.knapsack.block_relu import block_gate, check_block_sizes
+from secinfer.models.block_relu import block_gate, check_block_sizes
 
 
 def _reference(x: torch.Tensor, bs: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from secinfer.cli import main
 from secinfer.knapsack import load_spec
-from secinfer.knapsack.spec import activation_shapes, drelu_counts
+from secinfer.models.block_spec import activation_shapes, drelu_counts
 from secinfer.models.zoo import fmnist_resnet
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from secinfer.knapsack import apply_spec, drelu_counts, load_spec, save_spec
-from secinfer.knapsack.block_relu import BlockReLU
 from secinfer.knapsack.problem import (
     LayerDistortion,
     default_candidates,
@@ -18,7 +17,8 @@ from secinfer.knapsack.problem import (
     save_distortion,
 )
 from secinfer.knapsack.solve import resolve_budget, solve
-from secinfer.knapsack.spec import activation_shapes, spec_meta
+from secinfer.models.block_relu import BlockReLU
+from secinfer.models.block_spec import activation_shapes, spec_meta
 from secinfer.models.zoo import fmnist_resnet
 
 

@@ -173,7 +173,7 @@ def load_model(spec: str, weights: Path | None, relu_spec=None):
             raise ValueError(f"--model must be 'zoo:NAME' or 'module:function', got {spec!r}")
         model = getattr(importlib.import_module(mod), fn)()
     if relu_spec is not None:
-        from secinfer.knapsack.spec import apply_spec
+        from secinfer.models.block_spec import apply_spec
 
         model = apply_spec(model, relu_spec)
     if weights is not None:
@@ -245,7 +245,7 @@ def _compile(args: argparse.Namespace) -> int:
             print(f"wrote {d}")
         print(json.dumps(res.report, indent=1))
         return 0
-    from secinfer.knapsack.spec import load_spec
+    from secinfer.models.block_spec import load_spec
     from secinfer.models.bundle import load_bundle
     from secinfer.models.summary import describe
 
@@ -479,7 +479,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     spec = None
     if args.relu_spec:
-        from secinfer.knapsack.spec import load_spec
+        from secinfer.models.block_spec import load_spec
 
         spec = load_spec(args.relu_spec)
     model = load_model(args.model, args.weights, spec)

@@ -122,7 +122,7 @@ def _solve(args: argparse.Namespace) -> int:
 
     from secinfer.knapsack.problem import load_distortion
     from secinfer.knapsack.solve import resolve_budget, solve
-    from secinfer.knapsack.spec import save_spec
+    from secinfer.models.block_spec import save_spec
 
     src = args.distortion / "distortion.safetensors" if args.distortion.is_dir() \
         else args.distortion
@@ -154,7 +154,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     from secinfer.knapsack.distortion import ModelRef
     from secinfer.knapsack.finetune import FinetuneConfig, evaluate, finetune
-    from secinfer.knapsack.spec import activation_shapes, apply_spec, drelu_counts, load_spec
+    from secinfer.models.block_spec import activation_shapes, apply_spec, drelu_counts, load_spec
 
     torch.set_num_threads(args.threads)
     cfg = FinetuneConfig(args.epochs, args.lr, args.batch, args.temperature, args.alpha)

@@ -6,8 +6,8 @@ budget) -> :mod:`spec` (JSON spec file) -> :mod:`finetune` (recover accuracy). T
 reads the same spec through :func:`load_spec`.
 """
 
-from secinfer.knapsack.block_relu import IDENTITY, ZERO, BlockReLU, block_cost, block_relu
-from secinfer.knapsack.spec import apply_spec, drelu_counts, load_spec, save_spec
+from secinfer.models.block_relu import IDENTITY, ZERO, BlockReLU, block_cost, block_relu
+from secinfer.models.block_spec import apply_spec, drelu_counts, load_spec, save_spec
 
 __all__ = [
     "IDENTITY",

@@ -38,10 +38,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from secinfer.knapsack.block_relu import block_relu
 from secinfer.knapsack.graph_split import Split, split_at
 from secinfer.knapsack.problem import LayerDistortion, default_candidates, save_distortion
-from secinfer.knapsack.spec import activation_shapes, relu_layers
+from secinfer.models.block_relu import block_relu
+from secinfer.models.block_spec import activation_shapes, relu_layers
 
 __all__ = ["ModelRef", "extract", "iter_units", "layer_unit_noise", "stored_samples"]
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secinfer.knapsack.spec import apply_spec
+from secinfer.models.block_spec import apply_spec
 
 __all__ = ["FinetuneConfig", "distill", "evaluate", "finetune"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from secinfer.knapsack.block_relu import IDENTITY, ZERO, block_cost, check_block_sizes
+from secinfer.models.block_relu import IDENTITY, ZERO, block_cost, check_block_sizes
 
 __all__ = ["LayerDistortion", "default_candidates", "load_distortion", "save_distortion"]
 

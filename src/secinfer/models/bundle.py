@@ -129,7 +129,7 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
     range, the bound and the headroom in the manifest; users' clients refuse inputs outside it
     before sending anything. Without it nothing is proven and nothing is checked.
 
-    ``relu_spec`` (layer -> int [C, 2] block sizes, see :mod:`secinfer.knapsack.spec`) turns
+    ``relu_spec`` (layer -> int [C, 2] block sizes, see :mod:`secinfer.models.block_spec`) turns
     the named ReLUs into block ReLUs first; the caller's model is not modified.
 
     ``calibration`` ([n, *input_shape] samples): :func:`~.calibrate.calibrate` runs the model
@@ -141,7 +141,7 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
     if not 1 <= frac_bits <= 24:
         raise RangeError(f"frac_bits must be in 1..24 (the engine's limit), got {frac_bits}")
     if relu_spec:
-        from ..knapsack.spec import apply_spec
+        from .block_spec import apply_spec
 
         model = apply_spec(copy.deepcopy(model), relu_spec)
     policy = output_policy or OutputPolicy()

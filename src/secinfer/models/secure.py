@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from ..mpc import MPCEngine, PreparedWeight, Share, cat, maxpool2d, relu, relu6
-from ..mpc.block_relu import block_relu, block_relu_plain
+from ..mpc.block_relu import block_relu
 from ..mpc.engine import encode
 from ..mpc.upsample import upsample, upsample_plain
 from . import extra_ops
+from .block_relu import block_relu as block_relu_plain
 from .plan import Plan, PlanOp
 
 __all__ = ["SecureModel", "run_plain"]
@@ -185,7 +186,7 @@ def run_plain(plan: Plan, weights: dict[str, torch.Tensor], x: torch.Tensor,
         elif op.kind == "relu6":
             y = a.clamp(0, 6)
         elif op.kind == "block_relu":
-            y = block_relu_plain(a, p["block_sizes"])
+            y = block_relu_plain(a, torch.tensor(p["block_sizes"]).reshape(-1, 2))
         elif op.kind == "maxpool2d":
             y = F.max_pool2d(a, p["kernel"], p["stride"], p["padding"])
         elif op.kind == "avgpool2d":

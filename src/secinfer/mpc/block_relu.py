@@ -3,7 +3,8 @@
 Per channel a patch size (h, w): one DReLU on each patch's sum (its sign equals the sign of the
 patch mean; patches at the right and bottom borders are partial, ceil mode), then one product
 that gates every element of the patch by its patch's sign. (1, 1) is ordinary ReLU, (0, 1) is
-identity (no comparison), (1, 0) outputs zero.
+identity (no comparison), (1, 0) outputs zero: exactly the plaintext reference
+:func:`secinfer.models.block_relu.block_relu`, which the tests compare it with.
 
 1. group channels by patch size; zero-pad each group to a multiple of its patch;
 2. P_i sums its shares over each patch (local);
@@ -29,7 +30,7 @@ from .compare import drelu
 from .engine import MPCEngine
 from .share import Share
 
-__all__ = ["block_relu", "block_relu_plain"]
+__all__ = ["block_relu"]
 
 
 def _expand(sign: torch.Tensor, bh: int, bw: int, h: int, w: int) -> torch.Tensor:
@@ -41,24 +42,6 @@ def _patch_sums(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
     ph, pw = -h % bh, -w % bw
     xp = torch.nn.functional.pad(x, (0, pw, 0, ph))
     return xp.reshape(n, c, (h + ph) // bh, bh, (w + pw) // bw, bw).sum(dim=(3, 5))
-
-
-def block_relu_plain(x: torch.Tensor, block_sizes: list[list[int]]) -> torch.Tensor:
-    """Plaintext reference with exactly the secure version's semantics (a zero sum gates 0)."""
-    out = torch.zeros_like(x)
-    sizes = torch.tensor(block_sizes).reshape(-1, 2)
-    h, w = x.shape[-2:]
-    for bh, bw in {tuple(s) for s in sizes.tolist()}:
-        idx = [i for i, s in enumerate(sizes.tolist()) if tuple(s) == (bh, bw)]
-        xs = x[:, idx]
-        if bh == 0 and bw == 1:
-            out[:, idx] = xs
-        elif bh == 0 or bw == 0:
-            continue
-        else:
-            sign = (_patch_sums(xs, bh, bw) > 0).to(x.dtype)
-            out[:, idx] = xs * _expand(sign, bh, bw, h, w)
-    return out
 
 
 def block_relu(engine: MPCEngine, x: Share, block_sizes: list[list[int]]) -> Share:

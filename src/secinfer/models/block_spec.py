@@ -7,7 +7,7 @@ File format (JSON, UTF-8)::
      "meta": {...free-form: budget, DReLU counts, command...}}
 
 A layer name is the module path of an ``nn.ReLU`` in the model (``model.get_submodule(name)``);
-its list has one ``[h, w]`` per channel (see :mod:`secinfer.knapsack.block_relu` for the meaning,
+its list has one ``[h, w]`` per channel (see :mod:`secinfer.models.block_relu` for the meaning,
 including the sentinels ``[0, 1]`` identity and ``[1, 0]`` zero). A bare mapping
 ``{layer: [[h, w], ...]}`` without the envelope is accepted too, for hand-written specs.
 Layers not in the spec keep their ordinary ReLU. The seed stored this as a pickle; JSON cannot
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from secinfer.knapsack.block_relu import BlockReLU, block_cost, check_block_sizes
+from secinfer.models.block_relu import BlockReLU, block_cost, check_block_sizes
 
 __all__ = [
     "SPEC_FORMAT",
