@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ring.fixed import FixedPoint
 from ..ring.ops import ring_matmul
 from .share import Share
 
@@ -61,10 +62,6 @@ def dyadic_bits(m: torch.Tensor, max_bits: int) -> int:
     return max_bits
 
 
-def _encode(m: torch.Tensor, bits: int) -> torch.Tensor:
-    return torch.round(m * (1 << bits)).to(torch.int64)
-
-
 def upsample(engine, x: Share, size: list[int], mode: str = "bilinear",
              align_corners: bool | None = False) -> Share:
     """Shares of ``F.interpolate(x, size, mode, align_corners)`` for ``x`` ``[B, C, H, W]``.
@@ -90,6 +87,6 @@ def upsample(engine, x: Share, size: list[int], mode: str = "bilinear",
     if engine.is_helper:
         y = engine.placeholder((b, c, oh, ow), x.frac_bits + bh + bw)
     else:
-        ah, aw = _encode(mh, bh), _encode(mw, bw)
+        ah, aw = FixedPoint(bh).encode(mh), FixedPoint(bw).encode(mw)
         y = Share(ring_matmul(ring_matmul(ah, x.data), aw.T.contiguous()), x.frac_bits + bh + bw)
     return engine.truncate(y, bh + bw) if bh + bw else y
