@@ -69,4 +69,9 @@ class HandshakeError(SecinferNetError, ConnectionError):
 class RequestRefused(SecinferNetError):
     """A server refused a user's request: a limit (batch, frame), the query quota, or a
     malformed request. The message names the limit and the value; the servers send it to the
-    user verbatim (it holds no secret: only sizes, counts and the user's id)."""
+    user verbatim (it holds no secret: only sizes, counts and the user's id). ``reason``: the
+    server's own text, without who refused."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason

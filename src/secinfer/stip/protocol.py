@@ -5,11 +5,9 @@ Links: a user (P3) dials the cloud (P2) as users dial every secinfer server
 of the topology's CA; the user opens no port), so many users on any machines reach one cloud,
 each in its own session, served side by side (:func:`serve`).
 
-Wire format (every item one runtime frame, nothing pickled)::
-
-    request   int64[2] (op, n)   then n tensors
-    reply     int64[2] (status, n) then n tensors, then float64[1] (P2 compute seconds)
-              status 0: ok; status 1: one uint8 tensor with a UTF-8 error message
+Wire format: the one request/reply protocol of :mod:`secinfer.net.rpc` (request id, op,
+status, an error text that reaches the user; nothing pickled). A reply's last tensor is
+float64[1], P2's compute seconds.
 
 Ops, by task of the model (``x'`` = permuted embeddings, float32 ``(B, S, d)``; ``mask`` =
 int64 ``(B, S)`` attention mask)::
@@ -45,10 +43,13 @@ from secinfer.net import (
     PeerAborted,
     PeerDisconnected,
     PeerTimeout,
+    RequestRefused,
     SecinferNetError,
     Session,
     Topology,
+    rpc,
 )
+from secinfer.net.rpc import RpcClient
 from secinfer.net.userlink import (
     USER_PEER,
     UserLinks,
@@ -184,26 +185,18 @@ class SessionLink:
         self.session = session
         self.cloud_id = cloud_id
         self.cloud_seconds = 0.0
+        self._rpc = RpcClient(session, cloud_id)
 
     def call(self, op: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
-        s, peer = self.session, self.cloud_id
-        with s.op(f"stip_{op}"):
-            s.send(peer, torch.tensor([OPS[op], len(args)], dtype=torch.int64))
-            for a in args:
-                s.send(peer, a.contiguous())
-            head = s.recv(peer)
-            if head.dtype != torch.int64 or head.shape != (2,):
-                raise StipError("malformed reply header from the cloud")
-            status, n = int(head[0]), int(head[1])
-            if not 0 <= n <= 16:
-                raise StipError(f"cloud announced {n} reply tensors")
-            out = [s.recv(peer) for _ in range(n)]
-            secs = s.recv(peer)
-        if status != 0:
-            msg = bytes(out[0].tolist()).decode("utf-8", "replace") if out else "?"
-            raise StipError(f"cloud refused {op!r}: {msg}")
-        self.cloud_seconds += float(secs[0])
-        return out
+        with self.session.op(f"stip_{op}"):
+            try:
+                out = self._rpc.call(OPS[op], args, name=op)
+            except RequestRefused as e:
+                raise StipError(f"cloud refused {op!r}: {e.reason}") from None
+        if not out or out[-1].dtype != torch.float64 or out[-1].shape != (1,):
+            raise StipError(f"the cloud's reply to {op!r} lacks its compute time")
+        self.cloud_seconds += float(out[-1][0])
+        return out[:-1]
 
     def close(self) -> None:
         """Say goodbye so the cloud ends this session at once instead of timing out."""
@@ -213,46 +206,31 @@ class SessionLink:
             pass
 
 
-def _reply(session: Session, peer: int, status: int, tensors: list[torch.Tensor],
-           secs: float) -> None:
-    session.send(peer, torch.tensor([status, len(tensors)], dtype=torch.int64))
-    for t in tensors:
-        session.send(peer, t.contiguous())
-    session.send(peer, torch.tensor([secs], dtype=torch.float64))
-
-
 def serve_session(session: Session, peer: int, cloud: CloudModel,
                   idle_timeout: float | None = None) -> int:
     """Answer one user's requests until ``bye``; returns how many requests were served.
 
     A silent user (``idle_timeout``, default the session's) or a dropped link ends the
-    session with the runtime's error; a bad request gets an error reply and the session goes on.
+    session with the runtime's error, a malformed header with a ``ProtocolError``; a bad
+    request gets a refusal naming the problem and the session goes on.
     """
     handler = CloudHandler(cloud)
     served = 0
     while True:
-        head = session.recv(peer, timeout=idle_timeout)
-        if head.dtype != torch.int64 or head.shape != (2,) or not 0 <= int(head[1]) <= 16:
-            raise StipError(f"malformed request header from {peer}: {head.dtype} "
-                            f"{tuple(head.shape)}")
-        op, n = int(head[0]), int(head[1])
-        args = [session.recv(peer, timeout=idle_timeout) for _ in range(n)]
-        if op == OPS["bye"]:
-            _reply(session, peer, 0, [], 0.0)
+        req = rpc.recv_request(session, peer, timeout=idle_timeout)
+        if req.op == rpc.BYE:
+            rpc.reply(session, peer, req.id, [torch.zeros(1, dtype=torch.float64)])
             return served
-        with session.op(f"stip_{_NAMES.get(op, op)}"):
+        with session.op(f"stip_{_NAMES.get(req.op, req.op)}"):
             try:
-                out, secs = handler.handle(op, args)
+                out, secs = handler.handle(req.op, req.tensors)
             except StipError as e:
-                _reply(session, peer, 1, [torch.tensor(list(str(e).encode()), dtype=torch.uint8)],
-                       0.0)
+                rpc.refuse(session, peer, req.id, str(e))
                 continue
             except (RuntimeError, ValueError, IndexError) as e:  # the model rejected the input
-                msg = f"{type(e).__name__}: {e}"[:2000]
-                _reply(session, peer, 1, [torch.tensor(list(msg.encode()), dtype=torch.uint8)],
-                       0.0)
+                rpc.refuse(session, peer, req.id, f"{type(e).__name__}: {e}"[:2000])
                 continue
-            _reply(session, peer, 0, out, secs)
+            rpc.reply(session, peer, req.id, [*out, torch.tensor([secs], dtype=torch.float64)])
         served += 1
 
 
@@ -288,7 +266,7 @@ def _serve_one(session: Session, identity: str, cloud: CloudModel,
         try:
             n = serve_session(session, USER_PEER, cloud)
             log(f"stip serve: session ended after {n} requests")
-        except (SecinferNetError, StipError) as e:  # timeouts, drops, bad frames
+        except (SecinferNetError, ProtocolError) as e:  # timeouts, drops, bad frames
             log(f"stip serve: session aborted: {e}")
 
 

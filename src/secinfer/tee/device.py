@@ -17,16 +17,21 @@ test, to show that the device's view depends only on the enclave's randomness) o
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..mpc.prg import PRG, new_seed
+from ..net.errors import PeerTimeout
 from ..net.session import Session
 from .bundle import DeviceBundle
 from .mask import ring_linear, wrap
 
 __all__ = ["CMD_STOP", "CMD_LINEAR", "FAULT_KINDS", "Fault", "Device"]
+
+_STOP_POLL_S = 0.5
 
 CMD_STOP = 0
 CMD_LINEAR = 1
@@ -139,11 +144,27 @@ class Device:
                                self.prg)
         return out.reshape(r.shape)
 
-    def serve(self, session: Session, enclave: int, idle_timeout: float | None = None) -> int:
-        """Answer requests from party ``enclave``; returns the number of layer calls served."""
+    def serve(self, session: Session, enclave: int, idle_timeout: float | None = None,
+              should_stop: Callable[[], bool] | None = None) -> int:
+        """Answer requests from party ``enclave``; returns the number of layer calls served.
+
+        ``should_stop`` is polled at least every half second while idle, so a device told to
+        stop does so even inside a session the enclave keeps open.
+        """
         served = 0
+        idle_since = time.monotonic()
         while True:
-            ctrl = session.recv(enclave, timeout=idle_timeout)
+            if should_stop is not None and should_stop():
+                return served
+            try:
+                ctrl = session.recv(enclave, timeout=idle_timeout if should_stop is None
+                                    else _STOP_POLL_S)
+            except PeerTimeout:
+                if should_stop is None or (idle_timeout is not None and
+                                           time.monotonic() - idle_since > idle_timeout):
+                    raise
+                continue
+            idle_since = time.monotonic()
             if ctrl.dtype != torch.int64 or ctrl.numel() != 2:
                 raise ValueError(f"bad control message from party {enclave}: {ctrl.dtype} "
                                  f"{tuple(ctrl.shape)}")

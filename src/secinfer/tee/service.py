@@ -6,20 +6,19 @@ weights) and any number of users (a certificate of role ``user`` from the topolo
 topology entry needed). Users dial out to the enclave exactly as they dial the MPC servers
 (:mod:`secinfer.net.userlink`); the enclave dials the device as a party link.
 
-Protocol of one user session:
+Protocol of one user session (requests and replies: :mod:`secinfer.net.rpc`):
   1. the user dials two TLS 1.3 links to the enclave (mutual authentication); when admitted
      (fewer than ``[service] max_users`` sessions active, else an abort saying "busy") the
      enclave sends int64 ``[max_batch]``;
-  2. per request the user sends an int64 header ``[batch, *input_shape]`` and the float64
-     input ``[batch, *input_shape]`` in plaintext over its link: the enclave is trusted;
-     an empty header ends the session;
-  3. the enclave checks the header and values (shape accepted by a dry run of the program,
-     batch at most ``max_batch``, finite values), runs the split with the device
-     (:meth:`.enclave.Enclave.infer`: the device sees only masked, shuffled int8 values mixed
-     with fingerprints; every result is checked exactly) and sends float64 logits
-     ``[batch, C]``, bit-equal to the int8 model's;
-  4. a refused request, a failed integrity check or a failed device ends that user's session
-     with an abort frame whose reason reaches the user; the enclave keeps serving the others.
+  2. per request (op ``infer``) the user sends its float64 input ``[batch, *input_shape]`` in
+     plaintext over its link: the enclave is trusted; op ``bye`` ends the session;
+  3. the enclave checks the input (shape accepted by a dry run of the program, batch at most
+     ``max_batch``, finite values; else a refusal naming the problem, and the session goes
+     on), runs the split with the device (:meth:`.enclave.Enclave.infer`: the device sees only
+     masked, shuffled int8 values mixed with fingerprints; every result is checked exactly)
+     and replies with float64 logits ``[batch, C]``, bit-equal to the int8 model's;
+  4. a failed integrity check or a failed device is refused with its reason and ends that
+     user's session (the device's state is unknown); the enclave keeps serving the others.
 
 After a failed integrity check the enclave drops the device session and dials it again: the
 device's state in the aborted protocol run is unknown, and a new session starts from fresh
@@ -45,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import IntegrityError
-from ..net import Listener, PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session
+from ..errors import IntegrityError, ProtocolError
+from ..net import Listener, PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, rpc
 from ..net.topology import Topology
 from ..net.userlink import (
     USER_PEER,
@@ -66,6 +65,7 @@ __all__ = ["serve_enclave", "serve_device", "TeeClient"]
 log = logging.getLogger(__name__)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 5.0
 _POLL_S = 0.002
+OP_INFER = 1  # the enclave's one op (rpc.BYE ends a session)
 
 
 def _role_id(topology: Topology, role: str) -> int:
@@ -160,56 +160,78 @@ class _EnclaveLoop:
         return self.shapes[shape]
 
     def request(self, token: bytes, u: _User, device: Session) -> None:
-        """One request of user ``u``; a device failure propagates after the user is told."""
+        """One request of user ``u`` (:mod:`secinfer.net.rpc`); a refused input gets a
+        refusal naming the problem and the session goes on; a device failure propagates
+        after the user is told (and its session ended: the device's state is unknown)."""
         try:
-            header = u.session.recv(USER_PEER, timeout=min(self.topology.timeout, 5.0))
-        except SecinferNetError:
+            req = rpc.recv_request(u.session, USER_PEER,
+                                   timeout=min(self.topology.timeout, 5.0))
+        except ProtocolError as e:
+            self.end(token, str(e))
+            return
+        except SecinferNetError:  # the user left, or left mid-request
             self.end(token, None)
             return
-        if header.numel() == 0:
+        if req.op == rpc.BYE:
+            try:
+                rpc.reply(u.session, USER_PEER, req.id, [])
+            except SecinferNetError:
+                pass
             self.end(token, None)
             return
-        if header.dtype != torch.int64 or header.dim() != 1 or header.numel() < 2:
-            self.end(token, f"malformed request header {header.dtype} {tuple(header.shape)}")
+        why = self._check(req)
+        if why is not None:
+            try:
+                rpc.refuse(u.session, USER_PEER, req.id, why)
+            except SecinferNetError:
+                self.end(token, None)
+            u.last = time.monotonic()
             return
-        batch, shape = int(header[0]), tuple(int(v) for v in header[1:].tolist())
-        try:
-            x = u.session.recv(USER_PEER)
-        except SecinferNetError:  # the user left mid-request
-            self.end(token, None)
-            return
-        if batch < 1 or batch > self.topology.max_batch:
-            self.end(token, f"batch of {batch} outside 1..max_batch = {self.topology.max_batch}")
-            return
-        if tuple(x.shape) != (batch, *shape) or x.dtype != torch.float64:
-            self.end(token, f"input of {x.dtype} {tuple(x.shape)} does not match its header "
-                     f"{(batch, *shape)} float64")
-            return
-        if not self._accepts(shape):
-            self.end(token, f"the model does not take inputs of shape [batch, "
-                     f"{', '.join(map(str, shape))}]")
-            return
-        if not bool(torch.isfinite(x).all()):
-            self.end(token, "the input holds NaN or infinite values")
-            return
+        x = req.tensors[0]
         t0 = time.perf_counter()
         try:
             out = self.enclave.infer(device, self.device, x)
         except IntegrityError as e:
-            self.end(token, f"integrity check failed: the device (party {self.device}) "
-                     f"returned a wrong result ({e}); the request is refused")
+            self._fail(token, u, req.id, f"integrity check failed: the device (party "
+                       f"{self.device}) returned a wrong result ({e}); the request is refused")
             raise
         except SecinferNetError as e:
-            self.end(token, f"the device (party {self.device}) failed ({e}); retry later")
+            self._fail(token, u, req.id, f"the device (party {self.device}) failed ({e}); "
+                       "retry later")
             raise
         u.requests += 1
         u.last = time.monotonic()
-        log.info("request %s-%d (batch %d) in %.3f s", u.identity, u.requests, batch,
+        log.info("request %s-%d (batch %d) in %.3f s", u.identity, u.requests, x.shape[0],
                  time.perf_counter() - t0)
         try:
-            u.session.send(USER_PEER, out.contiguous())
+            rpc.reply(u.session, USER_PEER, req.id, [out])
         except SecinferNetError:
             self.end(token, None)
+
+    def _check(self, req: rpc.Request) -> str | None:
+        """Why the enclave refuses this request, or None."""
+        if req.op != OP_INFER:
+            return f"unknown op {req.op} (the enclave serves op {OP_INFER}, infer)"
+        if len(req.tensors) != 1:
+            return f"infer takes one tensor, got {len(req.tensors)}"
+        x = req.tensors[0]
+        if x.dtype != torch.float64 or x.dim() < 2:
+            return f"infer takes a float64 batch [batch, ...], got {x.dtype} {list(x.shape)}"
+        batch, shape = int(x.shape[0]), tuple(int(v) for v in x.shape[1:])
+        if batch < 1 or batch > self.topology.max_batch:
+            return f"batch of {batch} outside 1..max_batch = {self.topology.max_batch}"
+        if not self._accepts(shape):
+            return f"the model does not take inputs of shape [batch, {', '.join(map(str, shape))}]"
+        if not bool(torch.isfinite(x).all()):
+            return "the input holds NaN or infinite values"
+        return None
+
+    def _fail(self, token: bytes, u: _User, request_id: int, why: str) -> None:
+        try:
+            rpc.refuse(u.session, USER_PEER, request_id, why)
+        except SecinferNetError:
+            pass
+        self.end(token, why)
 
     def run(self, device: Session, stop: threading.Event | None,
             max_clients: int | None) -> bool:
@@ -281,7 +303,8 @@ def serve_device(topology: Topology, party_id: int, artifact: str | Path,
             print(f"device {party_id}: ready (serving enclave {enclave_id})", flush=True)
             with session:
                 try:
-                    served += dev.serve(session, enclave_id, idle_timeout=10 ** 6)
+                    served += dev.serve(session, enclave_id, idle_timeout=10 ** 6,
+                                        should_stop=stop.is_set if stop is not None else None)
                 except (SecinferNetError, ValueError, OSError) as e:
                     log.warning("device %d: enclave session ended (%s)", party_id, e)
     finally:
@@ -301,6 +324,7 @@ class TeeClient:
         self.compute_timeout = compute_timeout
         self.max_batch = 0
         self._session: Session | None = None
+        self._rpc: rpc.RpcClient | None = None
 
     def __enter__(self) -> TeeClient:
         self.connect()
@@ -313,6 +337,7 @@ class TeeClient:
         links = dial_user(self.topology, self.cert, self.key, secrets.token_bytes(16),
                           servers=(self.enclave,))
         self._session = Session(links, timeout=self.topology.timeout, role="user")
+        self._rpc = rpc.RpcClient(self._session, self.enclave)
         try:
             self.max_batch = int(self._recv(self.topology.timeout)[0])
         except BaseException:
@@ -323,6 +348,16 @@ class TeeClient:
         assert self._session is not None
         try:
             return self._session.recv(self.enclave, timeout=timeout)
+        except PeerAborted as e:
+            self._session.close()
+            self._session = None
+            raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
+
+    def _call(self, op: int, tensors: list[torch.Tensor], timeout: float
+              ) -> list[torch.Tensor]:
+        assert self._session is not None and self._rpc is not None
+        try:
+            return self._rpc.call(op, tensors, timeout=timeout)
         except PeerAborted as e:
             self._session.close()
             self._session = None
@@ -345,19 +380,19 @@ class TeeClient:
         if x.shape[0] > self.max_batch:
             raise ValueError(f"batch of {x.shape[0]} exceeds the enclave's max_batch = "
                              f"{self.max_batch}")
-        self._session.send(self.enclave, torch.tensor(list(x.shape), dtype=torch.int64))
-        self._session.send(self.enclave, xf.contiguous())
         try:
-            return self._recv(self.compute_timeout)
+            (out,) = self._call(OP_INFER, [xf.contiguous()], self.compute_timeout)
         except PeerTimeout:
             self.close()
             raise
+        return out
 
     def close(self) -> None:
         if self._session is None:
             return
         try:
-            self._session.send(self.enclave, torch.empty(0, dtype=torch.int64))
+            if self._rpc is not None:
+                self._rpc.call(rpc.BYE, [], timeout=5.0)
         except Exception:  # noqa: BLE001 - best effort goodbye
             pass
         self._session.close()
