@@ -63,7 +63,7 @@ from experiments.tee_experiments import (  # noqa: E402
 )
 
 from secinfer.models.zoo import build  # noqa: E402
-from secinfer.tee import calibrate, capture, provision  # noqa: E402
+from secinfer.tee import calibrate, capture_any, provision  # noqa: E402
 from secinfer.tee.fmnist import provision_fmnist  # noqa: E402
 from secinfer.tee.programs import two_party  # noqa: E402
 from secinfer.tee.qat import training_generator  # noqa: E402
@@ -98,7 +98,7 @@ def latency(reps: int, batches: list[int], models: list[str]) -> dict[str, Any]:
     rows = []
     for name in models:
         model = _randomize_bn(build(name), gen)
-        prog = capture(model)
+        prog = capture_any(model, ITEM)
         qm = calibrate(prog, [torch.randn(16, *ITEM, generator=gen)])
         with tempfile.TemporaryDirectory(prefix="tee-bench-") as tmp:
             paths = {}
@@ -191,7 +191,7 @@ def perm(reps: int, batches: list[int], models: list[str]) -> dict[str, Any]:
     rows = []
     for name in models:
         model = _randomize_bn(build(name), gen)
-        prog = capture(model)
+        prog = capture_any(model, ITEM)
         qm = calibrate(prog, [torch.randn(4, *ITEM, generator=gen)])
         enc = Enclave(provision(qm))
         shapes = enc.input_shapes(ITEM)
@@ -235,7 +235,7 @@ def checks(reps: int, batches: list[int], models: list[str], k: int = 2) -> dict
     rows = []
     for name in models:
         model = _randomize_bn(build(name), gen)
-        qm = calibrate(capture(model), [torch.randn(4, *ITEM, generator=gen)])
+        qm = calibrate(capture_any(model, ITEM), [torch.randn(4, *ITEM, generator=gen)])
         enc = Enclave(provision(qm))
         shapes = enc.input_shapes(ITEM)
         layers = enc.dev.layers
@@ -307,7 +307,7 @@ def integrity(trials: int, fmnist_trials: int, reps: int) -> dict[str, Any]:
     gen = training_generator()  # test data and weights: not secret
     tiny = _randomize_bn(_TinyNet(), gen)
     item = (2, 8, 8)
-    qm = calibrate(capture(tiny), [torch.randn(64, *item, generator=gen)])
+    qm = calibrate(capture_any(tiny, item), [torch.randn(64, *item, generator=gen)])
     bundle = provision(qm)
     rows = []
     for name, bits, k in INTEGRITY_CONFIGS:
@@ -327,7 +327,8 @@ def integrity(trials: int, fmnist_trials: int, reps: int) -> dict[str, Any]:
     for model_name in ("fmnist_cnn", "vgg11"):
         shape = (1, 28, 28) if model_name == "fmnist_cnn" else ITEM
         m = _randomize_bn(build(model_name), gen)
-        enc = Enclave(provision(calibrate(capture(m), [torch.randn(4, *shape, generator=gen)])))
+        enc = Enclave(provision(calibrate(capture_any(m, shape),
+                                            [torch.randn(4, *shape, generator=gen)])))
         layers, shapes = enc.dev.layers, enc.input_shapes(shape)
         n = 1 + 6
         xs = [torch.randint(-128, 128, (1, n, *sh), generator=gen) for sh in shapes]
@@ -349,7 +350,7 @@ def integrity(trials: int, fmnist_trials: int, reps: int) -> dict[str, Any]:
         from secinfer.models.zoo import pretrained
 
         xt, _ = load("test", limit=fmnist_trials)
-        qf = calibrate(capture(pretrained("fmnist_cnn").eval()), [xt[:500]])
+        qf = calibrate(capture_any(pretrained("fmnist_cnn").eval(), (1, 28, 28)), [xt[:500]])
         enc = Enclave(provision(qf), MonitorConfig(), on_failure="record")
         t0 = time.perf_counter()
         msb = _one_layer_rates(enc, xt, "msb", chunk=250)

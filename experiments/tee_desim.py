@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from secinfer.mpc.prg import PRG, new_seed
-from secinfer.tee.graph import LinearSpec, Program
 from secinfer.tee.mask import LayerSecret
+from secinfer.tee.program import LinearSpec, Program
 from secinfer.tee.qat import _RoundSTE, accuracy, train_classifier
 from secinfer.tee.quantize import QuantConfig, QuantModel, _ranges, act_params, quantize_weight
 

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from secinfer.tee.bundle import provision
 from secinfer.tee.device import FAULT_KINDS
-from secinfer.tee.fmnist import CALIB, fmnist_data, fmnist_model
-from secinfer.tee.graph import capture
+from secinfer.tee.fmnist import CALIB, INPUT_SHAPE, fmnist_data, fmnist_model
+from secinfer.tee.from_plan import capture_any
 from secinfer.tee.monitor import detection_guarantee
 from secinfer.tee.programs import two_party
 from secinfer.tee.qat import accuracy, train_classifier, training_generator
@@ -50,7 +50,7 @@ def train_fmnist(out: Path, epochs: int = 2) -> dict[str, Any]:
 
 
 def rsweep_fmnist(weights: Path, values: list[int]) -> list[dict[str, float]]:
-    prog = capture(_model(weights))
+    prog = capture_any(_model(weights), INPUT_SHAPE)
     x, _, xt, yt = fmnist_data()
     calib = x[torch.randperm(len(x), generator=training_generator())[:CALIB]]
     return sweep_reduce_range(prog, [calib], xt, yt, values)
@@ -123,7 +123,7 @@ def stealing_experiment(weights: Path, frac: float = 0.01, thief_epochs: int = 3
     victim = _model(weights)
     x, y, xt, yt = fmnist_data()
     gen = training_generator()
-    prog = capture(victim)
+    prog = capture_any(victim, INPUT_SHAPE)
     calib = x[torch.randperm(len(x), generator=gen)[:CALIB]]
     cfg = QuantConfig(0)
     qm = calibrate(prog, [calib], cfg)

@@ -23,9 +23,9 @@ from secinfer.mpc.prg import PRG, new_seed
 from secinfer.net.session import Session
 from secinfer.tee import protocol
 from secinfer.tee.device import Fault
-from secinfer.tee.graph import LinearSpec
 from secinfer.tee.mask import LayerSecret, ring_linear
 from secinfer.tee.monitor import MonitorConfig, detection_guarantee
+from secinfer.tee.program import LinearSpec
 from secinfer.tee.rand import EnclaveRandomness
 
 __all__ = ["trial_layer", "enclave_trials", "device_trials"]

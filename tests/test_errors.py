@@ -24,7 +24,7 @@ from secinfer.errors import (
 # every module that defines an error class of its own (mpc/ raises built-in errors only)
 _MODULES = ["secinfer.net.errors", "secinfer.net.tls", "secinfer.net.launcher",
             "secinfer.models.bundle", "secinfer.models.capture", "secinfer.stip.protocol",
-            "secinfer.stip.artifacts", "secinfer.tee.monitor", "secinfer.tee.graph",
+            "secinfer.stip.artifacts", "secinfer.tee.monitor", "secinfer.tee.from_plan",
             "secinfer.data.fashion_mnist", "secinfer.artifacts"]
 
 
@@ -86,12 +86,14 @@ class _Sig(nn.Module):
         return self.act(self.conv(x))
 
 
-def test_both_captures_raise_the_one_unsupported_op_error() -> None:
+def test_both_compilers_raise_the_one_unsupported_op_error() -> None:
     from secinfer.models.capture import capture as mpc_capture
-    from secinfer.tee import capture as tee_capture
+    from secinfer.tee import capture_any as tee_capture
 
     with pytest.raises(UnsupportedOpError, match="module PReLU") as mpc:
         mpc_capture(_Sig().eval(), (1, 6, 6))
     assert mpc.value.what == "module PReLU" and mpc.value.node == "act"
-    with pytest.raises(UnsupportedOpError, match="PReLU"):
-        tee_capture(_Sig().eval())
+    # the TEE compiles through the same capture: the same error, naming the same op and node
+    with pytest.raises(UnsupportedOpError, match="module PReLU at node 'act'") as tee:
+        tee_capture(_Sig().eval(), (1, 6, 6))
+    assert (tee.value.what, tee.value.node) == (mpc.value.what, mpc.value.node)

@@ -61,7 +61,7 @@ SECRET_MODULES = (
     "experiments/tee_faults.py",  # the fault campaign runs the real enclave round
     "tee/programs.py",
     "tee/quantize.py",
-    "tee/graph.py",
+    "tee/program.py",
     "experiments/tee_desim.py",  # secret gain signs (its data shuffling is reviewed below)
 )
 

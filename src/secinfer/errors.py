@@ -8,11 +8,11 @@
       ArtifactError       an artifact folder missing, corrupt or of another kind (BundleError)
       ProtocolError       a party sent or asked for something the protocol forbids (StipError)
       IntegrityError      the TEE device's result failed the enclave's check
-      UnsupportedOpError  a model op a compiler (MPC or TEE capture) cannot place
+      UnsupportedOpError  a model op the capture (models/capture.py, MPC and TEE) cannot place
 
 Every class keeps the built-in base its callers caught before this tree existed (``ValueError``
 for a bad artifact or setting, ``RuntimeError`` for a network or integrity failure, both
-``NotImplementedError`` and ``ValueError`` for an unsupported op, as the two captures raised),
+``NotImplementedError`` and ``ValueError`` for an unsupported op, as the older captures raised),
 so an ``except ValueError`` written against an older release still works. The messages are
 written for the user: the CLI prints them without a traceback.
 """

@@ -81,9 +81,9 @@ class _Net(nn.Module):
 
 
 def _tee_enclave(tmp: Path) -> Any:
-    from secinfer.tee import calibrate, capture, provision
+    from secinfer.tee import calibrate, capture_any, provision
 
-    qm = calibrate(capture(_Net().eval()), [torch.randn(16, 2, 6, 6)])
+    qm = calibrate(capture_any(_Net().eval(), (2, 6, 6)), [torch.randn(16, 2, 6, 6)])
     return provision(qm)
 
 

@@ -7,7 +7,7 @@ from experiments.tee_desim import desim_train, thief_init
 from torch import nn
 
 from secinfer.data.digits import load_digits
-from secinfer.tee import QuantConfig, capture
+from secinfer.tee import QuantConfig, capture_any
 from secinfer.tee.qat import accuracy, train_classifier
 
 
@@ -29,7 +29,7 @@ def test_desim_keeps_true_accuracy_and_hides_it_from_the_device_view(
     x, y, xt, yt = _data(gen)
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     model = train_classifier(_net(), x, y, epochs=8, lr=3e-3, gen=gen)
-    prog = capture(model)
+    prog = capture_any(model, (1, 8, 8))
     d = desim_train(prog, x, y, gen, epochs=6, lam=1.0, lr=2e-3)
     qm = d.export(x, QuantConfig(0))
     with torch.no_grad():

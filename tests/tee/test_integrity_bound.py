@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from secinfer.tee import Device, Enclave, Fault, MonitorConfig, calibrate, capture, provision
+from secinfer.tee import Device, Enclave, Fault, MonitorConfig, calibrate, capture_any, provision
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def _run(enc: Enclave, fault: Fault, gen: torch.Generator,
 
 @pytest.fixture
 def enclave(tiny: nn.Module, gen: torch.Generator) -> Enclave:
-    qm = calibrate(capture(tiny), [torch.randn(64, *ITEM, generator=gen)])
+    qm = calibrate(capture_any(tiny, ITEM), [torch.randn(64, *ITEM, generator=gen)])
     return Enclave(provision(qm), MonitorConfig(triples=2), on_failure="record")
 
 

@@ -10,7 +10,6 @@ import torch
 
 from secinfer.mpc.prg import PRG
 from secinfer.tee import alteration_bound, detection_guarantee, triples_for
-from secinfer.tee.graph import LinearSpec
 from secinfer.tee.mask import (
     LayerSecret,
     device_weight,
@@ -28,6 +27,7 @@ from secinfer.tee.monitor import (
     draw_fingerprints,
     mix,
 )
+from secinfer.tee.program import LinearSpec
 from secinfer.tee.rand import EnclaveRandomness
 
 M = 1 << 32

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from secinfer.tee import calibrate, capture, provision
+from secinfer.tee import calibrate, capture_any, provision
 from secinfer.tee.programs import two_party
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 def test_split_over_tls_is_bit_identical(
     tiny: nn.Module, gen: torch.Generator, tmp_path: Path
 ) -> None:
-    qm = calibrate(capture(tiny), [torch.randn(32, 2, 8, 8, generator=gen)])
+    qm = calibrate(capture_any(tiny, (2, 8, 8)), [torch.randn(32, 2, 8, 8, generator=gen)])
     b = provision(qm)
     b.save(tmp_path / "enclave")
     b.device_bundle().save(tmp_path / "device")

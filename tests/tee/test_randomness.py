@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from secinfer.tee import Enclave, MonitorConfig, calibrate, capture, provision
+from secinfer.tee import Enclave, MonitorConfig, calibrate, capture_any, provision
 from secinfer.tee.rand import PURPOSES, EnclaveRandomness
 
 
@@ -34,7 +34,7 @@ def _draws(rng: EnclaveRandomness) -> dict[str, torch.Tensor]:
 
 def test_two_enclaves_under_the_same_global_seeds_draw_different_secrets(
         tiny: nn.Module, gen: torch.Generator) -> None:
-    qm = calibrate(capture(tiny), [torch.randn(16, 2, 8, 8, generator=gen)])
+    qm = calibrate(capture_any(tiny, (2, 8, 8)), [torch.randn(16, 2, 8, 8, generator=gen)])
     _seed_everything()
     b1 = provision(qm)
     e1 = Enclave(b1, MonitorConfig())

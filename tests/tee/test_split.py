@@ -21,13 +21,13 @@ from secinfer.tee import (
     IntegrityError,
     MonitorConfig,
     calibrate,
-    capture,
+    capture_any,
     provision,
 )
 
 
 def _bundle(model: nn.Module, gen: torch.Generator, permute: bool = True) -> EnclaveBundle:
-    qm = calibrate(capture(model), [torch.randn(32, 2, 8, 8, generator=gen)])
+    qm = calibrate(capture_any(model, (2, 8, 8)), [torch.randn(32, 2, 8, 8, generator=gen)])
     return provision(qm, permute=permute)
 
 

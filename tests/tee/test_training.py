@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from secinfer.data.digits import load_digits
-from secinfer.tee import QuantConfig, calibrate, capture, sweep_reduce_range
+from secinfer.tee import QuantConfig, calibrate, capture_any, sweep_reduce_range
 from secinfer.tee.qat import FakeQuantProgram, accuracy, qat, train_classifier
 
 
@@ -27,7 +27,7 @@ def test_ptq_qat_and_sweep_keep_accuracy(gen: torch.Generator) -> None:
     x, y, xt, yt = _data(gen)
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     model = train_classifier(_net(), x, y, epochs=8, lr=3e-3, gen=gen)
-    prog = capture(model)
+    prog = capture_any(model, (1, 8, 8))
     fl = accuracy(lambda t: prog.run(t.double()), xt, yt)
     assert fl > 85.0
     ptq = calibrate(prog, [x], QuantConfig(0))

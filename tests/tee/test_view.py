@@ -30,7 +30,7 @@ from torch import nn
 
 from secinfer.mpc.prg import PRG
 from secinfer.net import run_in_memory
-from secinfer.tee import Device, Enclave, MonitorConfig, calibrate, capture, provision
+from secinfer.tee import Device, Enclave, MonitorConfig, calibrate, capture_any, provision
 from secinfer.tee.rand import EnclaveRandomness
 
 R = 300  # queries per input
@@ -120,7 +120,8 @@ class _Recorder:
 def setup() -> tuple:  # type: ignore[type-arg]
     gen = torch.Generator().manual_seed(7)  # test data only: the model and the two inputs
     torch.manual_seed(7)
-    qm = calibrate(capture(_Net().eval()), [torch.randn(64, 1, 4, 4, generator=gen) * 2])
+    qm = calibrate(capture_any(_Net().eval(), (1, 4, 4)),
+                   [torch.randn(64, 1, 4, 4, generator=gen) * 2])
     bundle = provision(qm)
     x0 = torch.zeros(1, 1, 4, 4)
     x1 = torch.full((1, 1, 4, 4), 3.0)

@@ -239,7 +239,11 @@ def _module_op(node, mod, src, emit, by_name, users, weights, alias, numel) -> N
     elif isinstance(mod, nn.AdaptiveAvgPool2d):
         _adaptive(node, mod.output_size, src, emit)
     elif isinstance(mod, nn.Flatten):
-        emit(PlanOp("flatten", name, [src(inp)], {"start_dim": int(mod.start_dim)}))
+        if mod.end_dim != -1:  # a partial flatten: the traced output shape says it all
+            emit(PlanOp("reshape", name, [src(inp)],
+                        {"shape": [-1, *node.meta["tensor_meta"].shape[1:]]}))
+        else:
+            emit(PlanOp("flatten", name, [src(inp)], {"start_dim": int(mod.start_dim)}))
     elif isinstance(mod, nn.Dropout | nn.Identity):
         alias[name] = src(inp)
     else:
@@ -287,9 +291,14 @@ def _function_op(node, args, src, emit, alias, numel) -> None:
         emit(PlanOp("relu6", name, [src(args[0])], {"drelus": 2 * numel(node)}))
     elif t in (torch.flatten, "flatten"):
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
         if start != 1:
             raise _unsupported("flatten over the batch dimension", name)
-        emit(PlanOp("flatten", name, [src(args[0])], {"start_dim": 1}))
+        if end != -1:  # a partial flatten: the traced output shape says it all
+            emit(PlanOp("reshape", name, [src(args[0])],
+                        {"shape": [-1, *node.meta["tensor_meta"].shape[1:]]}))
+        else:
+            emit(PlanOp("flatten", name, [src(args[0])], {"start_dim": 1}))
     elif t in ("view", "reshape") or t is torch.reshape:
         shape = list(node.meta["tensor_meta"].shape)
         emit(PlanOp("reshape", name, [src(args[0])], {"shape": [-1, *shape[1:]]}))

@@ -21,8 +21,8 @@ import torch
 from ..artifacts import read_artifact, tensor_bytes, write_artifact
 from ..errors import ArtifactError
 from ..mpc.prg import PRG
-from .graph import LinearSpec, Program, Step
 from .mask import LayerSecret, device_weight, draw_secrets
+from .program import LinearSpec, Program, Step
 from .quantize import ActQuant, QuantConfig, QuantModel
 from .rand import permutation_prg
 

@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import load_file
 
 from .bundle import provision
-from .graph import capture
+from .from_plan import capture_any
 from .qat import accuracy, qat, training_generator
 from .quantize import QuantConfig, calibrate
 
-__all__ = ["CALIB", "fmnist_data", "fmnist_model", "provision_fmnist"]
+__all__ = ["CALIB", "INPUT_SHAPE", "fmnist_data", "fmnist_model", "provision_fmnist"]
 
 CALIB = 2000  # calibration images (training split)
+INPUT_SHAPE = (1, 28, 28)  # one Fashion-MNIST image
 
 
 def fmnist_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,7 +57,7 @@ def provision_fmnist(weights: Path | None, out: Path, reduce_range: int = 0,
     """
     m = fmnist_model(weights, pretrained=True)
     x, y, xt, yt = fmnist_data()
-    prog = capture(m)
+    prog = capture_any(m, INPUT_SHAPE)
     cfg = QuantConfig(reduce_range)
     calib = x[torch.randperm(len(x), generator=training_generator())[:CALIB]]
     qm = (qat(prog, x, y, cfg, epochs=qat_epochs, gen=training_generator()) if qat_epochs

@@ -1,11 +1,18 @@
-"""The enclave split of any model the MPC capture takes: a :class:`Program` built from a plan.
+"""The enclave split's one capture: a :class:`Program` built from the MPC capture's plan.
+
+The TEE has no tracer of its own; every model (the shipped CNNs and users' models alike) goes
+through the same capture as the secure (MPC) engine:
 
 1. :func:`secinfer.models.capture.capture` traces the model (torch.fx, or torch.export for a
    forward with shape checks), folds every batch norm it can, and turns a batch norm it cannot
-   fold (after a ReLU) into a depthwise 1x1 conv;
+   fold (after a ReLU) into a depthwise 1x1 conv; an op it cannot place raises
+   :class:`~secinfer.errors.UnsupportedOpError` naming the op and the node;
 2. every ``conv2d`` / ``linear`` op of the plan becomes a :class:`LinearSpec` (device side,
    int8 on masked inputs);
-3. every other op becomes a trusted-side step ``plan_op`` that runs the plan op's float64
+3. every plan op that a native trusted-side step computes exactly (ReLU, ReLU6, max and
+   average pools, the global average pool, flatten, residual add, identity: :func:`_native`)
+   becomes that step, as fast as a hand-written program;
+4. every other op becomes a trusted-side step ``plan_op`` that runs the plan op's float64
    reference executor (:func:`secinfer.models.secure.run_plain`) in the enclave; its
    parameters (and a layer norm's weights) are JSON in the bundle like every other step's.
 """
@@ -17,12 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UnsupportedOpError
 from ..models.capture import capture as capture_plan
 from ..models.plan import Plan, PlanOp
 from ..models.secure import run_plain
-from .graph import LinearSpec, Program, Step, UnsupportedOp
+from .program import LinearSpec, Program, Step
 
-__all__ = ["program_from_plan", "capture_any", "run_plan_op"]
+__all__ = ["UnsupportedOp", "program_from_plan", "capture_any", "run_plan_op"]
+
+# a model op the enclave split cannot place: the MPC capture's error, under the TEE's old name
+UnsupportedOp = UnsupportedOpError
 
 
 def run_plan_op(*xs: torch.Tensor, kind: str, name: str, params: dict[str, Any],
@@ -50,12 +61,48 @@ def _linear(op: PlanOp, weights: dict[str, torch.Tensor]) -> LinearSpec:
                       tuple(p["dilation"]), int(p["groups"]))
 
 
+def _native(op: PlanOp) -> tuple[str, dict[str, Any]] | None:
+    """The trusted-side step (``program._TRUSTED``) that computes plan op ``op`` exactly as the
+    plan's reference executor (:func:`secinfer.models.secure.run_plain`) does, or None.
+
+    The capture refuses max pools with ``ceil_mode`` or dilation and average pools with
+    ``ceil_mode``, ``count_include_pad=False`` or a divisor override, so the plan's
+    kernel / stride / padding are the whole geometry of its pools.
+    """
+    p = op.params
+    if op.kind in ("relu", "relu6"):
+        return op.kind, {}
+    if op.kind == "maxpool2d":
+        return "maxpool", {"kernel_size": tuple(p["kernel"]), "stride": tuple(p["stride"]),
+                           "padding": tuple(p["padding"]), "dilation": (1, 1),
+                           "ceil_mode": False}
+    if op.kind == "avgpool2d":
+        return "avgpool", {"kernel_size": tuple(p["kernel"]), "stride": tuple(p["stride"]),
+                           "padding": tuple(p["padding"]), "ceil_mode": False,
+                           "count_include_pad": True}
+    if op.kind == "global_avgpool":  # the mean over H and W, keeping both (1 x 1)
+        return "adaptive_avgpool", {"output_size": (1, 1)}
+    if op.kind == "flatten":
+        return "flatten", {"start_dim": int(p["start_dim"])}
+    if op.kind == "add" and len(op.inputs) == 2:
+        return "add", {}
+    if op.kind == "identity" and len(op.inputs) == 1:
+        return "identity", {}
+    return None
+
+
 def program_from_plan(plan: Plan, weights: dict[str, torch.Tensor],
                       shapes: dict[str, int] | None = None) -> Program:
     """The enclave program of a captured plan (see the module docstring)."""
     steps: list[Step] = []
     layers: list[LinearSpec] = []
+    alias: dict[str, str] = {}  # identity ops: the value they forward
+
+    def src(names: list[str]) -> tuple[str, ...]:
+        return tuple(alias.get(n, n) for n in names)
+
     for op in plan.ops:
+        ins = src(op.inputs)
         if op.kind in ("conv2d", "linear"):
             if op.kind == "linear" and shapes is not None and shapes.get(op.inputs[0], 2) != 2:
                 raise UnsupportedOp(
@@ -63,13 +110,20 @@ def program_from_plan(plan: Plan, weights: dict[str, torch.Tensor],
                     "enclave split's device runs 2-d linear layers (flatten the tokens first)",
                     op.kind, op.name)
             layers.append(_linear(op, weights))
-            steps.append(Step("linear", tuple(op.inputs), op.name, {}, len(layers) - 1))
+            steps.append(Step("linear", ins, op.name, {}, len(layers) - 1))
+            continue
+        if op.kind == "identity" and len(ins) == 1 and op.name != plan.output:
+            alias[op.name] = ins[0]
+            continue
+        native = _native(op)
+        if native is not None:
+            steps.append(Step(native[0], ins, op.name, native[1]))
             continue
         attrs: dict[str, Any] = {"kind": op.kind, "name": op.name, "params": op.params}
         if op.weights:
             attrs["w"] = weights[f"{op.name}.w"].tolist()
             attrs["b"] = weights[f"{op.name}.b"].tolist()
-        steps.append(Step("plan_op", tuple(op.inputs), op.name, attrs))
+        steps.append(Step("plan_op", ins, op.name, attrs))
     return Program(steps, layers, plan.input_name, plan.output)
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from ..mpc.prg import PRG
-from .graph import LinearSpec, Program
+from .program import LinearSpec, Program
 
 __all__ = [
     "RING_BITS",

@@ -76,8 +76,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import IntegrityError  # raised when the device's result fails the check
-from .graph import LinearSpec
 from .mask import wrap
+from .program import LinearSpec
 from .rand import CHECKSUM_ENTRY_BITS, EnclaveRandomness
 
 __all__ = [

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .graph import LinearSpec
 from .mask import LayerSecret, permute_input, ring_linear, unpermute_output, wrap
 from .monitor import MonitorConfig, check_trials, checksum_pass, draw_fingerprints
+from .program import LinearSpec
 from .rand import EnclaveRandomness
 
 __all__ = ["MaskSet", "Round", "RoundResult", "begin", "finish", "mask_set"]

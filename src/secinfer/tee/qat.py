@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .graph import LinearSpec, Program
+from .program import LinearSpec, Program
 from .quantize import QuantConfig, QuantModel, from_ranges
 
 __all__ = ["train_classifier", "accuracy", "FakeQuantProgram", "qat", "training_generator"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .graph import LinearSpec, Program
+from .program import LinearSpec, Program
 
 __all__ = [
     "QuantConfig",
