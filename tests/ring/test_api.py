@@ -16,11 +16,14 @@ def test_exported_members() -> None:
         "FixedPoint",
         "MAX_TERMS",
         "RingMethod",
+        "narrow_conv2d",
+        "narrow_linear",
         "resolve_method",
         "ring_conv2d",
         "ring_linear",
         "ring_matmul",
         "ring_mul",
+        "wrap",
     ]
     for name in ring.__all__:
         obj = getattr(ring, name)

@@ -9,8 +9,8 @@ Masking (our variant of TSQP's one-time pad, ``case_study.py`` in seed 004):
    a one-time pad, so the device learns nothing about activations, not even statistically
    (TSQP's bounded mask ``x_q + otp`` with ``otp in [-127, 127]`` leaks ``x_q`` near the edges).
 3. The device computes ``r = conv(u, W_dev) mod 2^32`` exactly: int32 wrapping arithmetic, which
-   we emulate in float64 with input-channel chunks small enough that every partial sum stays below
-   2^53 (``fan_in * 2^31 * 127 < 2^53`` per chunk).
+   the ring layer (:mod:`secinfer.ring.narrow`) emulates in float64 with input-channel chunks
+   small enough that every partial sum stays below 2^53.
 4. The enclave subtracts the decode key ``conv(m, W_dev) mod 2^32`` (independent of the input, so
    computed ahead of time, offline) and gets ``conv(c, W_dev) mod 2^32``. Because
    ``|conv(c, W)| <= fan_in * qmax * 127 < 2^31`` (checked per layer when quantizing), the signed
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from ..mpc.prg import PRG
+from ..ring.narrow import narrow_conv2d, narrow_linear
+from ..ring.narrow import wrap as ring_wrap
 from .program import LinearSpec, Program
 
 __all__ = [
@@ -50,15 +52,11 @@ __all__ = [
 ]
 
 RING_BITS = 32
-_MOD = 1 << RING_BITS
-_HALF = 1 << (RING_BITS - 1)
-# Largest fan-in whose sum of |u| <= 2^31 times |w| <= 127 stays exact in float64.
-_CHUNK_FAN_IN = (1 << 53) // (_HALF * 127)
 
 
 def wrap(t: torch.Tensor) -> torch.Tensor:
     """Signed representative in ``[-2^31, 2^31)`` of an int64 tensor mod 2^32."""
-    return torch.remainder(t.to(torch.int64) + _HALF, _MOD) - _HALF
+    return ring_wrap(t, RING_BITS)
 
 
 def ring_random(shape: tuple[int, ...], prg: PRG) -> torch.Tensor:
@@ -67,29 +65,23 @@ def ring_random(shape: tuple[int, ...], prg: PRG) -> torch.Tensor:
 
 
 def ring_linear(layer: LinearSpec, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``conv(u, w) mod 2^32`` exactly, for int32/int64 ``u`` in the signed range; int32 out.
+    """``conv(u, w) mod 2^32`` exactly, for int32/int64 ``u`` in the signed range; int32 out
+    (the ring layer's :mod:`secinfer.ring.narrow`, with this layer's geometry).
 
     ``layer`` supplies only the geometry (stride, padding, groups), so the device can call this
     with a spec that carries no float weights.
     """
     if w.dtype != torch.int8:
         raise TypeError(f"device weights must be int8, got {w.dtype}")
-    k = int(w[0].numel())
-    wd = w.to(torch.float64)
-    ud = u.to(torch.float64)
-    if k <= _CHUNK_FAN_IN:
-        out = wrap(layer.apply(ud, wd).to(torch.int64))
-        return out.to(torch.int32)
-    if layer.kind == "conv" and layer.groups != 1:
-        raise ValueError(f"layer {layer.name!r}: grouped conv with fan-in {k} is too wide")
-    per = k // int(w.shape[1]) if layer.kind == "conv" else 1  # elements per input channel
-    step = max(1, _CHUNK_FAN_IN // per)
-    acc = None
-    for s in range(0, int(w.shape[1]), step):
-        part = layer.apply(ud[:, s:s + step], wd[:, s:s + step]).to(torch.int64)
-        acc = wrap(part if acc is None else acc + part)
-    assert acc is not None
-    return acc.to(torch.int32)
+    if layer.kind == "linear":
+        out = narrow_linear(u, w, RING_BITS)
+    else:
+        try:
+            out = narrow_conv2d(u, w, RING_BITS, layer.stride, layer.padding, layer.dilation,
+                                layer.groups)
+        except ValueError as e:
+            raise ValueError(f"layer {layer.name!r}: {e}") from None
+    return out.to(torch.int32)
 
 
 @dataclass(frozen=True)
