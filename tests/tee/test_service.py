@@ -69,3 +69,39 @@ def test_a_lying_device_is_caught_and_an_honest_one_serves_again(tmp_path):
         stop_honest.set()
         enclave.join(30)
         honest.join(30)
+
+
+def test_a_full_enclave_says_busy_and_a_refused_input_keeps_the_session(tmp_path):
+    model = zoo.pretrained("fmnist_cnn")
+    cal = fashion_mnist.load("train", limit=64)[0]
+    provision_model(model, (1, 28, 28), tmp_path / "b", cal)
+    x = fashion_mnist.load("test", limit=3)[0]
+    ref = Enclave(EnclaveBundle.load(tmp_path / "b" / "enclave")).model.forward(x.double())
+    with local_cluster(roles=["enclave", "device", "user"], workdir=tmp_path, timeout=10,
+                       connect_timeout=10, service={"max_users": 1}) as cluster:
+        topo = cluster.topology
+        stop = threading.Event()
+        enclave = _thread(serve_enclave, topo, 0, tmp_path / "b" / "enclave", stop=stop)
+        device = _thread(serve_device, topo, 1, tmp_path / "b" / "device", stop=stop)
+        try:
+            with TeeClient(topo) as first:
+                with pytest.raises(RequestRefused, match=r"busy: the enclave serves at most 1"):
+                    TeeClient(topo).connect()
+                # a refused request is answered and the same session serves the next one
+                with pytest.raises(RequestRefused, match="does not take inputs of shape"):
+                    first.predict(torch.zeros(1, 1, 27, 28))
+                assert torch.equal(first.predict(x), ref)
+            deadline = time.monotonic() + 10
+            while True:  # the slot frees once the enclave has seen the first user's goodbye
+                try:
+                    with TeeClient(topo) as again:
+                        assert torch.equal(again.predict(x[:1]), ref[:1])
+                    break
+                except RequestRefused as e:
+                    assert "busy" in str(e) and time.monotonic() < deadline, e
+                    time.sleep(0.1)
+        finally:
+            stop.set()
+            enclave.join(30)
+            device.join(30)
+    assert not enclave.is_alive() and not device.is_alive()

@@ -52,11 +52,10 @@ from secinfer.net import (
 from secinfer.net.rpc import RpcClient
 from secinfer.net.userlink import (
     USER_PEER,
+    UserGate,
     UserLinks,
     dial_user,
-    server_side,
     user_credentials,
-    user_digest,
 )
 
 from .cloud import CloudModel
@@ -294,7 +293,7 @@ def serve(
     active sessions with a reason and returns.
     """
     listener = Listener(topology, topology.party(cloud_id))
-    digest = user_digest(topology)
+    gate = UserGate(topology, cloud_id, listener, "the cloud")
     active: dict[bytes, tuple[threading.Thread, UserLinks]] = {}
     admitted = ended = 0
     listener.status = lambda: {"state": "serving", "backend": "stip",
@@ -313,36 +312,23 @@ def serve(
                     links.abort("the cloud is shutting down")
                 break
             ended += reap()
-            for who in listener.expire_users(topology.connect_timeout):
-                log(f"stip serve: user {who} opened one of its two links only; dropped")
-            tokens = listener.user_tokens()
-            if not tokens:
+            new, notes = gate.admit(len(active))
+            for line in notes:
+                log(f"stip serve: {line}")
+            if not new:
                 time.sleep(_POLL_S)
                 continue
-            for token in tokens:
-                a = listener.take_user(token, time.monotonic())
-                if a is None:
-                    continue
-                links = server_side(topology, cloud_id, a)
-                why = None
-                if a.digest != digest:
-                    why = "this session's links are for another deployment (topology)"
-                elif len(active) >= topology.max_users:
-                    why = (f"busy: the cloud serves at most {topology.max_users} users at once "
-                           "([service] max_users); try again later")
-                if why is not None:
-                    log(f"stip serve: refused user {a.identity}: {why}")
-                    links.abort(why)
-                    links.close()
-                    continue
-                session = Session(links, timeout=topology.timeout, role="server")
-                th = threading.Thread(target=_serve_one, args=(session, a.identity, cloud, log),
-                                      daemon=True, name=f"stip-{token.hex()[:8]}")
-                active[token] = (th, links)
+            for i, a in enumerate(new):
+                if max_sessions is not None and admitted >= max_sessions:
+                    for late in new[i:]:  # admitted past the last session asked for
+                        late.links.abort("the cloud is shutting down")
+                        late.session.close()
+                    break
+                th = threading.Thread(target=_serve_one, args=(a.session, a.identity, cloud, log),
+                                      daemon=True, name=f"stip-{a.token.hex()[:8]}")
+                active[a.token] = (th, a.links)
                 admitted += 1
                 th.start()
-                if max_sessions is not None and admitted >= max_sessions:
-                    break
         for th, _ in list(active.values()):
             th.join(timeout=topology.timeout + 5.0)
         ended += reap()

@@ -47,14 +47,7 @@ import torch
 from ..errors import IntegrityError, ProtocolError
 from ..net import Listener, PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, rpc
 from ..net.topology import Topology
-from ..net.userlink import (
-    USER_PEER,
-    UserLinks,
-    dial_user,
-    server_side,
-    user_credentials,
-    user_digest,
-)
+from ..net.userlink import USER_PEER, UserGate, UserLinks, dial_user, user_credentials
 from .bundle import DeviceBundle, EnclaveBundle
 from .device import Device, Fault
 from .enclave import Enclave
@@ -117,7 +110,7 @@ class _EnclaveLoop:
         self.users: dict[bytes, _User] = {}
         self.ended = 0
         self.shapes: dict[tuple[int, ...], bool] = {}
-        self._digest = user_digest(topology)
+        self.gate = UserGate(topology, party_id, listener, "the enclave")
 
     def end(self, token: bytes, why: str | None) -> None:
         u = self.users.pop(token)
@@ -128,26 +121,16 @@ class _EnclaveLoop:
         self.ended += 1
 
     def admit(self) -> None:
-        for t in self.listener.user_tokens():
-            a = self.listener.take_user(t, time.monotonic())
-            if a is None:
-                continue
-            links = server_side(self.topology, self.party_id, a)
-            if a.digest != self._digest:
-                links.abort("this session's links are for another deployment (topology)")
-                links.close()
-                continue
-            if len(self.users) >= self.topology.max_users:
-                links.abort(f"busy: the enclave serves at most {self.topology.max_users} users "
-                            "at once ([service] max_users); try again later")
-                links.close()
-                continue
-            s = Session(links, timeout=self.topology.timeout, role="server")
-            self.users[t] = _User(a.identity, s, links)
+        new, notes = self.gate.admit(len(self.users))
+        for line in notes:
+            log.warning("enclave %d: %s", self.party_id, line)
+        for a in new:
+            self.users[a.token] = _User(a.identity, a.session, a.links)
             try:
-                s.send(USER_PEER, torch.tensor([self.topology.max_batch], dtype=torch.int64))
+                a.session.send(USER_PEER, torch.tensor([self.topology.max_batch],
+                                                       dtype=torch.int64))
             except SecinferNetError:
-                self.end(t, None)
+                self.end(a.token, None)
 
     def _accepts(self, shape: tuple[int, ...]) -> bool:
         if shape not in self.shapes:
