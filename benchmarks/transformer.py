@@ -86,7 +86,7 @@ ROWS = {
 
 
 def _bbc_text() -> str:
-    from secinfer.clip.tasks import load_bbc
+    from secinfer.seclmm.tasks import load_bbc
 
     return load_bbc().texts[0]
 
@@ -170,7 +170,7 @@ def bbc_eval(n: int, seq: int, chunk: int = 10, progress: str | None = None,
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from secinfer.clip.tasks import load_bbc, load_minilm, stratified_split, stratified_subset
+    from secinfer.seclmm.tasks import load_bbc, load_minilm, stratified_split, stratified_subset
 
     data = load_bbc()
     train, test = stratified_split(data.labels)
@@ -355,8 +355,8 @@ def length_hiding_eval(seq: int, true_len: int, reps: int) -> dict:
     """Hide vs reveal at the same padded length (MiniLM + the tiny CLIP's text tower)."""
     import copy
 
-    from secinfer.clip.tinyclip import FMNIST_CLASSES, make_tiny_clip
-    from secinfer.clip.zeroshot import prompts_for
+    from secinfer.seclmm.tinyclip import FMNIST_CLASSES, make_tiny_clip
+    from secinfer.seclmm.zeroshot import prompts_for
     from secinfer.transformer import capture_clip
 
     torch.set_num_threads(1)

@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "truncation.json"
 
 
 def _bbc_texts(n: int) -> list[str]:
-    from secinfer.clip.tasks import load_bbc
+    from secinfer.seclmm.tasks import load_bbc
 
     data = load_bbc()
     return [data.texts[i] for i in range(n)]

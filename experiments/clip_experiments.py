@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 import torch
 
-from secinfer.clip.fewshot import few_shot, linear_probe
-from secinfer.clip.finetune import FinetuneConfig, finetune_text
-from secinfer.clip.patch import patch_model
-from secinfer.clip.tasks import (
+from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.fewshot import few_shot, linear_probe
+from secinfer.seclmm.finetune import FinetuneConfig, finetune_text
+from secinfer.seclmm.patch import patch_model
+from secinfer.seclmm.tasks import (
     BBC_PROMPT,
     TextDataset,
     load_bbc,
@@ -32,7 +33,7 @@ from secinfer.clip.tasks import (
     stratified_split,
     stratified_subset,
 )
-from secinfer.clip.tinyclip import (
+from secinfer.seclmm.tinyclip import (
     CLIP_TEMPLATES,
     FMNIST_CLASSES,
     ClipBundle,
@@ -42,8 +43,7 @@ from secinfer.clip.tinyclip import (
     train_clip,
     zeroshot_clip,
 )
-from secinfer.clip.zeroshot import zeroshot_text
-from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.zeroshot import zeroshot_text
 
 __all__ = ["TASKS", "ExperimentConfig", "run_bbc", "run_tinyclip", "run_task"]
 
@@ -198,7 +198,7 @@ def _fmnist(exp: ExperimentConfig, seed: int
 
 def _clip_measure(bundle: ClipBundle, x: torch.Tensor, y: torch.Tensor, xt: torch.Tensor,
                   yt: torch.Tensor, exp: ExperimentConfig, seed: int) -> dict[str, float]:
-    from secinfer.clip.tinyclip import clip_image_embeddings
+    from secinfer.seclmm.tinyclip import clip_image_embeddings
 
     zs = zeroshot_clip(bundle, xt, yt, FMNIST_CLASSES, CLIP_TEMPLATES[0])
     with torch.no_grad():

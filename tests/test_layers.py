@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "mpc": 3,
     "models": 4,
     "knapsack": 5, "transformer": 5, "tee": 5, "stip": 5,
-    "clip": 6, "serve": 6,
+    "seclmm": 6, "serve": 6,
     "seg": 7, "gateway": 7,
     "api": 8,
     "cli": 9,

@@ -180,7 +180,7 @@ def compile(model: Any, backend: str, out: str | Path, *,  # noqa: A001 - the co
 
 
 def _is_clip(model: Any) -> bool:
-    """A CLIP with its tokenizer (:class:`secinfer.clip.tinyclip.ClipBundle`)."""
+    """A CLIP with its tokenizer (:class:`secinfer.seclmm.tinyclip.ClipBundle`)."""
     inner = getattr(model, "model", None)
     return callable(getattr(model, "tokenize", None)) and getattr(
         getattr(inner, "config", None), "model_type", None) == "clip"

@@ -189,7 +189,7 @@ def test_mpc_clip_example_zero_shot_agrees_with_plaintext_on_50_images(tmp_path)
     """The tiny CLIP served (both towers on shares): its zero-shot labels of the first 50
     Fashion-MNIST test images equal plaintext CLIP's, all 50 (the model's smallest margin on
     them is 5x the secure scores' largest error: see fmnist_tiny_clip)."""
-    from secinfer.clip.tinyclip import (
+    from secinfer.seclmm.tinyclip import (
         FMNIST_CLASSES,
         clip_image_embeddings,
         clip_text_embeddings,

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
-from secinfer.clip.patch import ApproxActivation, ApproxLayerNorm, patch_model, patched_config
 from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.patch import ApproxActivation, ApproxLayerNorm, patch_model, patched_config
 
 COMBOS = [(h, s) for h in ("gelu", "sig") for s in ("softmax", "quant")]
 

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from secinfer.clip.fewshot import few_shot, linear_probe
-from secinfer.clip.finetune import FinetuneConfig, finetune_text
-from secinfer.clip.patch import patch_model
-from secinfer.clip.tasks import (
+from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.fewshot import few_shot, linear_probe
+from secinfer.seclmm.finetune import FinetuneConfig, finetune_text
+from secinfer.seclmm.patch import patch_model
+from secinfer.seclmm.tasks import (
     BBC_PROMPT,
     load_bbc,
     load_minilm,
     stratified_split,
     stratified_subset,
 )
-from secinfer.clip.zeroshot import prompts_for, zeroshot_from_embeddings, zeroshot_text
-from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.zeroshot import prompts_for, zeroshot_from_embeddings, zeroshot_text
 
 
 def test_load_bbc_sorted_classes_and_split() -> None:

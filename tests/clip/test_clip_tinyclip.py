@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from secinfer.clip.patch import patch_model
-from secinfer.clip.tinyclip import (
+from secinfer.data import load_digits
+from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.patch import patch_model
+from secinfer.seclmm.tinyclip import (
     TinyClipSpec,
     WordTokenizer,
     clip_text_embeddings,
@@ -19,8 +21,6 @@ from secinfer.clip.tinyclip import (
     train_clip,
     zeroshot_clip,
 )
-from secinfer.data import load_digits
-from secinfer.mpc.approx import ApproxConfig
 from tests._clip_tokenizer import write_bpe_tokenizer
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -8,15 +8,15 @@ import torch
 from fastapi.testclient import TestClient
 
 from secinfer import api
-from secinfer.clip.tinyclip import (
+from secinfer.gateway import GatewayConfig, create_app
+from secinfer.gateway.clip import ClipBackend, ClipConfig
+from secinfer.seclmm.tinyclip import (
     FMNIST_CLASSES,
     TinyClipSpec,
     clip_image_embeddings,
     clip_text_embeddings,
     make_tiny_clip,
 )
-from secinfer.gateway import GatewayConfig, create_app
-from secinfer.gateway.clip import ClipBackend, ClipConfig
 
 from ..serve.test_served_models import _Servers
 

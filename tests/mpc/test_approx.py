@@ -161,7 +161,7 @@ def test_public_api_of_every_clip_module() -> None:
     import importlib
 
     for mod in ("patch", "tasks", "zeroshot", "fewshot", "finetune", "tinyclip"):
-        m = importlib.import_module(f"secinfer.clip.{mod}")
+        m = importlib.import_module(f"secinfer.seclmm.{mod}")
         assert m.__all__, mod
         for name in m.__all__:
             assert hasattr(m, name), f"{mod}.{name}"

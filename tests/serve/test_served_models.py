@@ -85,7 +85,7 @@ def test_encoder_service_embeds_like_plaintext_and_refuses_a_wrong_shape(tmp_pat
 
 
 def test_clip_service_runs_both_towers_as_two_programs(tmp_path):
-    from secinfer.clip.tinyclip import (
+    from secinfer.seclmm.tinyclip import (
         FMNIST_CLASSES,
         TinyClipSpec,
         clip_image_embeddings,
@@ -127,10 +127,10 @@ def test_a_user_asking_two_servers_for_different_programs_is_refused_and_others_
     """The servers' verdict agreement covers the program: image patches to P0 and P2 but a
     prompt to P1 (both valid shapes) is refused naming the disagreement, at once, and the
     servers serve the next session."""
-    from secinfer.clip.tinyclip import FMNIST_CLASSES, TinyClipSpec, make_tiny_clip
     from secinfer.mpc.engine import encode
     from secinfer.mpc.prg import PRG, new_seed
     from secinfer.net import PeerAborted
+    from secinfer.seclmm.tinyclip import FMNIST_CLASSES, TinyClipSpec, make_tiny_clip
     from secinfer.transformer.clip_bundle import load_clip_user
 
     bundle = make_tiny_clip(FMNIST_CLASSES, TinyClipSpec(hidden=32, layers=1, heads=2,

@@ -24,9 +24,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from secinfer.clip.tinyclip import FMNIST_CLASSES, make_tiny_clip
 from secinfer.mpc import MPCEngine
 from secinfer.net import run_in_memory
+from secinfer.seclmm.tinyclip import FMNIST_CLASSES, make_tiny_clip
 from secinfer.transformer import (
     EncoderDims,
     SecretPadding,

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from secinfer.clip.patch import patch_model
-from secinfer.clip.tinyclip import (
+from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.patch import patch_model
+from secinfer.seclmm.tinyclip import (
     FMNIST_CLASSES,
     ClipBundle,
     TinyClipSpec,
@@ -24,8 +25,7 @@ from secinfer.clip.tinyclip import (
     make_tiny_clip,
     train_clip,
 )
-from secinfer.clip.zeroshot import prompts_for
-from secinfer.mpc.approx import ApproxConfig
+from secinfer.seclmm.zeroshot import prompts_for
 from secinfer.transformer import (
     SecureTransformerConfig,
     capture_clip,

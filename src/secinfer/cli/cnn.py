@@ -281,7 +281,7 @@ def _clip_spec(spec: str) -> bool:
 
 def _compile_clip(args: argparse.Namespace) -> int:
     from secinfer import api
-    from secinfer.clip.tinyclip import fmnist_tiny_clip, load_clip
+    from secinfer.seclmm.tinyclip import fmnist_tiny_clip, load_clip
 
     if args.input_shape or args.calibration or args.relu_spec or args.input_range:
         raise ValueError("a CLIP takes none of --input-shape, --calibration, --relu-spec, "
@@ -437,7 +437,7 @@ def _zeroshot(args: argparse.Namespace) -> int:
     from secinfer.net import Topology
 
     if args.classes == "fashion-mnist":
-        from secinfer.clip.tinyclip import FMNIST_CLASSES
+        from secinfer.seclmm.tinyclip import FMNIST_CLASSES
 
         classes = list(FMNIST_CLASSES)
     else:

@@ -333,7 +333,7 @@ def secure_clip(bundle: Any, images: torch.Tensor, prompts: list[str],
                 text_length: int | None = None) -> SecureClipResult:
     """CLIP logits (and normalised embeddings) of ``images`` x ``prompts`` on shares.
 
-    ``bundle``: a :class:`~secinfer.clip.tinyclip.ClipBundle` (``.model`` a
+    ``bundle``: a :class:`~secinfer.seclmm.tinyclip.ClipBundle` (``.model`` a
     ``transformers.CLIPModel``, ``.tokenize(texts) -> (ids, mask)``); ``images``: pixel values
     [N, C, S, S] as the model takes them. All four parties run as threads of this process
     (P0 owner and server, P1 server, P2 helper, 3 user), over in-memory queues or, with

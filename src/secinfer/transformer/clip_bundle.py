@@ -49,7 +49,7 @@ def clip_dims(raw: dict[str, Any]) -> ClipDims:
 
 def compile_clip(bundle: Any, out: str | Path, cfg: SecureTransformerConfig | None = None,
                  text_length: int | None = None) -> list[Path]:
-    """A :class:`~secinfer.clip.tinyclip.ClipBundle` -> [p0, p1, p2, user] artifacts.
+    """A :class:`~secinfer.seclmm.tinyclip.ClipBundle` -> [p0, p1, p2, user] artifacts.
 
     ``text_length``: every prompt is padded to it (default: the text tower's context length);
     the servers learn only that length."""

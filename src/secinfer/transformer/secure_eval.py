@@ -70,7 +70,7 @@ def secure_text_eval(encoder: Any, texts: list[str], labels: torch.Tensor,
                      tls: bool = False) -> dict[str, Any]:
     """Zero-shot and linear probe of ``texts`` embedded on shares vs in plaintext.
 
-    ``encoder``: a :class:`~secinfer.clip.tasks.TextEncoder` (``.model`` a BertModel,
+    ``encoder``: a :class:`~secinfer.seclmm.tasks.TextEncoder` (``.model`` a BertModel,
     ``.tokenizer``, ``.max_length``, ``.encode``); ``prompt_embeddings`` [C, H] and
     ``train_embeddings`` come from the same encoder in plaintext (the owner's side).
     """

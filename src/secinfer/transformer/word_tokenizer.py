@@ -1,7 +1,7 @@
 """The project's word-level tokenizer for its tiny CLIPs (no tokenizer files install offline).
 
-It lives here, below :mod:`secinfer.clip`, because a served CLIP's user side
-(:mod:`.clip_bundle`) tokenizes with it; :mod:`secinfer.clip.tinyclip` re-exports it.
+It lives here, below :mod:`secinfer.seclmm`, because a served CLIP's user side
+(:mod:`.clip_bundle`) tokenizes with it; :mod:`secinfer.seclmm.tinyclip` re-exports it.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from secinfer.clip.zeroshot import ZeroShotResult, prompts_for, zeroshot_from_embeddings
+from secinfer.seclmm.zeroshot import ZeroShotResult, prompts_for, zeroshot_from_embeddings
 from secinfer.transformer.word_tokenizer import CLIP_TEMPLATES, WordTokenizer
 
 __all__ = [

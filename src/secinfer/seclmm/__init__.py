@@ -2,7 +2,7 @@
 they patch in live beside the secure ops, in ``secinfer.mpc.approx``, with one config).
 
 Submodules load lazily (``transformers`` is heavy and optional): import
-``secinfer.clip.patch``, ``secinfer.clip.tasks`` and so on directly.
+``secinfer.seclmm.patch``, ``secinfer.seclmm.tasks`` and so on directly.
 """
 
 from __future__ import annotations

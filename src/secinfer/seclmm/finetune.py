@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from secinfer.clip.tasks import TextDataset, TextEncoder
-from secinfer.clip.zeroshot import prompts_for
+from secinfer.seclmm.tasks import TextDataset, TextEncoder
+from secinfer.seclmm.zeroshot import prompts_for
 
 __all__ = ["FinetuneConfig", "FinetuneReport", "finetune_text"]
 

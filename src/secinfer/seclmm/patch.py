@@ -128,7 +128,7 @@ def approx_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     if not isinstance(cfg, ApproxConfig):
         raise RuntimeError(
             f"attention module {type(module).__name__} uses attn_implementation={ATTN_NAME!r} but "
-            "was not patched by secinfer.clip.patch.patch_model")
+            "was not patched by secinfer.seclmm.patch.patch_model")
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
@@ -189,7 +189,7 @@ def patch_model(model: nn.Module, cfg: ApproxConfig) -> nn.Module:
                     raise ValueError(
                         f"{name}.{attr} is {type(act).__name__}; only GELU and quick-GELU MLP "
                         "activations can be approximated (add it to _NATIVE_BY_CLASS in "
-                        "secinfer/clip/patch.py)")
+                        "secinfer/seclmm/patch.py)")
                 native = native_or_none
             setattr(mod, attr, ApproxActivation(native, cfg))
             n_act += 1
