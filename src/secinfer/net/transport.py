@@ -323,9 +323,29 @@ class TlsTransport(Transport):
                 raise PeerTimeout(self.peer_name(peer), self.topology.timeout,
                                   "accepted no data") from None
             except OSError as e:
-                raise PeerDisconnected(self.peer_name(peer), str(e)) from e
+                # a peer that gave up said why just before closing: that reason, not the EOF
+                raise self._abort_sent_by(peer) or PeerDisconnected(self.peer_name(peer),
+                                                                     str(e)) from e
             self._send_counter[peer] += 1
         return len(header) + payload.nbytes
+
+    def _abort_sent_by(self, peer: int, wait: float = 0.5) -> PeerAborted | None:
+        """The abort frame ``peer`` sent us, if our reader has it (or gets it within
+        ``wait`` seconds); it stays queued for the next recv."""
+        q = self._queues.get(peer)
+        if q is None:
+            return None
+        deadline = time.monotonic() + wait
+        while True:
+            with q.mutex:
+                for item in q.queue:
+                    if isinstance(item, PeerAborted):
+                        return item
+                    if isinstance(item, BaseException):
+                        return None
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
 
     def _reader(self, peer: int) -> None:
         sock = self._in[peer]

@@ -29,7 +29,6 @@ certificate name and the timing of its session; P3 trusts P2 to run the model it
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,19 +43,13 @@ from secinfer.net import (
     PeerDisconnected,
     PeerTimeout,
     RequestRefused,
-    SecinferNetError,
     Session,
     Topology,
     rpc,
 )
 from secinfer.net.rpc import RpcClient
-from secinfer.net.userlink import (
-    USER_PEER,
-    UserGate,
-    UserLinks,
-    dial_user,
-    user_credentials,
-)
+from secinfer.net.service import ServeLoop, UserSession
+from secinfer.net.userlink import dial_user, user_credentials
 
 from .cloud import CloudModel
 
@@ -65,7 +58,6 @@ __all__ = [
     "serve_session", "serve", "dial_cloud",
 ]
 
-_POLL_S = 0.01
 
 OPS = {"bye": 0, "encode": 1, "classify": 2, "lm_start": 3, "lm_step": 4,
        "clip_text": 5, "clip_image": 6}
@@ -192,6 +184,8 @@ class SessionLink:
                 out = self._rpc.call(OPS[op], args, name=op)
             except RequestRefused as e:
                 raise StipError(f"cloud refused {op!r}: {e.reason}") from None
+        if op == "bye":
+            return out
         if not out or out[-1].dtype != torch.float64 or out[-1].shape != (1,):
             raise StipError(f"the cloud's reply to {op!r} lacks its compute time")
         self.cloud_seconds += float(out[-1][0])
@@ -205,9 +199,38 @@ class SessionLink:
             pass
 
 
+class _CloudService:
+    """The cloud behind the one serve loop (:class:`secinfer.net.service.ServeLoop`)."""
+
+    what = "the cloud"
+
+    def __init__(self, cloud: CloudModel) -> None:
+        self.cloud = cloud
+
+    def open(self, user: UserSession) -> list[torch.Tensor]:
+        user.state = CloudHandler(self.cloud)  # this session's KV cache lives here
+        return []
+
+    def handle(self, user: UserSession, request: rpc.Request) -> list[torch.Tensor]:
+        return _run(user.state, request)
+
+
+def _run(handler: CloudHandler, request: rpc.Request) -> list[torch.Tensor]:
+    """One request's reply tensors (the outputs, then P2's compute seconds); a refusal names
+    the problem."""
+    try:
+        out, secs = handler.handle(request.op, request.tensors)
+    except StipError as e:
+        raise RequestRefused(str(e)) from None
+    except (RuntimeError, ValueError, IndexError) as e:  # the model rejected the input
+        raise RequestRefused(f"{type(e).__name__}: {e}"[:2000]) from None
+    return [*out, torch.tensor([secs], dtype=torch.float64)]
+
+
 def serve_session(session: Session, peer: int, cloud: CloudModel,
                   idle_timeout: float | None = None) -> int:
-    """Answer one user's requests until ``bye``; returns how many requests were served.
+    """Answer one user's requests until ``bye`` over an existing session (in-memory tests,
+    :func:`~secinfer.net.session.run_in_memory`); returns how many requests were served.
 
     A silent user (``idle_timeout``, default the session's) or a dropped link ends the
     session with the runtime's error, a malformed header with a ``ProtocolError``; a bad
@@ -218,18 +241,15 @@ def serve_session(session: Session, peer: int, cloud: CloudModel,
     while True:
         req = rpc.recv_request(session, peer, timeout=idle_timeout)
         if req.op == rpc.BYE:
-            rpc.reply(session, peer, req.id, [torch.zeros(1, dtype=torch.float64)])
+            rpc.reply(session, peer, req.id, [])
             return served
         with session.op(f"stip_{_NAMES.get(req.op, req.op)}"):
             try:
-                out, secs = handler.handle(req.op, req.tensors)
-            except StipError as e:
-                rpc.refuse(session, peer, req.id, str(e))
+                out = _run(handler, req)
+            except RequestRefused as e:
+                rpc.refuse(session, peer, req.id, e.reason)
                 continue
-            except (RuntimeError, ValueError, IndexError) as e:  # the model rejected the input
-                rpc.refuse(session, peer, req.id, f"{type(e).__name__}: {e}"[:2000])
-                continue
-            rpc.reply(session, peer, req.id, [*out, torch.tensor([secs], dtype=torch.float64)])
+            rpc.reply(session, peer, req.id, out)
         served += 1
 
 
@@ -258,17 +278,6 @@ def dial_cloud(topology: Topology, cloud_id: int | None = None, *,
     return Session(links, timeout=topology.timeout, role="user")
 
 
-def _serve_one(session: Session, identity: str, cloud: CloudModel,
-               log: Callable[[str], None]) -> None:
-    with session:
-        log(f"stip serve: session {session.session_id.hex()} with user {identity}")
-        try:
-            n = serve_session(session, USER_PEER, cloud)
-            log(f"stip serve: session ended after {n} requests")
-        except (SecinferNetError, ProtocolError) as e:  # timeouts, drops, bad frames
-            log(f"stip serve: session aborted: {e}")
-
-
 def serve(
     topology: Topology,
     cloud_id: int,
@@ -277,61 +286,23 @@ def serve(
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
-    """P2's long-lived loop: one TLS listener, users' sessions served side by side.
+    """P2's long-lived loop: one TLS listener, users' sessions served side by side, request by
+    request (:class:`secinfer.net.service.ServeLoop`, the one serve loop of single-server
+    services: the door refuses another deployment's links and says "busy" beyond
+    ``[service] max_users``; a refused request names the problem and the session goes on).
 
-    Steps:
-      1. listen on the cloud's port; users dial in (:func:`dial_cloud`); a session is admitted
-         once both of its links arrived;
-      2. links for another deployment (topology digest) are refused saying so; beyond
-         ``[service] max_users`` active sessions the newcomer is told "busy";
-      3. each admitted session runs :func:`serve_session` in its own thread (the model is
-         shared and read-only; the KV cache is per session), so a slow or silent user holds
-         up nobody else; a session's failure is logged and ends only that session.
-
-    Returns the number of sessions served (ended). ``max_sessions``: stop admitting after that
-    many and return once they ended; ``should_stop``: polled every few milliseconds, aborts the
-    active sessions with a reason and returns.
+    Returns the number of sessions served (ended). ``max_sessions``: return once that many
+    ended; ``should_stop``: polled every few milliseconds, then the active sessions are told
+    the cloud is shutting down.
     """
     listener = Listener(topology, topology.party(cloud_id))
-    gate = UserGate(topology, cloud_id, listener, "the cloud")
-    active: dict[bytes, tuple[threading.Thread, UserLinks]] = {}
-    admitted = ended = 0
+    loop = ServeLoop(topology, cloud_id, listener, _CloudService(cloud),
+                     lambda m: log(f"stip serve: {m}"))
     listener.status = lambda: {"state": "serving", "backend": "stip",
-                               "model_class": cloud.spec.model_class, "active": len(active)}
-
-    def reap() -> int:
-        done = [t for t, (th, _) in active.items() if not th.is_alive()]
-        for t in done:
-            active.pop(t)
-        return len(done)
-
+                               "model_class": cloud.spec.model_class, "active": len(loop.users)}
     try:
-        while max_sessions is None or admitted < max_sessions:
-            if should_stop is not None and should_stop():
-                for _, links in active.values():
-                    links.abort("the cloud is shutting down")
-                break
-            ended += reap()
-            new, notes = gate.admit(len(active))
-            for line in notes:
-                log(f"stip serve: {line}")
-            if not new:
-                time.sleep(_POLL_S)
-                continue
-            for i, a in enumerate(new):
-                if max_sessions is not None and admitted >= max_sessions:
-                    for late in new[i:]:  # admitted past the last session asked for
-                        late.links.abort("the cloud is shutting down")
-                        late.session.close()
-                    break
-                th = threading.Thread(target=_serve_one, args=(a.session, a.identity, cloud, log),
-                                      daemon=True, name=f"stip-{a.token.hex()[:8]}")
-                active[a.token] = (th, a.links)
-                admitted += 1
-                th.start()
-        for th, _ in list(active.values()):
-            th.join(timeout=topology.timeout + 5.0)
-        ended += reap()
+        loop.run(should_stop, max_sessions)
     finally:
+        loop.close("the cloud is shutting down")
         listener.close()
-    return ended
+    return loop.ended

@@ -39,15 +39,15 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import IntegrityError, ProtocolError
+from ..errors import IntegrityError
 from ..net import Listener, PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, rpc
+from ..net.service import Fatal, ServeLoop, UserSession
 from ..net.topology import Topology
-from ..net.userlink import USER_PEER, UserGate, UserLinks, dial_user, user_credentials
+from ..net.userlink import dial_user, user_credentials
 from .bundle import DeviceBundle, EnclaveBundle
 from .device import Device, Fault
 from .enclave import Enclave
@@ -57,7 +57,6 @@ __all__ = ["serve_enclave", "serve_device", "TeeClient"]
 
 log = logging.getLogger(__name__)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 5.0
-_POLL_S = 0.002
 OP_INFER = 1  # the enclave's one op (rpc.BYE ends a session)
 
 
@@ -92,45 +91,19 @@ def _connect(topology: Topology, party_id: int, peer: int, listener: Listener,
     return None
 
 
-@dataclass
-class _User:
-    identity: str
-    session: Session
-    links: UserLinks
-    requests: int = 0
-    last: float = field(default_factory=time.monotonic)
+class _EnclaveService:
+    """The enclave behind the one serve loop (:class:`secinfer.net.service.ServeLoop`)."""
 
+    what = "the enclave"
 
-class _EnclaveLoop:
-    def __init__(self, topology: Topology, party_id: int, enclave: Enclave,
-                 listener: Listener) -> None:
-        self.topology, self.party_id, self.enclave = topology, party_id, enclave
-        self.listener = listener
+    def __init__(self, topology: Topology, enclave: Enclave) -> None:
+        self.topology, self.enclave = topology, enclave
         self.device = _role_id(topology, "device")
-        self.users: dict[bytes, _User] = {}
-        self.ended = 0
+        self.device_session: Session | None = None  # set by serve_enclave per device session
         self.shapes: dict[tuple[int, ...], bool] = {}
-        self.gate = UserGate(topology, party_id, listener, "the enclave")
 
-    def end(self, token: bytes, why: str | None) -> None:
-        u = self.users.pop(token)
-        if why is not None:
-            log.warning("user %s: %s", u.identity, why)
-            u.links.abort(why)
-        u.session.close()
-        self.ended += 1
-
-    def admit(self) -> None:
-        new, notes = self.gate.admit(len(self.users))
-        for line in notes:
-            log.warning("enclave %d: %s", self.party_id, line)
-        for a in new:
-            self.users[a.token] = _User(a.identity, a.session, a.links)
-            try:
-                a.session.send(USER_PEER, torch.tensor([self.topology.max_batch],
-                                                       dtype=torch.int64))
-            except SecinferNetError:
-                self.end(a.token, None)
+    def open(self, user: UserSession) -> list[torch.Tensor]:
+        return [torch.tensor([self.topology.max_batch], dtype=torch.int64)]
 
     def _accepts(self, shape: tuple[int, ...]) -> bool:
         if shape not in self.shapes:
@@ -141,55 +114,6 @@ class _EnclaveLoop:
                 ok = False
             self.shapes[shape] = ok
         return self.shapes[shape]
-
-    def request(self, token: bytes, u: _User, device: Session) -> None:
-        """One request of user ``u`` (:mod:`secinfer.net.rpc`); a refused input gets a
-        refusal naming the problem and the session goes on; a device failure propagates
-        after the user is told (and its session ended: the device's state is unknown)."""
-        try:
-            req = rpc.recv_request(u.session, USER_PEER,
-                                   timeout=min(self.topology.timeout, 5.0))
-        except ProtocolError as e:
-            self.end(token, str(e))
-            return
-        except SecinferNetError:  # the user left, or left mid-request
-            self.end(token, None)
-            return
-        if req.op == rpc.BYE:
-            try:
-                rpc.reply(u.session, USER_PEER, req.id, [])
-            except SecinferNetError:
-                pass
-            self.end(token, None)
-            return
-        why = self._check(req)
-        if why is not None:
-            try:
-                rpc.refuse(u.session, USER_PEER, req.id, why)
-            except SecinferNetError:
-                self.end(token, None)
-            u.last = time.monotonic()
-            return
-        x = req.tensors[0]
-        t0 = time.perf_counter()
-        try:
-            out = self.enclave.infer(device, self.device, x)
-        except IntegrityError as e:
-            self._fail(token, u, req.id, f"integrity check failed: the device (party "
-                       f"{self.device}) returned a wrong result ({e}); the request is refused")
-            raise
-        except SecinferNetError as e:
-            self._fail(token, u, req.id, f"the device (party {self.device}) failed ({e}); "
-                       "retry later")
-            raise
-        u.requests += 1
-        u.last = time.monotonic()
-        log.info("request %s-%d (batch %d) in %.3f s", u.identity, u.requests, x.shape[0],
-                 time.perf_counter() - t0)
-        try:
-            rpc.reply(u.session, USER_PEER, req.id, [out])
-        except SecinferNetError:
-            self.end(token, None)
 
     def _check(self, req: rpc.Request) -> str | None:
         """Why the enclave refuses this request, or None."""
@@ -209,32 +133,23 @@ class _EnclaveLoop:
             return "the input holds NaN or infinite values"
         return None
 
-    def _fail(self, token: bytes, u: _User, request_id: int, why: str) -> None:
+    def handle(self, user: UserSession, request: rpc.Request) -> list[torch.Tensor]:
+        why = self._check(request)
+        if why is not None:
+            raise RequestRefused(why)
+        assert self.device_session is not None
+        x = request.tensors[0]
+        t0 = time.perf_counter()
         try:
-            rpc.refuse(u.session, USER_PEER, request_id, why)
-        except SecinferNetError:
-            pass
-        self.end(token, why)
-
-    def run(self, device: Session, stop: threading.Event | None,
-            max_clients: int | None) -> bool:
-        """Serve until stop / max_clients (True) or a device failure (raises)."""
-        while True:
-            if (stop is not None and stop.is_set()) or \
-                    (max_clients is not None and self.ended >= max_clients):
-                return True
-            self.admit()
-            busy = False
-            now = time.monotonic()
-            for token, u in list(self.users.items()):
-                if u.links.pending(USER_PEER):
-                    busy = True
-                    self.request(token, u, device)
-                elif now - u.last > self.topology.timeout:
-                    self.end(token, f"session idle for more than {self.topology.timeout:.0f} s "
-                             "(the session timeout); closed")
-            if not busy:
-                time.sleep(_POLL_S)
+            out = self.enclave.infer(self.device_session, self.device, x)
+        except IntegrityError as e:
+            raise Fatal(f"integrity check failed: the device (party {self.device}) returned a "
+                        f"wrong result ({e}); the request is refused", e) from None
+        except SecinferNetError as e:
+            raise Fatal(f"the device (party {self.device}) failed ({e}); retry later", e) from None
+        log.info("request %s-%d (batch %d) in %.3f s", user.identity, user.requests + 1,
+                 x.shape[0], time.perf_counter() - t0)
+        return [out]
 
 
 def serve_enclave(topology: Topology, party_id: int, artifact: str | Path,
@@ -244,7 +159,9 @@ def serve_enclave(topology: Topology, party_id: int, artifact: str | Path,
     enclave = Enclave(EnclaveBundle.load(artifact), monitor)
     device_id = _role_id(topology, "device")
     listener = Listener(topology, topology.party(party_id))
-    loop = _EnclaveLoop(topology, party_id, enclave, listener)
+    service = _EnclaveService(topology, enclave)
+    loop = ServeLoop(topology, party_id, listener, service,
+                     lambda m: log.warning("enclave %d: %s", party_id, m))
     try:
         while True:
             device = _connect(topology, party_id, device_id, listener, stop)
@@ -253,19 +170,19 @@ def serve_enclave(topology: Topology, party_id: int, artifact: str | Path,
             print(f"enclave {party_id}: ready ({len(enclave.model.program.layers)} linear "
                   f"layers on the device, party {device_id}; max_batch {topology.max_batch})",
                   flush=True)
+            service.device_session = device
             with device:
                 try:
-                    if loop.run(device, stop, max_clients):
-                        try:
-                            enclave.stop(device, device_id)
-                        except SecinferNetError:
-                            pass
-                        break
+                    loop.run(stop, max_clients)
+                    try:
+                        enclave.stop(device, device_id)
+                    except SecinferNetError:
+                        pass
+                    break
                 except (IntegrityError, SecinferNetError, OSError) as e:
                     log.error("enclave %d: %s; reconnecting to the device", party_id, e)
     finally:
-        for token in list(loop.users):
-            loop.end(token, f"the enclave (party {party_id}) is shutting down")
+        loop.close(f"the enclave (party {party_id}) is shutting down")
         listener.close()
     return loop.ended
 
