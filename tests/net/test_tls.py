@@ -245,3 +245,22 @@ def test_wrong_topology_file_is_a_clear_error(tmp_path):
 
 
 _ = ssl  # the ssl module must be importable for these tests to mean anything
+
+
+def test_a_send_to_a_peer_that_gave_up_names_its_reason():
+    """A peer that aborts (with a reason) and closes: our next send fails with that reason
+    (PeerAborted), not with the bare EOF of the closed socket, whichever comes first."""
+    from secinfer.net import PeerAborted, run_tls_threads
+
+    def program(s):
+        if s.party_id == 0:
+            s.transport.abort("busy: try again later")
+            s.close()
+            return None
+        time.sleep(0.3)  # the abort frame and the close have both arrived
+        with pytest.raises(PeerAborted, match="busy: try again later"):
+            for _ in range(50):  # the first sends may still fit the socket buffer
+                s.send(0, torch.zeros(1 << 16, dtype=torch.int64))
+        return True
+
+    assert run_tls_threads(2, program)[1]
