@@ -21,10 +21,12 @@ from secinfer.net import (
     Topology,
     framing,
     make_certs,
+    rpc,
     write_local_topology,
 )
 from secinfer.net.accounting import CostAccountant
 from secinfer.serve.client import Client
+from secinfer.serve.scheduler import OP_INFER
 from secinfer.serve.server import serve
 
 pytestmark = pytest.mark.network
@@ -88,12 +90,14 @@ def test_label_mode_reveals_only_the_label_and_the_quota_is_enforced(tmp_path):
     assert labels.dtype == torch.int64 and labels.shape == (3,)
     assert torch.equal(labels[sure[:3]], logits[:3].argmax(1)[sure[:3]]) and bool(sure[:3].any())
     # the user's whole view: meta, policy, input range and the input shapes (entries) from
-    # P0, then one [3] share from P0 and one from P1; nothing with a logit's shape, and 8
-    # bytes per input from each: only the label
+    # P0, then from P0 and from P1 a reply header [4] and one [3] share; nothing with a
+    # logit's shape, and 8 bytes per input from each: only the label
     assert [(s, tuple(t.shape)) for s, t in view] == [(0, (4,)), (0, (5,)), (0, (2,)),
-                                                     (0, (5,)), (0, (3,)), (1, (3,))]
+                                                     (0, (5,)), (0, (4,)), (0, (3,)),
+                                                     (1, (4,)), (1, (3,))]
     assert view[3][1].tolist() == [1, 3, 1, 28, 28]  # one program, input [1, 28, 28]
-    s0, s1 = view[4][1], view[5][1]
+    assert view[4][1].tolist()[1:] == view[6][1].tolist()[1:] == [1, rpc.OK, 1]  # request 1
+    s0, s1 = view[5][1], view[7][1]
     assert s0.dtype == s1.dtype == torch.int64
     assert torch.equal(s0 + s1, labels)
     assert bool((s0.abs() > 2**40).all()) and bool((s1.abs() > 2**40).all())  # each uniform
@@ -122,7 +126,8 @@ def test_logits_mode_is_unchanged_and_topk_gives_indices(tmp_path):
         out = c.predict(x)
     assert out.dtype == torch.float64 and out.shape == (4, 10)
     assert (out - logits).abs().max().item() < 0.05
-    assert [tuple(t.shape) for _, t in c.view[4:]] == [(4, 10), (4, 10)]
+    # each reply: the request/reply header, then the output share
+    assert [tuple(t.shape) for _, t in c.view[4:]] == [(4,), (4, 10), (4,), (4, 10)]
     srv.join()
     assert not srv.errors, srv.errors
 
@@ -130,7 +135,7 @@ def test_logits_mode_is_unchanged_and_topk_gives_indices(tmp_path):
     with Client(srv.topo, record_view=True) as c:
         top = c.predict(x)
     assert top.shape == (4, 2) and torch.equal(top[:, 0][sure], logits.argmax(1)[sure])
-    assert [tuple(t.shape) for _, t in c.view[4:]] == [(4, 2), (4, 2)]
+    assert [tuple(t.shape) for _, t in c.view[4:]] == [(4,), (4, 2), (4,), (4, 2)]
     srv.join()
     assert not srv.errors, srv.errors
 
@@ -153,6 +158,7 @@ def test_an_oversize_share_frame_is_refused_naming_the_limit_and_servers_keep_se
         assert c.max_batch == 2
         header = torch.tensor([2, 1, 28, 28], dtype=torch.int64)
         for sid in (0, 1, 2):
+            c._session.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
             c._session.send(sid, header)
         c._session.send(0, torch.zeros(9, 1, 28, 28, dtype=torch.int64))  # 56448 bytes
         c._session.send(1, torch.zeros(2, 1, 28, 28, dtype=torch.int64))
@@ -264,6 +270,7 @@ def test_a_user_that_dies_mid_request_ends_only_its_session(tmp_path):
     c.connect()
     header = torch.tensor([2, 1, 28, 28], dtype=torch.int64)
     for sid in (0, 1, 2):
+        c._session.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
         c._session.send(sid, header)
     c._session.send(0, torch.zeros(2, 1, 28, 28, dtype=torch.int64))  # P1 gets nothing
     # killed: every link dropped, no goodbye frame

@@ -16,7 +16,8 @@ import torch
 
 from secinfer import api
 from secinfer.errors import ConfigError
-from secinfer.net import Topology, make_certs, write_local_topology
+from secinfer.net import Topology, make_certs, rpc, write_local_topology
+from secinfer.serve.scheduler import OP_INFER
 from secinfer.serve.server import serve
 
 pytestmark = pytest.mark.network
@@ -143,9 +144,9 @@ def test_a_user_asking_two_servers_for_different_programs_is_refused_and_others_
     prg = PRG(new_seed())
     with api.Client(srv.topo, user_id=3, artifact=tmp_path / "b" / "user") as c:
         s = c.session._session
-        s.send(0, torch.tensor([1, *img.shape[1:]]))
-        s.send(1, torch.tensor([1, *txt.shape[1:]]))
-        s.send(2, torch.tensor([1, *img.shape[1:]]))
+        for sid in (0, 1, 2):
+            s.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
+            s.send(sid, torch.tensor([1, *(txt if sid == 1 else img).shape[1:]]))
         s.send(0, img - prg.int64(tuple(img.shape)))
         s.send(1, prg.int64(tuple(txt.shape)))
         with pytest.raises(PeerAborted, match="received different requests"):

@@ -38,7 +38,8 @@ from .errors import RequestRefused
 from .session import Session
 
 __all__ = ["BYE", "OK", "REFUSED", "MAX_TENSORS", "Request", "RpcClient", "recv_request",
-           "reply", "refuse", "call"]
+           "reply", "refuse", "call", "request_header", "parse_request_header",
+           "parse_reply_header", "refusal"]
 
 _REQ_MAGIC = 0x53495251  # "SIRQ"
 _REP_MAGIC = 0x53495250  # "SIRP"
@@ -70,9 +71,16 @@ def _int_header(t: torch.Tensor, n: int, what: str) -> list[int]:
     return [int(v) for v in t.tolist()]
 
 
-def recv_request(session: Session, peer: int, timeout: float | None = None) -> Request:
-    """Read one request from ``peer`` (the header, then its tensors)."""
-    magic, version, rid, op, n = _int_header(session.recv(peer, timeout=timeout), 5, "request")
+def request_header(request_id: int, op: int, n: int) -> torch.Tensor:
+    """The header frame of a request with ``n`` tensors."""
+    if not 0 <= n <= MAX_TENSORS:
+        raise ValueError(f"a request holds at most {MAX_TENSORS} tensors, got {n}")
+    return torch.tensor([_REQ_MAGIC, _VERSION, request_id, op, n], dtype=torch.int64)
+
+
+def parse_request_header(t: torch.Tensor) -> tuple[int, int, int]:
+    """(request id, op, tensor count) of a request header; ProtocolError naming a bad one."""
+    magic, version, rid, op, n = _int_header(t, 5, "request")
     if magic != _REQ_MAGIC:
         raise ProtocolError(f"not a secinfer request (magic {magic:#x})")
     if version != _VERSION:
@@ -80,7 +88,33 @@ def recv_request(session: Session, peer: int, timeout: float | None = None) -> R
                             f"{_VERSION}")
     if not 0 <= n <= MAX_TENSORS:
         raise ProtocolError(f"request announces {n} tensors (0..{MAX_TENSORS} allowed)")
+    return rid, op, n
+
+
+def recv_request(session: Session, peer: int, timeout: float | None = None) -> Request:
+    """Read one request from ``peer`` (the header, then its tensors)."""
+    rid, op, n = parse_request_header(session.recv(peer, timeout=timeout))
     return Request(rid, op, [session.recv(peer, timeout=timeout) for _ in range(n)])
+
+
+def parse_reply_header(t: torch.Tensor, request_id: int, who: str) -> tuple[int, int]:
+    """(status, tensor count) of ``who``'s reply to ``request_id``; ProtocolError naming a
+    reply to another request, or one whose framing is wrong."""
+    magic, rid, status, n = _int_header(t, 4, "reply")
+    if magic != _REP_MAGIC:
+        raise ProtocolError(f"{who} sent something other than a reply (magic {magic:#x})")
+    if rid != request_id:
+        raise ProtocolError(f"{who} answered request {rid}, not request {request_id}")
+    if status not in (OK, REFUSED) or not 0 <= n <= MAX_TENSORS or (status == REFUSED and n != 1):
+        raise ProtocolError(f"{who} sent a malformed reply (status {status}, {n} tensors)")
+    return status, n
+
+
+def refusal(text: torch.Tensor, who: str, what: str = "the request") -> RequestRefused:
+    """The user-side error of a REFUSED reply's text tensor."""
+    msg = (bytes(text.tolist()).decode("utf-8", "replace") if text.dtype == torch.uint8
+           else "?")
+    return RequestRefused(f"{who} refused {what}: {msg}", msg)
 
 
 def reply(session: Session, peer: int, request_id: int, tensors: list[torch.Tensor]) -> None:
@@ -107,27 +141,14 @@ def call(session: Session, peer: int, request_id: int, op: int, tensors: list[to
     :class:`RequestRefused` with the server's text, a malformed reply :class:`ProtocolError`."""
     if len(tensors) > MAX_TENSORS:
         raise ValueError(f"a request holds at most {MAX_TENSORS} tensors, got {len(tensors)}")
-    session.send(peer, torch.tensor([_REQ_MAGIC, _VERSION, request_id, op, len(tensors)],
-                                    dtype=torch.int64))
+    session.send(peer, request_header(request_id, op, len(tensors)))
     for t in tensors:
         session.send(peer, t.contiguous())
-    magic, rid, status, n = _int_header(session.recv(peer, timeout=timeout), 4, "reply")
-    if magic != _REP_MAGIC:
-        raise ProtocolError(f"{_name(session, peer)} sent something other than a reply "
-                            f"(magic {magic:#x})")
-    if rid != request_id:
-        raise ProtocolError(f"{_name(session, peer)} answered request {rid}, not request "
-                            f"{request_id}")
-    if status not in (OK, REFUSED) or not 0 <= n <= MAX_TENSORS or (status == REFUSED and n != 1):
-        raise ProtocolError(f"{_name(session, peer)} sent a malformed reply (status {status}, "
-                            f"{n} tensors)")
+    who = _name(session, peer)
+    status, n = parse_reply_header(session.recv(peer, timeout=timeout), request_id, who)
     out = [session.recv(peer, timeout=timeout) for _ in range(n)]
     if status == REFUSED:
-        text = out[0]
-        msg = (bytes(text.tolist()).decode("utf-8", "replace") if text.dtype == torch.uint8
-               else "?")
-        what = f"{name!r}" if name else "the request"
-        raise RequestRefused(f"{_name(session, peer)} refused {what}: {msg}", msg)
+        raise refusal(out[0], who, f"{name!r}" if name else "the request")
     return out
 
 

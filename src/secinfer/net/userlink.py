@@ -112,11 +112,12 @@ class UserLinks(TlsTransport):
         """Whether a frame (or an error) from ``peer`` is waiting: a peek, nothing consumed."""
         return not self._queues[peer].empty()
 
-    def peek(self, peer: int) -> object:
-        """The first waiting item from ``peer`` (a (tensor, size) pair or an error), if any."""
+    def peek(self, peer: int, index: int = 0) -> object:
+        """The ``index``-th waiting item from ``peer`` (a (tensor, size) pair or an error), if
+        it has arrived; nothing is consumed."""
         q = self._queues[peer]
         with q.mutex:
-            return q.queue[0] if q.queue else None
+            return q.queue[index] if len(q.queue) > index else None
 
     def close(self) -> None:
         super().close()

@@ -27,14 +27,23 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ProtocolError
 from ..models.bundle import OUTPUT_MODES, OutputPolicy
 from ..models.ranges import range_slack
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
-from ..net import PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, Topology
+from ..net import (
+    PeerAborted,
+    PeerTimeout,
+    RequestRefused,
+    SecinferNetError,
+    Session,
+    Topology,
+    rpc,
+)
 from ..net.userlink import dial_user, user_credentials
 from .output import decode_policy_output
-from .scheduler import parse_entries
+from .scheduler import OP_INFER, parse_entries
 
 __all__ = ["Client"]
 
@@ -60,6 +69,7 @@ class Client:
         self.admit_timeout = topology.timeout if admit_timeout is None else admit_timeout
         self._session: Session | None = None
         self._prg = PRG(new_seed())
+        self._next_request = 1
         self.frac_bits = 0
         self.input_shape: tuple[int, ...] = ()
         # every input shape the servers take (CLIP: image patches and packed prompts)
@@ -143,14 +153,16 @@ class Client:
         s = self._session
         enc = self._validate(x)
         header = torch.tensor(list(x.shape), dtype=torch.int64)
+        rid = self._next_request
+        self._next_request += 1
         try:
-            for server in (0, 1, 2):
+            for server in (0, 1, 2):  # [batch, *shape] to all, then a share to P0 and P1
+                s.send(server, rpc.request_header(rid, OP_INFER, 1 if server == 2 else 2))
                 s.send(server, header)
             r = self._prg.int64(enc.shape)
             s.send(0, enc - r)
             s.send(1, r)
-            out = (self._await(0, self.compute_timeout, "sent no result")
-                   + self._await(1, self.compute_timeout, "sent no result"))
+            out = self._reply(0, rid) + self._reply(1, rid)
         except PeerAborted as e:
             self.close()
             raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
@@ -163,6 +175,18 @@ class Client:
         if self.queries_left is not None:
             self.queries_left -= len(x)
         return decode_policy_output(out, self.policy, self.frac_bits, self.classes)
+
+    def _reply(self, server: int, rid: int) -> torch.Tensor:
+        """``server``'s reply to request ``rid``: its output share."""
+        who = self.topology.party(server).name
+        head = self._await(server, self.compute_timeout, "sent no result")
+        status, n = rpc.parse_reply_header(head, rid, who)
+        if n != 1:
+            raise ProtocolError(f"{who} replied with {n} tensors, expected its output share")
+        body = self._await(server, self.compute_timeout, "sent no result")
+        if status == rpc.REFUSED:
+            raise rpc.refusal(body, who)
+        return body
 
     def _validate(self, x: torch.Tensor) -> torch.Tensor:
         """The encoded batch, or a ValueError/TypeError naming what is wrong with ``x``.
@@ -212,9 +236,10 @@ class Client:
     def close(self) -> None:
         if self._session is None:
             return
+        bye = rpc.request_header(self._next_request, rpc.BYE, 0)
         for server in (0, 1, 2):
             try:
-                self._session.send(server, torch.empty(0, dtype=torch.int64))
+                self._session.send(server, bye)
             except Exception:  # noqa: BLE001 - best effort goodbye; the server times out anyway
                 pass
         self._session.close()

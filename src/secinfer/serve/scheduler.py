@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import ProtocolError
 from ..mpc import MPCEngine, Share
-from ..net import FrameError, Listener, PeerAborted, SecinferNetError, Session, Topology
+from ..net import FrameError, Listener, SecinferNetError, Session, Topology, rpc
 from ..net.userlink import USER_PEER, UserLinks, server_side, user_digest
 from .limits import ServeLimits
 
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 # a server's verdict on one request: the batch (> 0) if it accepts, else one of these
 GOODBYE, MALFORMED, OVER_BATCH, OVER_QUOTA, BAD_SHARE, USER_GONE = 0, -1, -2, -3, -4, -5
 HEARTBEAT_S = 1.0
+OP_INFER = 1  # a user's one op (net.rpc.BYE ends its session)
 _POLL_S = 0.002
 
 
@@ -112,6 +114,7 @@ class UserConn:
     links: UserLinks
     requests: int = 0
     last_active: float = field(default_factory=time.monotonic)
+    request_id: int = 0  # of the request being served (its reply carries it)
 
     @property
     def tag(self) -> str:
@@ -197,7 +200,7 @@ class StepLoop:
         return done or (self.stop is not None and self.stop.is_set())
 
     def _batch_of(self, conn: UserConn) -> int:
-        item = conn.links.peek(USER_PEER)
+        item = conn.links.peek(USER_PEER, 1)  # after the request header: [batch, *shape]
         if isinstance(item, tuple):
             h = item[0]
             if h.dtype == torch.int64 and h.dim() == 1 and h.numel() >= 1:
@@ -403,15 +406,28 @@ class StepLoop:
         user, s = conn.identity, conn.session
         header_wait = min(self.topology.timeout, 5.0)
         try:
+            head = s.recv(USER_PEER, timeout=header_wait)
+        except FrameError as e:
+            return MALFORMED, f"malformed request header: {e}", None
+        except SecinferNetError as e:  # left, aborted, disconnected, timed out
+            return USER_GONE, f"user {user} left: {e}", None
+        try:
+            rid, op, n = rpc.parse_request_header(head)
+        except ProtocolError as e:
+            return MALFORMED, f"malformed request header: {e}", None
+        if op == rpc.BYE:
+            return GOODBYE, "", None
+        want = 1 if self.engine.is_helper else 2  # [batch, *shape], then this server's share
+        if op != OP_INFER or n != want:
+            return MALFORMED, (f"request op {op} with {n} tensors; server {self.party_id} "
+                               f"takes op {OP_INFER} (infer) with {want}"), None
+        conn.request_id = rid
+        try:
             header = s.recv(USER_PEER, timeout=header_wait)
         except FrameError as e:
             return MALFORMED, f"malformed request header: {e}", None
-        except PeerAborted as e:
+        except SecinferNetError as e:
             return USER_GONE, f"user {user} left: {e}", None
-        except SecinferNetError as e:  # disconnected, timed out
-            return USER_GONE, f"user {user} left: {e}", None
-        if header.numel() == 0:
-            return GOODBYE, "", None
         if header.dtype != torch.int64 or header.dim() != 1:
             return MALFORMED, (f"request header must be a 1-d int64 tensor, got "
                                f"{tuple(header.shape)} {header.dtype}"), None
@@ -473,7 +489,7 @@ class StepLoop:
             conn.requests += 1
             if not self.engine.is_helper:
                 try:
-                    conn.session.send(USER_PEER, piece.contiguous())
+                    rpc.reply(conn.session, USER_PEER, conn.request_id, [piece])
                 except SecinferNetError as e:  # after the compute: the servers stay in step
                     log.warning("user %s left before its result: %s", conn.tag, e)
             log.info("request %s-%d (batch %d of a step of %d inputs, %d users) in %.3f s",
