@@ -14,7 +14,8 @@ op counters, correlated randomness) never falls out of step:
    it, one user per step. With nothing to do P0 still sends an empty step every second: a
    heartbeat by which P1 and the helper tell a frozen P0 from an idle one.
 2. Each server takes the admitted users' links from its listener (P1 and the helper wait
-   briefly for links still in flight) and reads each scheduled user's request header and
+   briefly for links still in flight) and reads each scheduled user's request (the one
+   request/reply protocol, :mod:`secinfer.net.rpc`: request id, op, the shape header) and
    (P0, P1) input share, forming its verdict as in :func:`.server._read_request`.
 3. One round: every server sends the others ``[stopping, admitted ok..., verdicts...]``.
 4. All apply the same outcome: a user admitted only where all three hold its links gets

@@ -29,10 +29,14 @@ Wire messages of a user session (framed by the runtime):
     P0 -> user on admission:  int64 [E, n_0, *shape_0, n_1, *shape_1, ...]: the input shapes
                               the servers take (E programs, e.g. CLIP's image and text
                               towers; a CNN or an encoder has one)
-    user -> P0, P1, P2:       int64 header [batch, *shape_e]   (empty = goodbye; the shape
-                              says which program)
-    user -> P0 / P1:          int64 input share [batch, *input_shape]
-    P0 / P1 -> user:          output share: [batch, C] logits, [batch, k] or [batch]
+    requests and replies are the one request/reply protocol (:mod:`secinfer.net.rpc`):
+    user -> P0, P1, P2:       request header [magic, version, id, op infer, n] (op bye:
+                              goodbye), then int64 [batch, *shape_e] (the shape says which
+                              program)
+    user -> P0 / P1:          then the int64 input share [batch, *input_shape] (n = 2; the
+                              helper's n = 1)
+    P0 / P1 -> user:          reply header [magic, id, ok, 1], then the output share:
+                              [batch, C] logits, [batch, k] or [batch]
     any server -> user:       an abort frame with the reason (busy, refused, a server failed,
                               shutting down, idle)
 """
