@@ -79,7 +79,8 @@ def test_classify_a_png_agrees_with_plaintext_and_costs_per_layer(api, tmp_path)
     assert layers["conv1"]["bytes"] > 0 and layers["relu1"]["rounds"] >= 1
     assert sum(lay["bytes"] for lay in cost["layers"]) == cost["total"]["bytes"]
     assert cost["layers"][-1]["name"] == "scheduling" and "output" in layers
-    assert cost["user"]["bytes_sent"] == 2 * 8 * 28 * 28 + 3 * 8 * 4  # two shares, 3 headers
+    # two shares; to each of the 3 servers a request header (5 int64) and the shape (4 int64)
+    assert cost["user"]["bytes_sent"] == 2 * 8 * 28 * 28 + 3 * (5 * 8 + 4 * 8)
     # a layer's bytes and rounds are a function of the public plan and batch: the same next
     # time (the scheduling entry is not: it counts the steps and heartbeats in the interval)
     with png.open("rb") as f:

@@ -1,4 +1,4 @@
-"""The one request/reply protocol between a user and a single-server service, over a Session.
+"""The one request/reply protocol between a user and a service, over a Session.
 
 Every item is one runtime frame (:mod:`.framing`: typed, sized, counted, session-bound;
 nothing pickled)::
@@ -24,7 +24,10 @@ Steps of one call (:func:`call`, user side; :func:`recv_request` / :func:`reply`
 Cost: one header frame (40 or 32 bytes) per message on top of the payload; no extra round.
 What the server learns from the protocol itself: op codes, request counts, tensor shapes and
 timing; the payloads are whatever the backend sends (permuted activations for STIP, inputs
-for the trusted enclave). The backends using it: ``stip/protocol.py``, ``tee/service.py``.
+for the trusted enclave, shares for the MPC servers). The backends using it:
+``stip/protocol.py``, ``tee/service.py`` and the MPC servers (``serve/scheduler.py``: a
+user's request goes to all three, P0 and P1 reply with output shares; a refusal there is
+an abort that ends the session, since the three servers must stay in step).
 """
 
 from __future__ import annotations
