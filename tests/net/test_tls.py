@@ -17,6 +17,7 @@ from secinfer.net import (
     Listener,
     PartyFailed,
     PeerTimeout,
+    SecinferNetError,
     Session,
     Topology,
     local_cluster,
@@ -264,3 +265,47 @@ def test_a_send_to_a_peer_that_gave_up_names_its_reason():
         return True
 
     assert run_tls_threads(2, program)[1]
+
+
+def test_a_dial_into_a_closing_listener_does_not_cost_the_next_attempt_its_timeout(tmp_path):
+    """A dials B while B's old listener is closing; B's new process dials A, which confirms
+    B's link and then finds its own dial dead. A's next attempt keeps the link B already
+    counts as confirmed, so the two meet at once instead of A waiting out its whole connect
+    timeout for a link B will never send again (B has one already)."""
+    topo = Topology.load(write_local_topology(tmp_path, ["server", "server"], timeout=10,
+                                              connect_timeout=6))
+    make_certs(topo, overwrite=True)
+    la = Listener(topo, topo.party(0))
+    old_b = Listener(topo, topo.party(1))  # B's previous process: about to go away
+    first: list[BaseException] = []
+
+    def a_first_attempt() -> None:
+        try:
+            Session.connect(topo, 0, peers=[1], listener=la).close()
+        except BaseException as e:  # noqa: BLE001 - inspected below
+            first.append(e)
+
+    t = threading.Thread(target=a_first_attempt, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 5
+    while old_b._arrivals.empty():  # A's dial has landed in the old listener
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    old_b.close()
+    b_session: list[Session] = []
+    b = threading.Thread(target=lambda: b_session.append(Session.connect(topo, 1, peers=[0])),
+                         daemon=True)
+    b.start()  # B's new process: dials A, which confirms that link
+    t.join(timeout=10)
+    assert first and isinstance(first[0], SecinferNetError), first  # A's own dial was dead
+    t0 = time.monotonic()
+    with Session.connect(topo, 0, peers=[1], listener=la) as s:
+        b.join(timeout=10)
+        assert b_session, "B never got its session"
+        with b_session[0] as sb:
+            s.send(1, torch.tensor([7]))
+            assert int(sb.recv(0)) == 7
+            sb.send(0, torch.tensor([8]))
+            assert int(s.recv(1)) == 8
+    assert time.monotonic() - t0 < 3.0  # not the 6 s connect timeout
+    la.close()

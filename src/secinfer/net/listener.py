@@ -76,11 +76,16 @@ class _Incoming:
     sock: ssl.SSLSocket
     nonce: bytes
     digest: bytes
+    # we confirmed it in a session attempt that then failed on our side (see hold_confirmed)
+    confirmed: bool = False
 
     def stale(self) -> bool:
         """True when the dialer already gave up on this link: between its hello and our
-        confirmation a dialer sends nothing, so anything readable is its close."""
+        confirmation a dialer sends nothing, so anything readable is its close. A link we
+        already confirmed may carry its dialer's frames: only a closed one is stale."""
         try:
+            if self.confirmed:
+                return self.sock.fileno() < 0
             return self.sock.fileno() < 0 or self.sock.pending() > 0 or bool(
                 select.select([self.sock], [], [], 0)[0])
         except (OSError, ValueError):
@@ -305,6 +310,20 @@ class Listener:
                 take(self._arrivals.get(timeout=min(left, 0.2)))
             except queue.Empty:
                 continue
+
+    def hold_confirmed(self, inc: _Incoming) -> None:
+        """Keep a link this party confirmed in a session attempt that then failed on its own
+        side (its own dial was not confirmed), for the next attempt.
+
+        The dialer took our confirmation and may now consider the session up (waiting for our
+        next dial, or already sending on this link); dropping the link would leave it waiting
+        for a link it already has, and the next attempt would wait out its whole connect
+        timeout. A newer link from the same peer still supersedes this one."""
+        inc.confirmed = True
+        old = self._held.pop(inc.peer, None)
+        if old is not None:
+            old.discard()
+        self._held[inc.peer] = inc
 
     def close(self) -> None:
         """Stop accepting; when this returns the port refuses new connections.

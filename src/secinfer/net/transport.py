@@ -260,7 +260,15 @@ class TlsTransport(Transport):
                 )
             nonces[peer] = inc.nonce
             self._in[peer] = inc.sock
-        self._confirm_links(deadline)
+        acked = {p for p, inc in arrivals.items() if inc.confirmed}
+        try:
+            self._confirm_links(deadline, acked)
+        except SecinferNetError:
+            if not self._own_listener:  # the peers we confirmed keep their links for a retry
+                for peer in acked:
+                    self.listener.hold_confirmed(arrivals[peer])
+                    del self._in[peer]
+            raise
         # fresh per session and equal at every party: hash of every member's random nonce
         h = hashlib.sha256(b"secinfer-session-v1")
         for i in ids:
@@ -275,17 +283,24 @@ class TlsTransport(Transport):
             t.start()
             self._readers.append(t)
 
-    def _confirm_links(self, deadline: float) -> None:
+    def _confirm_links(self, deadline: float, acked: set[int]) -> None:
         """Each side acknowledges the links it accepted and waits for its own dials to be
         acknowledged, so a dial that landed in a stale listener (a previous session's, about
-        to close) fails here instead of leaving a half-open session that waits forever."""
+        to close) fails here instead of leaving a half-open session that waits forever.
+
+        ``acked``: the peers whose links were acknowledged in an earlier attempt (they are not
+        acknowledged twice); it grows with every link acknowledged here, so a caller whose own
+        dial then fails knows which links the peers already count as confirmed."""
         for peer, sock in self._in.items():
+            if peer in acked:
+                continue
             try:
                 sock.settimeout(max(1.0, deadline - time.monotonic()))
                 sock.sendall(_LINK_ACK)
                 sock.settimeout(0.5)
             except OSError as e:
                 raise PeerDisconnected(self.peer_name(peer), f"dropped the link ({e})") from e
+            acked.add(peer)
         for peer, sock in self._out.items():
             try:
                 sock.settimeout(max(1.0, deadline - time.monotonic()))
