@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 MODULES = ["secinfer.serve", "secinfer.serve.client", "secinfer.serve.server",
-           "secinfer.serve.scheduler", "secinfer.serve.metrics", "secinfer.serve.replicas",
+           "secinfer.serve.handler", "secinfer.net.service", "secinfer.serve.metrics", "secinfer.serve.replicas",
            "secinfer.net.userlink"]
 
 

@@ -26,7 +26,7 @@ from secinfer.net import (
 )
 from secinfer.net.accounting import CostAccountant
 from secinfer.serve.client import Client
-from secinfer.serve.scheduler import OP_INFER
+from secinfer.serve.handler import OP_INFER
 from secinfer.serve.server import serve
 
 pytestmark = pytest.mark.network

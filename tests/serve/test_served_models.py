@@ -17,7 +17,7 @@ import torch
 from secinfer import api
 from secinfer.errors import ConfigError
 from secinfer.net import Topology, make_certs, rpc, write_local_topology
-from secinfer.serve.scheduler import OP_INFER
+from secinfer.serve.handler import OP_INFER
 from secinfer.serve.server import serve
 
 pytestmark = pytest.mark.network

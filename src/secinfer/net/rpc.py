@@ -25,9 +25,10 @@ Cost: one header frame (40 or 32 bytes) per message on top of the payload; no ex
 What the server learns from the protocol itself: op codes, request counts, tensor shapes and
 timing; the payloads are whatever the backend sends (permuted activations for STIP, inputs
 for the trusted enclave, shares for the MPC servers). The backends using it:
-``stip/protocol.py``, ``tee/service.py`` and the MPC servers (``serve/scheduler.py``: a
-user's request goes to all three, P0 and P1 reply with output shares; a refusal there is
-an abort that ends the session, since the three servers must stay in step).
+``stip/protocol.py``, ``tee/service.py`` and the MPC servers (``serve/handler.py``: a
+user's request goes to all three, P0 and P1 reply with output shares; a request one of them
+could not read is an abort that ends the session, since the three must stay in step), all
+behind the one serve loop (:mod:`.service`).
 """
 
 from __future__ import annotations

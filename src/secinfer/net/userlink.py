@@ -28,7 +28,6 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HandshakeError, PeerTimeout, SecinferNetError
@@ -40,16 +39,14 @@ from .listener import (
     USER_DOWN,
     USER_HEALTH,
     USER_UP,
-    Listener,
     UserArrival,
 )
-from .session import Session
 from .tls import user_context
 from .topology import Topology, party_dns_name
 from .transport import TlsTransport
 
 __all__ = ["UserLinks", "USER_PEER", "dial_user", "user_digest", "user_session_id",
-           "user_credentials", "probe_health", "UserGate", "Admitted"]
+           "user_credentials", "probe_health", "server_side"]
 
 # the user's peer id inside a server's session with it (users have no topology id)
 USER_PEER = 99
@@ -129,62 +126,6 @@ def server_side(topology: Topology, party_id: int, arrival: UserArrival,
     assert arrival.up is not None and arrival.down is not None
     return UserLinks(topology, party_id, {USER_PEER: (arrival.down, arrival.up)},
                      {USER_PEER: f"user {arrival.identity}"}, arrival.token, max_payload)
-
-
-@dataclass
-class Admitted:
-    """A user session a server took in: the user's identity and its links as a session."""
-
-    token: bytes
-    identity: str
-    links: UserLinks
-    session: Session
-
-
-class UserGate:
-    """A single server's door for user sessions (the TEE enclave, the STIP cloud).
-
-    Steps of :meth:`admit`, called by the server's loop whenever it has time:
-      1. drop half-open arrivals (one of the two links) older than the connect timeout;
-      2. take every complete arrival from the listener, oldest first;
-      3. refuse links made for another deployment (topology digest) and, beyond
-         ``[service] max_users`` active sessions, say "busy": each refusal is an abort frame
-         whose reason reaches the user, and a log line here;
-      4. return the rest as sessions (timeout: the topology's session timeout).
-
-    The MPC servers admit differently: P0 decides for all three (:mod:`secinfer.serve.scheduler`).
-    """
-
-    def __init__(self, topology: Topology, party_id: int, listener: Listener,
-                 what: str = "this server") -> None:
-        self.topology, self.party_id, self.listener, self.what = topology, party_id, listener, what
-        self._digest = user_digest(topology)
-
-    def admit(self, active: int) -> tuple[list[Admitted], list[str]]:
-        """Sessions admitted now (``active``: how many this server already serves) and the
-        log lines of what was dropped or refused."""
-        notes = [f"user {who} opened one of its two links only; dropped"
-                 for who in self.listener.expire_users(self.topology.connect_timeout)]
-        out: list[Admitted] = []
-        for token in self.listener.user_tokens():
-            a = self.listener.take_user(token, time.monotonic())
-            if a is None:
-                continue
-            links = server_side(self.topology, self.party_id, a)
-            why = None
-            if a.digest != self._digest:
-                why = "this session's links are for another deployment (topology)"
-            elif active + len(out) >= self.topology.max_users:
-                why = (f"busy: {self.what} serves at most {self.topology.max_users} users at "
-                       "once ([service] max_users); try again later")
-            if why is not None:
-                notes.append(f"refused user {a.identity}: {why}")
-                links.abort(why)
-                links.close()
-                continue
-            out.append(Admitted(token, a.identity, links,
-                                Session(links, timeout=self.topology.timeout, role="server")))
-        return out, notes
 
 
 def _dial_one(topology: Topology, ctx: ssl.SSLContext, server: int, kind: int, token: bytes,

@@ -43,7 +43,7 @@ from ..net import (
 )
 from ..net.userlink import dial_user, user_credentials
 from .output import decode_policy_output
-from .scheduler import OP_INFER, parse_entries
+from .handler import OP_INFER, parse_entries
 
 __all__ = ["Client"]
 

@@ -1,7 +1,7 @@
 """What an MPC server runs for its users, read from the party's artifact: one program on shares.
 
-The serve loop (:mod:`.server`) and the step loop (:mod:`.scheduler`) are the same for every
-model; what differs is read here, from the artifact's manifest:
+The server (:mod:`.server`), the one serve loop (:mod:`secinfer.net.service`) and the MPC
+request handler (:mod:`.handler`) are the same for every model; what differs is read here, from the artifact's manifest:
 
 - ``kind`` absent (a compiled CNN plan, :func:`secinfer.models.bundle.compile_model`): the
   input is the image ``[C, H, W]``, the program the plan's ops (:class:`~secinfer.models.
@@ -34,7 +34,7 @@ from ..models.secure import SecureModel
 from ..mpc import MPCConfig, MPCEngine, Share
 from ..net import Topology
 from .limits import ServeLimits, plan_sizes, serve_limits
-from .scheduler import nan_range
+from .handler import nan_range
 
 if TYPE_CHECKING:
     from ..transformer.layer import SecureTransformerConfig

@@ -4,13 +4,16 @@ The three servers keep one session among themselves: seeds are agreed, the outpu
 limits are compared (they must be equal at all three), and every weight's Beaver mask is
 opened once, when the session starts (again after a reconnect). Users dial in (they open no
 port: :mod:`secinfer.net.userlink`); any certificate with role ``user`` from the topology's CA
-is served. P0 schedules users in steps (:mod:`.scheduler`): admission, round-robin, dynamic
-batching, "busy" over ``[service] max_users``, idle sessions dropped after the session timeout.
+is served. The three run the one serve loop (:class:`secinfer.net.service.ServeLoop`) in
+lock-step, P0 leading: admission, round-robin, dynamic batching, "busy" over
+``[service] max_users``, idle sessions dropped after the session timeout; what is MPC about a
+request is :class:`.handler.MpcHandler`.
 
 Per request a user sends a header ``[batch, *input_shape]`` to all three servers, its input
 shares to P0 and P1, and receives from P0 and P1 the shares of what the owner's output policy
-lets it see (logits, top-k indices, or the label: see :mod:`.output`). An empty header ends
-the session. Only the user can reconstruct.
+lets it see (logits, top-k indices, or the label: see :mod:`.output`), each framed by the
+request/reply protocol (:mod:`secinfer.net.rpc`); a ``bye`` request ends the session. Only
+the user can reconstruct.
 
 Before computing, the three servers agree on every request: each sends the others its verdict
 (the batch, or why it refuses: malformed header, batch over ``max_batch``, query quota spent,
@@ -59,10 +62,11 @@ from ..errors import ConfigError
 from ..models.bundle import OutputPolicy
 from ..mpc import MPCConfig, MPCEngine, Share
 from ..net import Listener, SecinferNetError, Session, Topology
+from ..net.service import ServeLoop, UserSession
+from .handler import MpcHandler, Welcome
 from .limits import ServeLimits
 from .metrics import ServiceMetrics
 from .output import policy_output
-from .scheduler import StepLoop, UserConn, Welcome
 from .served import Program, load_served
 
 __all__ = ["serve", "SERVER_IDS", "QuotaBook", "layer_counters"]
@@ -95,7 +99,7 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
           metrics: ServiceMetrics | None = None) -> int:
     """Serve until ``max_clients`` user sessions have ended (forever if None). Returns count.
 
-    Users are scheduled by P0 in steps (:mod:`.scheduler`): up to ``[service] max_users`` at
+    Users are scheduled by P0 in steps (:mod:`secinfer.net.service`): up to ``[service] max_users`` at
     once, their requests batched. When another server fails (dies, freezes, drops a link)
     every user session in flight ends with an error naming it, and this server reconnects
     to the others with backoff and serves again once they are back: no restart needed.
@@ -128,11 +132,11 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
     state: dict[str, Any] = {"state": "connecting", "role": me.role, "party": party_id,
                              "plan": served_prog.digest, "kind": served_prog.kind,
                              "sessions": 0, "version": __version__}
-    live: list[StepLoop] = []  # the loop now serving, for the health answer
+    live: list[ServeLoop] = []  # the loop now serving, for the health answer
     linked: list[Session] = []  # its server session, for the cost counters in the answer
 
     def status() -> dict[str, Any]:
-        out = dict(state, active_users=len(live[0].active) if live else 0)
+        out = dict(state, active_users=len(live[0].users) if live else 0)
         if linked:
             out["costs"] = layer_counters(linked[0])
         return out
@@ -175,16 +179,17 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                     with servers.op("output"):
                         return policy_output(engine, y, policy).data
 
-                def ended(conn: UserConn, servers: Session = servers) -> None:
+                def ended(conn: UserSession, servers: Session = servers) -> None:
                     state["sessions"] = int(state["sessions"]) + 1
                     if report:
                         _write_report(report, servers, conn.session)
 
                 left = None if max_clients is None else max_clients - served
-                loop = StepLoop(topology, party_id, listener, servers, engine, forward, limits,
-                                welcome, quota.left, quota.charge, stop, metrics=metrics,
-                                max_sessions=left, on_session_end=ended,
-                                quota=quota.quota)
+                handler = MpcHandler(party_id, engine, forward, limits, welcome, quota.left,
+                                     quota.charge, quota.quota, topology.timeout, metrics)
+                loop = ServeLoop(topology, party_id, listener, handler, servers=servers,
+                                 leader=0, user_frame=limits.user_frame, on_session_end=ended,
+                                 metrics=metrics)
                 log.info("server %d (%s) ready on %s:%d: backend mpc, bundle %s (plan %s), %s; "
                          "output %s; max_batch %d, max_users %d, batching %s, frame "
                          "limits %d B from users, %d B from servers", party_id, me.role,
@@ -200,7 +205,7 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
                 live[:] = [loop]
                 linked[:] = [servers]
                 try:
-                    loop.run()
+                    loop.run(stop, left)
                 except (SecinferNetError, OSError) as e:
                     peer = getattr(e, "peer", None) or "another server"
                     why = f"{peer} failed ({e}); this request is cancelled, retry later"

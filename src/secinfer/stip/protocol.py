@@ -48,7 +48,7 @@ from secinfer.net import (
     rpc,
 )
 from secinfer.net.rpc import RpcClient
-from secinfer.net.service import ServeLoop, UserSession
+from secinfer.net.service import OneByOne, ServeLoop, UserSession
 from secinfer.net.userlink import dial_user, user_credentials
 
 from .cloud import CloudModel
@@ -199,7 +199,7 @@ class SessionLink:
             pass
 
 
-class _CloudService:
+class _CloudService(OneByOne):
     """The cloud behind the one serve loop (:class:`secinfer.net.service.ServeLoop`)."""
 
     what = "the cloud"
@@ -211,7 +211,7 @@ class _CloudService:
         user.state = CloudHandler(self.cloud)  # this session's KV cache lives here
         return []
 
-    def handle(self, user: UserSession, request: rpc.Request) -> list[torch.Tensor]:
+    def handle_one(self, user: UserSession, request: rpc.Request) -> list[torch.Tensor]:
         return _run(user.state, request)
 
 
@@ -297,7 +297,7 @@ def serve(
     """
     listener = Listener(topology, topology.party(cloud_id))
     loop = ServeLoop(topology, cloud_id, listener, _CloudService(cloud),
-                     lambda m: log(f"stip serve: {m}"))
+                     log_line=lambda m: log(f"stip serve: {m}"))
     listener.status = lambda: {"state": "serving", "backend": "stip",
                                "model_class": cloud.spec.model_class, "active": len(loop.users)}
     try:

@@ -45,7 +45,7 @@ import torch
 
 from ..errors import IntegrityError
 from ..net import Listener, PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, rpc
-from ..net.service import Fatal, ServeLoop, UserSession
+from ..net.service import Fatal, OneByOne, ServeLoop, UserSession
 from ..net.topology import Topology
 from ..net.userlink import dial_user, user_credentials
 from .bundle import DeviceBundle, EnclaveBundle
@@ -91,7 +91,7 @@ def _connect(topology: Topology, party_id: int, peer: int, listener: Listener,
     return None
 
 
-class _EnclaveService:
+class _EnclaveService(OneByOne):
     """The enclave behind the one serve loop (:class:`secinfer.net.service.ServeLoop`)."""
 
     what = "the enclave"
@@ -133,7 +133,7 @@ class _EnclaveService:
             return "the input holds NaN or infinite values"
         return None
 
-    def handle(self, user: UserSession, request: rpc.Request) -> list[torch.Tensor]:
+    def handle_one(self, user: UserSession, request: rpc.Request) -> list[torch.Tensor]:
         why = self._check(request)
         if why is not None:
             raise RequestRefused(why)
@@ -161,7 +161,7 @@ def serve_enclave(topology: Topology, party_id: int, artifact: str | Path,
     listener = Listener(topology, topology.party(party_id))
     service = _EnclaveService(topology, enclave)
     loop = ServeLoop(topology, party_id, listener, service,
-                     lambda m: log.warning("enclave %d: %s", party_id, m))
+                     log_line=lambda m: log.warning("enclave %d: %s", party_id, m))
     try:
         while True:
             device = _connect(topology, party_id, device_id, listener, stop)
