@@ -7,8 +7,8 @@ import importlib
 import pytest
 
 MODULES = ["secinfer.serve", "secinfer.serve.client", "secinfer.serve.server",
-           "secinfer.serve.handler", "secinfer.net.service", "secinfer.serve.metrics", "secinfer.serve.replicas",
-           "secinfer.net.userlink"]
+           "secinfer.serve.handler", "secinfer.net.service", "secinfer.serve.metrics",
+           "secinfer.serve.replicas", "secinfer.net.userlink"]
 
 
 @pytest.mark.parametrize("name", MODULES)

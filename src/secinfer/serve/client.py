@@ -42,8 +42,8 @@ from ..net import (
     rpc,
 )
 from ..net.userlink import dial_user, user_credentials
-from .output import decode_policy_output
 from .handler import OP_INFER, parse_entries
+from .output import decode_policy_output
 
 __all__ = ["Client"]
 

@@ -1,7 +1,8 @@
 """What an MPC server runs for its users, read from the party's artifact: one program on shares.
 
 The server (:mod:`.server`), the one serve loop (:mod:`secinfer.net.service`) and the MPC
-request handler (:mod:`.handler`) are the same for every model; what differs is read here, from the artifact's manifest:
+request handler (:mod:`.handler`) are the same for every model; what differs is read here,
+from the artifact's manifest:
 
 - ``kind`` absent (a compiled CNN plan, :func:`secinfer.models.bundle.compile_model`): the
   input is the image ``[C, H, W]``, the program the plan's ops (:class:`~secinfer.models.
@@ -33,8 +34,8 @@ from ..models.bundle import OutputPolicy, load_bundle
 from ..models.secure import SecureModel
 from ..mpc import MPCConfig, MPCEngine, Share
 from ..net import Topology
-from .limits import ServeLimits, plan_sizes, serve_limits
 from .handler import nan_range
+from .limits import ServeLimits, plan_sizes, serve_limits
 
 if TYPE_CHECKING:
     from ..transformer.layer import SecureTransformerConfig
