@@ -100,9 +100,10 @@ def serve(topology: Topology, party_id: int, bundle: str | Path, max_clients: in
     """Serve until ``max_clients`` user sessions have ended (forever if None). Returns count.
 
     Users are scheduled by P0 in steps (:mod:`secinfer.net.service`): up to
-    ``[service] max_users`` at once, their requests batched. When another server fails (dies, freezes, drops a link)
-    every user session in flight ends with an error naming it, and this server reconnects
-    to the others with backoff and serves again once they are back: no restart needed.
+    ``[service] max_users`` at once, their requests batched. When another server fails
+    (dies, freezes, drops a link) every user session in flight ends with an error naming it,
+    and this server reconnects to the others with backoff and serves again once they are
+    back: no restart needed.
 
     ``stop`` (set by ``secinfer serve`` on SIGTERM) drains: the step in flight is finished
     and answered, every user session then ends saying why, and the function returns.
