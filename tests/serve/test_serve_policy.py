@@ -158,13 +158,13 @@ def test_an_oversize_share_frame_is_refused_naming_the_limit_and_servers_keep_se
         assert c.max_batch == 2
         header = torch.tensor([2, 1, 28, 28], dtype=torch.int64)
         for sid in (0, 1, 2):
-            c._session.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
-            c._session.send(sid, header)
-        c._session.send(0, torch.zeros(9, 1, 28, 28, dtype=torch.int64))  # 56448 bytes
-        c._session.send(1, torch.zeros(2, 1, 28, 28, dtype=torch.int64))
+            c.session.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
+            c.session.send(sid, header)
+        c.session.send(0, torch.zeros(9, 1, 28, 28, dtype=torch.int64))  # 56448 bytes
+        c.session.send(1, torch.zeros(2, 1, 28, 28, dtype=torch.int64))
         with pytest.raises(SecinferNetError, match="56448 bytes exceeds the frame limit "
                                                    f"max_frame_bytes = {2 * 784 * 8}"):
-            c._recv(0, timeout=30)
+            c.session.recv(0, timeout=30)
     with Client(srv.topo) as c:  # the servers are still in step
         assert c.predict(x).shape == (2,)
     srv.join()
@@ -172,8 +172,8 @@ def test_an_oversize_share_frame_is_refused_naming_the_limit_and_servers_keep_se
 
 
 def _bytes_sent(c: Client) -> int:
-    assert c._session is not None
-    return int(c._session.report().get(CostAccountant.TOTAL, {}).get("bytes_sent", 0))  # type: ignore[call-overload]
+    assert c.session is not None
+    return int(c.session.report().get(CostAccountant.TOTAL, {}).get("bytes_sent", 0))  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("bad, error", [
@@ -200,7 +200,7 @@ def test_a_bad_input_is_refused_before_anything_is_sent_and_the_session_goes_on(
 
 def _raw_to_p0(c: Client, data: bytes) -> None:
     """Write bytes on the user's TLS link to P0 below the framing layer (a hostile client)."""
-    sock = c._session.transport._out[0]  # type: ignore[attr-defined]
+    sock = c.session.transport._out[0]  # type: ignore[attr-defined]
     sock.sendall(data)
 
 
@@ -209,7 +209,7 @@ def _garbage(c: Client) -> bytes:
 
 
 def _ndim_17(c: Client) -> bytes:
-    s = c._session.transport  # type: ignore[attr-defined]
+    s = c.session.transport  # type: ignore[attr-defined]
     h = framing.FrameHeader(torch.int64, (4,), s.session_id, s._send_counter[0], 32)
     raw = bytearray(framing.encode_header(h))
     raw[5] = 17
@@ -217,14 +217,14 @@ def _ndim_17(c: Client) -> bytes:
 
 
 def _truncated(c: Client) -> bytes:
-    s = c._session.transport  # type: ignore[attr-defined]
+    s = c.session.transport  # type: ignore[attr-defined]
     h = framing.FrameHeader(torch.int64, (4, 1, 28, 28), s.session_id, s._send_counter[0],
                             4 * 784 * 8)
     return framing.encode_header(h) + b"\0" * 100  # then the user hangs up
 
 
 def _wrong_request_shape(c: Client) -> bytes:
-    s = c._session.transport  # type: ignore[attr-defined]
+    s = c.session.transport  # type: ignore[attr-defined]
     t = torch.tensor([2, 3], dtype=torch.int64)  # a request header [batch, *shape] of rank 1
     h = framing.FrameHeader(t.dtype, tuple(t.shape), s.session_id, s._send_counter[0], 16)
     return framing.encode_header(h) + t.numpy().tobytes()
@@ -270,12 +270,12 @@ def test_a_user_that_dies_mid_request_ends_only_its_session(tmp_path):
     c.connect()
     header = torch.tensor([2, 1, 28, 28], dtype=torch.int64)
     for sid in (0, 1, 2):
-        c._session.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
-        c._session.send(sid, header)
-    c._session.send(0, torch.zeros(2, 1, 28, 28, dtype=torch.int64))  # P1 gets nothing
+        c.session.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
+        c.session.send(sid, header)
+    c.session.send(0, torch.zeros(2, 1, 28, 28, dtype=torch.int64))  # P1 gets nothing
     # killed: every link dropped, no goodbye frame
-    assert c._session is not None
-    c._session.transport.close()  # type: ignore[attr-defined]
+    assert c.session is not None
+    c.session.transport.close()  # type: ignore[attr-defined]
     with Client(srv.topo) as c2:
         labels = c2.predict(x)
     _assert_right_and_servers_fine(srv, labels, logits, sure)

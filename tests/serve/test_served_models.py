@@ -143,14 +143,14 @@ def test_a_user_asking_two_servers_for_different_programs_is_refused_and_others_
     txt = encode(user.text_request(["a photo of a bag."]), 16)
     prg = PRG(new_seed())
     with api.Client(srv.topo, user_id=3, artifact=tmp_path / "b" / "user") as c:
-        s = c.session._session
+        s = c.session.session
         for sid in (0, 1, 2):
             s.send(sid, rpc.request_header(1, OP_INFER, 1 if sid == 2 else 2))
             s.send(sid, torch.tensor([1, *(txt if sid == 1 else img).shape[1:]]))
         s.send(0, img - prg.int64(tuple(img.shape)))
         s.send(1, prg.int64(tuple(txt.shape)))
         with pytest.raises(PeerAborted, match="received different requests"):
-            c.session._await(0, 60.0, "sent no answer")
+            c.session.session.recv(0, timeout=60.0)
     with api.Client(srv.topo, user_id=3, artifact=tmp_path / "b" / "user") as c:
         assert c.zeroshot(torch.rand(2, 1, 28, 28), FMNIST_CLASSES[:2]).labels.shape == (2,)
     srv.join()

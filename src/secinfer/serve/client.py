@@ -21,8 +21,6 @@ with a certificate of role ``user``: a topology user's (``user_id``) or one from
 from __future__ import annotations
 
 import math
-import secrets
-import time
 from pathlib import Path
 
 import torch
@@ -32,16 +30,8 @@ from ..models.bundle import OUTPUT_MODES, OutputPolicy
 from ..models.ranges import range_slack
 from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
-from ..net import (
-    PeerAborted,
-    PeerTimeout,
-    RequestRefused,
-    SecinferNetError,
-    Session,
-    Topology,
-    rpc,
-)
-from ..net.userlink import dial_user, user_credentials
+from ..net import SecinferNetError, Session, Topology
+from ..net.client import ServiceClient
 from .handler import OP_INFER, parse_entries
 from .output import decode_policy_output
 
@@ -50,6 +40,10 @@ __all__ = ["Client"]
 
 class Client:
     """``with Client(topology) as c: y = c.predict(x)`` (logits, top-k indices or labels).
+
+    The connection is the one user-side runtime (:class:`secinfer.net.client.ServiceClient`);
+    what is MPC here: the welcome read from P0, the input validated and encoded, drawn into
+    two additive shares (AES-CTR PRG), and the two output shares added.
 
     ``record_view=True`` keeps every tensor received from the servers in ``self.view`` as
     ``(server, tensor)``: the user's whole view, for audits and tests.
@@ -61,15 +55,15 @@ class Client:
                  compute_timeout: float = 600.0, record_view: bool = False,
                  cert: str | Path | None = None, key: str | Path | None = None,
                  admit_timeout: float | None = None) -> None:
-        cert, key = user_credentials(topology, cert, key, user_id)
         self.topology, self.user_id = topology, user_id
-        self.cert, self.key = cert, key
-        # waiting for a result is waiting for a whole secure inference, not for a silent peer
+        # the helper and P1 first: when P0 sees our links and admits us, theirs are there;
+        # waiting for a result is waiting for a whole secure inference, not a silent peer
+        self._conn = ServiceClient(topology, (2, 1, 0), cert=cert, key=key, user_id=user_id,
+                                   compute_timeout=compute_timeout, record_view=record_view)
+        self.cert, self.key = self._conn.cert, self._conn.key
         self.compute_timeout = compute_timeout
         self.admit_timeout = topology.timeout if admit_timeout is None else admit_timeout
-        self._session: Session | None = None
         self._prg = PRG(new_seed())
-        self._next_request = 1
         self.frac_bits = 0
         self.input_shape: tuple[int, ...] = ()
         # every input shape the servers take (CLIP: image patches and packed prompts)
@@ -79,8 +73,15 @@ class Client:
         self.queries_left: int | None = None
         self.input_range: tuple[float, float] | None = None
         self.classes = 0
-        self.record_view = record_view
-        self.view: list[tuple[int, torch.Tensor]] = []
+
+    @property
+    def view(self) -> list[tuple[int, torch.Tensor]]:
+        return self._conn.view
+
+    @property
+    def session(self) -> Session | None:
+        """The user session with the three servers (None when closed)."""
+        return self._conn.session
 
     def __enter__(self) -> Client:
         self.connect()
@@ -89,29 +90,11 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _recv(self, server: int, timeout: float | None = None) -> torch.Tensor:
-        assert self._session is not None
-        t = self._session.recv(server, timeout=timeout)
-        if self.record_view:
-            self.view.append((server, t.clone()))
-        return t
-
     def connect(self) -> None:
-        # the helper and P1 first: when P0 sees our links and admits us, theirs are there
-        links = dial_user(self.topology, self.cert, self.key, secrets.token_bytes(16),
-                          servers=(2, 1, 0))
-        self._session = Session(links, timeout=self.topology.timeout, role="user")
-        try:
-            meta = self._await(0, self.admit_timeout, "did not admit this session").tolist()
-            pol = [int(v) for v in self._recv(0).tolist()]
-            rng = self._recv(0)
-            entries = self._recv(0)
-        except PeerAborted as e:
-            self.close()
-            raise RequestRefused(f"{e.peer} refused the session: {e.reason}") from e
-        except BaseException:
-            self.close()
-            raise
+        self._conn.connect()
+        meta_t, pol_t, rng, entries = self._conn.welcome(0, 4, self.admit_timeout)
+        meta = meta_t.tolist()
+        pol = [int(v) for v in pol_t.tolist()]
         self.frac_bits, self.input_shape = int(meta[0]), tuple(int(v) for v in meta[1:])
         mode, k, self.max_batch, left, self.classes = pol
         self.policy = OutputPolicy(OUTPUT_MODES[mode], k if OUTPUT_MODES[mode] == "topk" else None)
@@ -128,65 +111,27 @@ class Client:
             self.close()
             raise SecinferNetError(f"server 0 sent {e}") from None
 
-    def _await(self, server: int, timeout: float, what: str) -> torch.Tensor:
-        """Receive from ``server``, but fail at once when ANY server has aborted or dropped
-        (P1 and the helper tell us when P0 froze); a silent ``server`` is named on timeout."""
-        assert self._session is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self._recv(server, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-            except PeerTimeout:
-                broken = self._session.transport.broken_link()
-                if broken is not None:
-                    raise broken from None
-                if time.monotonic() >= deadline:
-                    raise PeerTimeout(self.topology.party(server).name, timeout, what) from None
-
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Secure inference on a batch ``[batch, *input_shape]``.
 
         Returns float64 logits, or int64 indices, as the owner's output policy says.
         """
-        if self._session is None:
+        if not self._conn.connected:
             raise RuntimeError("client is not connected")
-        s = self._session
         enc = self._validate(x)
         header = torch.tensor(list(x.shape), dtype=torch.int64)
-        rid = self._next_request
-        self._next_request += 1
-        try:
-            for server in (0, 1, 2):  # [batch, *shape] to all, then a share to P0 and P1
-                s.send(server, rpc.request_header(rid, OP_INFER, 1 if server == 2 else 2))
-                s.send(server, header)
-            r = self._prg.int64(enc.shape)
-            s.send(0, enc - r)
-            s.send(1, r)
-            out = self._reply(0, rid) + self._reply(1, rid)
-        except PeerAborted as e:
-            self.close()
-            raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
-        except SecinferNetError as e:  # our send hit a server that already gave up: why?
-            refusal = self._refusal()
-            self.close()
-            if refusal is not None:
-                raise refusal from e
-            raise
+        r = self._prg.int64(enc.shape)
+        # [batch, *shape] to all three, then a share to P0 and P1; P0 and P1 reply
+        got = self._conn.request(OP_INFER, {0: [header, enc - r], 1: [header, r],
+                                            2: [header]}, reply_from=(0, 1))
+        for server, ts in got.items():
+            if len(ts) != 1:
+                raise ProtocolError(f"{self.topology.party(server).name} replied with "
+                                    f"{len(ts)} tensors, expected its output share")
+        out = got[0][0] + got[1][0]
         if self.queries_left is not None:
             self.queries_left -= len(x)
         return decode_policy_output(out, self.policy, self.frac_bits, self.classes)
-
-    def _reply(self, server: int, rid: int) -> torch.Tensor:
-        """``server``'s reply to request ``rid``: its output share."""
-        who = self.topology.party(server).name
-        head = self._await(server, self.compute_timeout, "sent no result")
-        status, n = rpc.parse_reply_header(head, rid, who)
-        if n != 1:
-            raise ProtocolError(f"{who} replied with {n} tensors, expected its output share")
-        body = self._await(server, self.compute_timeout, "sent no result")
-        if status == rpc.REFUSED:
-            raise rpc.refusal(body, who)
-        return body
 
     def _validate(self, x: torch.Tensor) -> torch.Tensor:
         """The encoded batch, or a ValueError/TypeError naming what is wrong with ``x``.
@@ -218,29 +163,8 @@ class Client:
                     "fixed point could wrap and give a wrong answer)")
         return enc
 
-    def _refusal(self) -> RequestRefused | None:
-        if self._session is None:
-            return None
-        for server in (0, 1, 2):
-            try:
-                self._session.recv(server, timeout=2.0)
-            except PeerAborted as e:
-                return RequestRefused(f"{e.peer} refused the request: {e.reason}")
-            except SecinferNetError:
-                continue
-        return None
-
     def report(self) -> dict[str, dict]:
-        return self._session.report() if self._session is not None else {}
+        return self._conn.report()
 
     def close(self) -> None:
-        if self._session is None:
-            return
-        bye = rpc.request_header(self._next_request, rpc.BYE, 0)
-        for server in (0, 1, 2):
-            try:
-                self._session.send(server, bye)
-            except Exception:  # noqa: BLE001 - best effort goodbye; the server times out anyway
-                pass
-        self._session.close()
-        self._session = None
+        self._conn.close()

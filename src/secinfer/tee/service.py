@@ -36,18 +36,17 @@ service by the device (it becomes an error naming it) and side channels of the e
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import IntegrityError
-from ..net import Listener, PeerAborted, PeerTimeout, RequestRefused, SecinferNetError, Session, rpc
+from ..errors import IntegrityError, ProtocolError
+from ..net import Listener, RequestRefused, SecinferNetError, Session, rpc
+from ..net.client import ServiceClient
 from ..net.service import Fatal, OneByOne, ServeLoop, UserSession
 from ..net.topology import Topology
-from ..net.userlink import dial_user, user_credentials
 from .bundle import DeviceBundle, EnclaveBundle
 from .device import Device, Fault
 from .enclave import Enclave
@@ -213,18 +212,23 @@ def serve_device(topology: Topology, party_id: int, artifact: str | Path,
 
 
 class TeeClient:
-    """A user of the enclave: ``with TeeClient(topology) as c: logits = c.predict(x)``."""
+    """A user of the enclave: ``with TeeClient(topology) as c: logits = c.predict(x)``.
+
+    The connection is the one user-side runtime (:class:`secinfer.net.client.ServiceClient`):
+    the enclave's welcome is its ``max_batch``; a request is the float64 batch, the reply the
+    logits the enclave checked.
+    """
 
     def __init__(self, topology: Topology, cert: str | Path | None = None,
                  key: str | Path | None = None, user_id: int | None = None,
                  compute_timeout: float = 600.0) -> None:
         self.topology = topology
-        self.cert, self.key = user_credentials(topology, cert, key, user_id)
         self.enclave = _role_id(topology, "enclave")
+        self._conn = ServiceClient(topology, (self.enclave,), cert=cert, key=key,
+                                   user_id=user_id, compute_timeout=compute_timeout)
+        self.cert, self.key = self._conn.cert, self._conn.key
         self.compute_timeout = compute_timeout
         self.max_batch = 0
-        self._session: Session | None = None
-        self._rpc: rpc.RpcClient | None = None
 
     def __enter__(self) -> TeeClient:
         self.connect()
@@ -234,38 +238,13 @@ class TeeClient:
         self.close()
 
     def connect(self) -> None:
-        links = dial_user(self.topology, self.cert, self.key, secrets.token_bytes(16),
-                          servers=(self.enclave,))
-        self._session = Session(links, timeout=self.topology.timeout, role="user")
-        self._rpc = rpc.RpcClient(self._session, self.enclave)
-        try:
-            self.max_batch = int(self._recv(self.topology.timeout)[0])
-        except BaseException:
-            self.close()
-            raise
-
-    def _recv(self, timeout: float) -> torch.Tensor:
-        assert self._session is not None
-        try:
-            return self._session.recv(self.enclave, timeout=timeout)
-        except PeerAborted as e:
-            self._session.close()
-            self._session = None
-            raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
-
-    def _call(self, op: int, tensors: list[torch.Tensor], timeout: float
-              ) -> list[torch.Tensor]:
-        assert self._session is not None and self._rpc is not None
-        try:
-            return self._rpc.call(op, tensors, timeout=timeout)
-        except PeerAborted as e:
-            self._session.close()
-            self._session = None
-            raise RequestRefused(f"{e.peer} refused the request: {e.reason}") from e
+        self._conn.connect()
+        (mb,) = self._conn.welcome(self.enclave, 1, self.topology.timeout)
+        self.max_batch = int(mb[0])
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Float64 logits ``[batch, C]`` of the int8 model for a batch ``x``."""
-        if self._session is None:
+        if not self._conn.connected:
             raise RuntimeError("client is not connected")
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
@@ -280,20 +259,12 @@ class TeeClient:
         if x.shape[0] > self.max_batch:
             raise ValueError(f"batch of {x.shape[0]} exceeds the enclave's max_batch = "
                              f"{self.max_batch}")
-        try:
-            (out,) = self._call(OP_INFER, [xf.contiguous()], self.compute_timeout)
-        except PeerTimeout:
-            self.close()
-            raise
-        return out
+        got = self._conn.request(OP_INFER, {self.enclave: [xf]}, (self.enclave,))[self.enclave]
+        if len(got) != 1:
+            raise ProtocolError(f"the enclave replied with {len(got)} tensors, expected 1")
+        return got[0]
 
     def close(self) -> None:
-        if self._session is None:
-            return
-        try:
-            if self._rpc is not None:
-                self._rpc.call(rpc.BYE, [], timeout=5.0)
-        except Exception:  # noqa: BLE001 - best effort goodbye
-            pass
-        self._session.close()
-        self._session = None
+        """Say bye and wait briefly for the enclave's answer, so it ends the session now."""
+        self._conn.close(bye_timeout=5.0)
+
