@@ -91,7 +91,7 @@ def block_relu(engine: MPCEngine, x: Share, block_sizes: list[list[int]]) -> Sha
     shape = tuple(x.shape)
     if len(shape) != 4:
         raise ValueError(f"block ReLU needs an [N, C, H, W] activation, got {list(shape)}")
-    lay = _layout(shape, tuple((int(bh), int(bw)) for bh, bw in block_sizes))  # type: ignore[arg-type]
+    lay = _layout(shape, tuple((int(bh), int(bw)) for bh, bw in block_sizes))
     helper = engine.is_helper
     total = x.numel()
     ngated = total if lay.gated is None else lay.gated.numel()
