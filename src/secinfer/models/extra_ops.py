@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..mpc import MPCEngine, PreparedWeight, Share, relu6
 from ..mpc.nonlinear import gelu, sigmoid, tanh
 from ..mpc.nonlinear_norm import layer_norm, mean_last, softmax
+from ..mpc.share import broadcast_shape
 from .plan import PlanOp
 
 __all__ = ["EXTRA_KINDS", "secure", "plain", "interval"]
@@ -37,7 +38,7 @@ EXTRA_KINDS = frozenset({
 
 
 def _bcast(a: Share, b: Share) -> tuple[Share, Share]:
-    shape = torch.broadcast_shapes(a.shape, b.shape)
+    shape = broadcast_shape(a.shape, b.shape)
     return a.expand(*shape).contiguous(), b.expand(*shape).contiguous()
 
 

@@ -20,8 +20,9 @@ __all__ = ["SecureModel", "run_plain"]
 log = logging.getLogger(__name__)
 
 
-def _avg_window_sum(x: torch.Tensor, k: list[int], s: list[int], p: list[int]) -> torch.Tensor:
-    xp = F.pad(x, (p[1], p[1], p[0], p[0]))
+def _avg_window_sum(x: Share, k: list[int], s: list[int], p: list[int]) -> Share:
+    """Window sums through :class:`Share`'s methods (shapes only at the helper)."""
+    xp = x.pad((p[1], p[1], p[0], p[0]))
     return xp.unfold(2, k[0], s[0]).unfold(3, k[1], s[1]).sum(dim=(-1, -2))
 
 
@@ -122,12 +123,11 @@ class SecureModel:
             return maxpool2d(e, x, p["kernel"], p["stride"], p["padding"])
         if op.kind == "avgpool2d":
             k = p["kernel"]
-            summed = Share(_avg_window_sum(x.data, k, p["stride"], p["padding"]), x.frac_bits)
-            return e.mul_public(summed, 1.0 / (k[0] * k[1]))
+            return e.mul_public(_avg_window_sum(x, k, p["stride"], p["padding"]),
+                                1.0 / (k[0] * k[1]))
         if op.kind == "global_avgpool":
             h, w = x.shape[-2:]
-            summed = Share(x.data.sum(dim=(-1, -2), keepdim=True), x.frac_bits)
-            return e.mul_public(summed, 1.0 / (h * w))
+            return e.mul_public(x.sum(dim=(-1, -2), keepdim=True), 1.0 / (h * w))
         if op.kind == "flatten":
             return x.flatten(p["start_dim"])
         if op.kind == "reshape":

@@ -6,11 +6,12 @@ that gates every element of the patch by its patch's sign. (1, 1) is ordinary Re
 identity (no comparison), (1, 0) outputs zero: exactly the plaintext reference
 :func:`secinfer.models.block_relu.block_relu`, which the tests compare it with.
 
-1. group channels by patch size; zero-pad each group to a multiple of its patch;
-2. P_i sums its shares over each patch (local);
-3. one batched DReLU over the negated sums of all patches of all groups, gate = 1 - DReLU(-s)
-   = 1[s > 0] (see :func:`secinfer.mpc.compare.drelu`);
-4. one Beaver product ``x * expand(sign)`` whose opened sign mask has one entry per patch, so
+1. number the patches of every gated channel (the layout depends only on the shape and the
+   public sizes and is computed once per layer: element -> patch index);
+2. P_i sums its shares over each patch (local: one ``index_add``);
+3. one batched DReLU over the negated sums of all patches of all channels, gate = 1 -
+   DReLU(-s) = 1[s > 0] (see :func:`secinfer.mpc.compare.drelu`);
+4. one Beaver product ``x * sign[patch]`` whose opened sign mask has one entry per patch, so
    the product costs 8 bytes per element plus 8 per patch from each compute party.
 
 What each party receives: in step 3, a DReLU's messages (see :mod:`.compare`: P0 the opened
@@ -24,6 +25,9 @@ compiled plan, like every layer's shape). The view tests and the helper's ratio 
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
 from .compare import drelu
@@ -33,67 +37,99 @@ from .share import Share
 __all__ = ["block_relu"]
 
 
-def _expand(sign: torch.Tensor, bh: int, bw: int, h: int, w: int) -> torch.Tensor:
-    return sign.repeat_interleave(bh, dim=-2).repeat_interleave(bw, dim=-1)[..., :h, :w]
+@dataclass(frozen=True)
+class _Layout:
+    """Where every element of a [N, C, H, W] activation goes, for one layer's block sizes.
+
+    ``gated``: flat indices of the elements of gated channels (None: every element is gated),
+    ``patch``: for each of them (in that order), the index of its patch among ``patches``,
+    ``ident``: flat indices of the identity channels' elements; the rest output zero.
+    """
+
+    gated: torch.Tensor | None
+    patch: torch.Tensor
+    patches: int
+    ident: torch.Tensor
 
 
-def _patch_sums(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    ph, pw = -h % bh, -w % bw
-    xp = torch.nn.functional.pad(x, (0, pw, 0, ph))
-    return xp.reshape(n, c, (h + ph) // bh, bh, (w + pw) // bw, bw).sum(dim=(3, 5))
+@functools.lru_cache(maxsize=256)
+def _layout(shape: tuple[int, int, int, int], sizes: tuple[tuple[int, int], ...]) -> _Layout:
+    n, c, h, w = shape
+    if len(sizes) != c:
+        raise ValueError(f"block ReLU spec has {len(sizes)} channels, activation has {c}")
+    rows = torch.arange(h).unsqueeze(1)
+    cols = torch.arange(w).unsqueeze(0)
+    gated_ch, patch_maps, ident_ch, base = [], [], [], 0
+    for ch, (bh, bw) in enumerate(sizes):
+        if bh > 0 and bw > 0:
+            pw = -(-w // bw)
+            patch_maps.append((rows // bh) * pw + cols // bw + base)
+            base += -(-h // bh) * pw
+            gated_ch.append(ch)
+        elif (bh, bw) == (0, 1):
+            ident_ch.append(ch)
+    per_sample = base
+    chan_elems = torch.arange(h * w)
+
+    def flat(chans: list[int]) -> torch.Tensor:
+        if not chans:
+            return torch.empty(0, dtype=torch.int64)
+        ch = torch.tensor(chans, dtype=torch.int64)
+        idx = (ch.unsqueeze(1) * (h * w) + chan_elems).reshape(1, -1)
+        return (idx + (torch.arange(n) * (c * h * w)).unsqueeze(1)).reshape(-1)
+
+    if patch_maps:
+        one = torch.stack(patch_maps).reshape(1, -1)
+        patch = (one + (torch.arange(n) * per_sample).unsqueeze(1)).reshape(-1)
+    else:
+        patch = torch.empty(0, dtype=torch.int64)
+    gated = None if len(gated_ch) == c else flat(gated_ch)
+    return _Layout(gated, patch.contiguous(), n * per_sample, flat(ident_ch))
 
 
 def block_relu(engine: MPCEngine, x: Share, block_sizes: list[list[int]]) -> Share:
-    n, c, h, w = x.shape
-    groups: dict[tuple[int, int], list[int]] = {}
-    for ch, (bh, bw) in enumerate(block_sizes):
-        groups.setdefault((int(bh), int(bw)), []).append(ch)
-    if len(block_sizes) != c:
-        raise ValueError(f"block ReLU spec has {len(block_sizes)} channels, activation has {c}")
-    active = [(k, v) for k, v in groups.items() if k[0] > 0 and k[1] > 0]
-    # one DReLU over every patch of every active group
-    sums, layout = [], []
-    for (bh, bw), chans in active:
-        s = _patch_sums(x.data[:, chans], bh, bw)
-        layout.append(((bh, bw), chans, s.shape))
-        sums.append(s.reshape(-1))
-    out = torch.zeros(x.shape, dtype=torch.int64, device=x.data.device)
-    if sums:
-        flat = torch.cat(sums)
+    shape = tuple(x.shape)
+    if len(shape) != 4:
+        raise ValueError(f"block ReLU needs an [N, C, H, W] activation, got {list(shape)}")
+    lay = _layout(shape, tuple((int(bh), int(bw)) for bh, bw in block_sizes))
+    helper = engine.is_helper
+    total = x.numel()
+    ngated = total if lay.gated is None else lay.gated.numel()
+    if helper:
+        out = engine.placeholder(shape, x.frac_bits)
+    elif lay.gated is not None or not lay.patches:  # zero channels stay zero
+        out = Share(torch.zeros(shape, dtype=torch.int64), x.frac_bits)
+    if lay.patches:
+        patch = lay.patch
+        if helper:
+            neg_sums = engine.placeholder((lay.patches,), x.frac_bits)
+            xg = engine.placeholder((ngated,), x.frac_bits)
+        else:
+            flat = x.data.reshape(-1)
+            xg_data = flat if lay.gated is None else flat.index_select(0, lay.gated)
+            sums = torch.zeros(lay.patches, dtype=torch.int64).index_add_(0, patch, xg_data)
+            neg_sums = Share(sums.neg_(), x.frac_bits)
+            xg = Share(xg_data, x.frac_bits)
         # gate = 1[sum > 0] = 1 - DReLU(-sum): a patch summing to exactly 0 is gated off, as in
         # the plaintext BlockReLU of secinfer.knapsack
-        neg = drelu(engine, Share(-flat, x.frac_bits))
-        signs = Share(-neg.data + (1 if engine.role == 0 else 0), 0) if not engine.is_helper \
-            else neg
-        xs_all, ss_all, i = [], [], 0
-        for (_bh, _bw), chans, shp in layout:
-            k = int(torch.Size(shp).numel())
-            xs_all.append(x.data[:, chans].reshape(-1))
-            ss_all.append(signs.data[i : i + k])
-            i += k
-        sizes = [(bh, bw, len(chans), shp) for (bh, bw), chans, shp in layout]
+        neg = drelu(engine, neg_sums)
+        if helper:
+            signs = neg
+        else:
+            gate = neg.data.neg()
+            if engine.role == 0:
+                gate += 1
+            signs = Share(gate, 0)
 
         def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            res, ia, ib = [], 0, 0
-            for bh, bw, nc, shp in sizes:
-                ka, kb = n * nc * h * w, int(torch.Size(shp).numel())
-                sa = a[ia : ia + ka].reshape(n, nc, h, w)
-                sb = b[ib : ib + kb].reshape(shp)
-                res.append((sa * _expand(sb, bh, bw, h, w)).reshape(-1))
-                ia, ib = ia + ka, ib + kb
-            return torch.cat(res)
+            return a * b.index_select(0, patch)
 
-        prod = engine.beaver(Share(torch.cat(xs_all), x.frac_bits),
-                             Share(torch.cat(ss_all), 0), op)
-        if not engine.is_helper:
-            j = 0
-            for (_bh, _bw), chans, _shp in layout:
-                k = n * len(chans) * h * w
-                out[:, chans] = prod.data[j : j + k].reshape(n, len(chans), h, w)
-                j += k
-    if not engine.is_helper:
-        ident = groups.get((0, 1), [])
-        if ident:
-            out[:, ident] = x.data[:, ident]
-    return Share(out, x.frac_bits)
+        prod = engine.beaver(xg, signs, op)
+        if not helper:
+            if lay.gated is None:
+                out = Share(prod.data.reshape(shape), x.frac_bits)
+            else:
+                out.data.view(-1).index_copy_(0, lay.gated, prod.data)
+    if not helper and lay.ident.numel():
+        out.data.view(-1).index_copy_(0, lay.ident, x.data.reshape(-1).index_select(0, lay.ident))
+    return out

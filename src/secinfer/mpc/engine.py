@@ -52,10 +52,11 @@ import torch
 
 from ..net.session import Session
 from ..ring.fixed import FixedPoint
+from ..ring.kernels import auto_choice
 from ..ring.ops import ring_conv2d, ring_matmul
 from .config import HELPER, P0, P1, MPCConfig
 from .prg import PRG, new_seed
-from .share import Share
+from .share import Share, broadcast_shape, meta
 
 __all__ = ["MPCEngine", "PreparedWeight", "encode", "decode"]
 
@@ -120,6 +121,9 @@ class MPCEngine:
         # debug mode only: per op, the expected number of elements SecureML's local truncation
         # gets wrong (sum of |x| / 2^64 over the truncated values), whichever protocol runs
         self.debug_truncation_risk: dict[str, float] = {}
+        # which exact ring kernels "auto" runs (a cache read, or a one-off measurement, and a
+        # `uname` subprocess for the fingerprint) is settled now, not inside the first request
+        auto_choice("cpu")
         self._setup_seeds()
 
     # ------------------------------------------------------------------ set-up
@@ -155,7 +159,7 @@ class MPCEngine:
         return self.config.frac_bits
 
     def placeholder(self, shape: torch.Size | tuple[int, ...], frac_bits: int) -> Share:
-        return Share(torch.empty(tuple(shape), dtype=torch.int64, device="meta"), frac_bits)
+        return Share(meta(shape), frac_bits)
 
     # ------------------------------------------------------------------ inputs and outputs
     def share_input(self, x: torch.Tensor | None, owner: int, shape: tuple[int, ...],
@@ -236,7 +240,7 @@ class MPCEngine:
         """Multiply by a public real constant/tensor (encoded at f bits), then truncate."""
         enc = encode(torch.as_tensor(c, dtype=torch.float64), self.f)
         if self.is_helper:
-            y = self.placeholder(torch.broadcast_shapes(x.shape, enc.shape), x.frac_bits + self.f)
+            y = self.placeholder(broadcast_shape(x.shape, enc.shape), x.frac_bits + self.f)
         else:
             y = Share(x.data * enc, x.frac_bits + self.f)
         return self.truncate(y, self.f) if truncate else y

@@ -18,7 +18,7 @@ import torch
 
 from .compare import drelu
 from .engine import MPCEngine, encode
-from .share import Share, cat
+from .share import Share, broadcast_shape, cat
 
 __all__ = ["ge_bits", "bit_mul", "mul_many", "mul_const", "lincomb", "one_minus", "bits_poly"]
 
@@ -84,7 +84,7 @@ def mul_const(engine: MPCEngine, x: Share, c: float | torch.Tensor, extra_bits: 
     e = engine.f + extra_bits
     enc = encode(torch.as_tensor(c, dtype=torch.float64), e)
     if engine.is_helper:
-        y = engine.placeholder(torch.broadcast_shapes(x.shape, enc.shape), x.frac_bits + e)
+        y = engine.placeholder(broadcast_shape(x.shape, enc.shape), x.frac_bits + e)
     else:
         y = Share(x.data * enc, x.frac_bits + e)
     return engine.truncate(y, e)

@@ -34,7 +34,7 @@ from .config import NonlinearConfig
 from .engine import MPCEngine, PreparedWeight
 from .nonlinear import exp, reciprocal, rsqrt
 from .nonlinear_base import bit_mul, bits_poly, ge_bits, lincomb, mul_const
-from .share import Share
+from .share import Share, broadcast_shape
 
 __all__ = ["softmax", "softmax_quant", "layer_norm", "i_exp", "mean_last"]
 
@@ -138,8 +138,8 @@ def _check_keep(keep: torch.Tensor | None, x: Share) -> None:
     if keep is None:
         return
     try:
-        torch.broadcast_shapes(keep.shape, x.shape)
-    except RuntimeError as err:
+        broadcast_shape(keep.shape, x.shape)
+    except ValueError as err:
         raise ValueError(f"attention mask of shape {tuple(keep.shape)} does not broadcast to "
                          f"scores {tuple(x.shape)}") from err
     if not ((keep == 0) | (keep == 1)).all():
