@@ -20,6 +20,7 @@ _LAZY = {
     "EmbedResult": "secinfer.api",
     "GenerateResult": "secinfer.api",
     "ZeroShotResult": "secinfer.api",
+    "Verification": "secinfer.api",
     "BACKENDS": "secinfer.api",
     "TASKS": "secinfer.api",
     "Session": "secinfer.net",

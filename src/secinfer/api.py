@@ -31,11 +31,12 @@ the manifest says it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -44,10 +45,11 @@ from .errors import ArtifactError, ConfigError
 from .net.topology import Topology
 
 __all__ = ["BACKENDS", "TASKS", "Compiled", "ClassifyResult", "GenerateResult",
-           "EmbedResult", "ZeroShotResult", "compile", "serve", "resolve_artifact",
-           "backend_of", "Client"]
+           "EmbedResult", "ZeroShotResult", "Verification", "VERIFICATION", "compile", "serve",
+           "resolve_artifact", "backend_of", "Client"]
 
 BACKENDS = ("mpc", "tee", "stip")
+_R = TypeVar("_R", "ClassifyResult", "EmbedResult", "ZeroShotResult", "GenerateResult")
 TASKS: Mapping[str, tuple[str, ...]] = {
     "mpc": ("classify", "embed", "zeroshot", "fewshot"),
     "tee": ("classify",),
@@ -69,6 +71,31 @@ class Compiled:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """Whether a result was checked against a server that lies, and by what mechanism.
+
+    ``checked`` is False where nothing stands between a deviating server and a wrong result
+    that the user would accept: say so instead of letting silence read as a guarantee."""
+
+    checked: bool
+    mechanism: str
+
+    def describe(self) -> str:
+        return f"{'yes' if self.checked else 'no'} ({self.mechanism})"
+
+
+VERIFICATION: dict[str, Verification] = {
+    "mpc": Verification(False, "none: semi-honest 3-party computation; one server that "
+                        "deviates can change the result undetected (docs/threat-models.md)"),
+    "tee": Verification(True, "the enclave checked every device result: fingerprint "
+                        "triples and secret Freivalds checksums (docs/tee.md)"),
+    "stip": Verification(False, "none: STIP hides weights and data by permutation and does "
+                         "not check the cloud's results (docs/stip.md)"),
+}
+"""What checks each backend's results today (``Result.verified``)."""
+
+
+@dataclass(frozen=True)
 class ClassifyResult:
     """One classification request: ``labels`` [batch] int64; ``logits`` [batch, C] float64
     and ``topk`` [batch, k] int64 (best first) where the owner's output policy reveals them."""
@@ -76,6 +103,7 @@ class ClassifyResult:
     labels: torch.Tensor
     logits: torch.Tensor | None = None
     topk: torch.Tensor | None = None
+    verified: Verification | None = None  # filled in by Client: VERIFICATION[backend]
 
 
 @dataclass(frozen=True)
@@ -83,6 +111,7 @@ class EmbedResult:
     """Embeddings [n, D] float64 (L2-normalised where the model normalises)."""
 
     vectors: torch.Tensor
+    verified: Verification | None = None  # filled in by Client: VERIFICATION[backend]
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,7 @@ class ZeroShotResult:
     scores: torch.Tensor
     image_embeddings: torch.Tensor
     text_embeddings: torch.Tensor
+    verified: Verification | None = None  # filled in by Client: VERIFICATION[backend]
 
 
 @dataclass(frozen=True)
@@ -102,6 +132,7 @@ class GenerateResult:
 
     tokens: torch.Tensor
     new_tokens: int
+    verified: Verification | None = None  # filled in by Client: VERIFICATION[backend]
 
 
 def _check_backend(backend: str) -> str:
@@ -348,15 +379,15 @@ class Client:
         impl = self._need("classify")
         if self.backend == "stip":
             logits = impl.classify(x).double()
-            return ClassifyResult(logits.argmax(-1), logits)
+            return self._verified(ClassifyResult(logits.argmax(-1), logits))
         out = impl.predict(x)
         if self.backend == "mpc":
             mode = impl.policy.mode
             if mode == "label":
-                return ClassifyResult(out)
+                return self._verified(ClassifyResult(out))
             if mode == "topk":
-                return ClassifyResult(out[:, 0], topk=out)
-        return ClassifyResult(out.argmax(-1), out)
+                return self._verified(ClassifyResult(out[:, 0], topk=out))
+        return self._verified(ClassifyResult(out.argmax(-1), out))
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> GenerateResult:
         """Greedy generation from a causal LM served by stip (``input_ids`` [batch, seq],
@@ -364,7 +395,8 @@ class Client:
         impl = self._need("generate")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        return GenerateResult(impl.generate(input_ids, max_new_tokens), max_new_tokens)
+        tokens = impl.generate(input_ids, max_new_tokens)
+        return self._verified(GenerateResult(tokens, max_new_tokens))
 
     def embed(self, inputs: Any) -> EmbedResult:
         """Embeddings: texts through a served encoder (mpc), or token ids [batch, seq] through
@@ -373,7 +405,7 @@ class Client:
         if self.backend == "stip":
             hidden = impl.encode(inputs)[0].double()
             pooled = hidden.mean(1)
-            return EmbedResult(pooled / pooled.norm(dim=-1, keepdim=True))
+            return self._verified(EmbedResult(pooled / pooled.norm(dim=-1, keepdim=True)))
         if isinstance(inputs, str):
             raise ValueError("embed takes a non-empty list of strings, not one string")
         x = self._user_encoder().request(list(inputs))
@@ -381,7 +413,7 @@ class Client:
             raise ConfigError(f"the servers take inputs {list(impl.input_shape)}; the user "
                               f"artifact {self._artifact} packs {list(x.shape[1:])}: not the "
                               "model they serve")
-        return EmbedResult(impl.predict(x))
+        return self._verified(EmbedResult(impl.predict(x)))
 
     def zeroshot(self, images: torch.Tensor, classes: list[str],
                  template: str = "a photo of a {label}.") -> ZeroShotResult:
@@ -394,7 +426,7 @@ class Client:
         img = impl.predict(user.image_request(images))
         txt = impl.predict(user.text_request([template.format(label=c) for c in classes]))
         scores = img @ txt.T
-        return ZeroShotResult(scores.argmax(-1), scores, img, txt)
+        return self._verified(ZeroShotResult(scores.argmax(-1), scores, img, txt))
 
     def fewshot(self, support: Any, support_labels: torch.Tensor, queries: Any
                 ) -> ZeroShotResult:
@@ -426,7 +458,11 @@ class Client:
         protos = torch.stack([sup[labels == k].mean(0) for k in range(classes)])
         protos = protos / protos.norm(dim=-1, keepdim=True)
         scores = qry @ protos.T
-        return ZeroShotResult(scores.argmax(-1), scores, qry, protos)
+        return self._verified(ZeroShotResult(scores.argmax(-1), scores, qry, protos))
+
+    def _verified(self, result: _R) -> _R:
+        """The result, saying what checked it (:data:`VERIFICATION`)."""
+        return dataclasses.replace(result, verified=VERIFICATION[self.backend])
 
     def _user_encoder(self) -> Any:
         return self._user_side("encoder")

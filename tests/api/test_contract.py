@@ -107,6 +107,10 @@ def test_a_served_model_answers_as_plaintext(served):
         res = c.classify(case.good)
     assert torch.equal(res.labels, case.expected)
     assert res.logits is not None and res.logits.shape[0] == len(case.expected)
+    # every result says whether anything checked it against a lying server: only the
+    # enclave does today; the semi-honest MPC and STIP say "no" rather than stay silent
+    assert res.verified is not None and res.verified.checked == (case.backend == "tee")
+    assert res.verified.mechanism.startswith("none: ") != res.verified.checked
 
 
 def test_a_bad_input_is_refused_naming_it_and_the_servers_serve_on(served):

@@ -122,6 +122,7 @@ def test_mpc_example_classifies_100_fashion_mnist_images_as_plaintext(tmp_path, 
     print(f"README mpc: {sum(a == b for a, b in zip(got, plain, strict=True))}/100 predictions "
           "equal plaintext PyTorch's")
     assert got == plain
+    assert re.search(r"^verified: no \(none: semi-honest", out, re.M), out
 
 
 def test_tee_example_classifies_100_fashion_mnist_images_as_the_int8_model(tmp_path,
@@ -136,6 +137,7 @@ def test_tee_example_classifies_100_fashion_mnist_images_as_the_int8_model(tmp_p
     print(f"README tee: {sum(a == b for a, b in zip(got, reference, strict=True))}/100 equal the "
           "int8 model's")
     assert got == reference
+    assert re.search(r"^verified: yes \(the enclave checked every device result", out, re.M), out
     with torch.no_grad():
         plain = zoo.pretrained("fmnist_cnn")(fmnist_input).argmax(-1).tolist()
     assert sum(a == b for a, b in zip(got, plain, strict=True)) >= 97  # int8 vs float

@@ -406,6 +406,8 @@ def _infer(args: argparse.Namespace) -> int:
     else:
         y = res.labels
         print("label:", y.tolist())
+    if res.verified is not None:
+        print("verified:", res.verified.describe())
     if args.out:
         save_file({"y": y.contiguous()}, str(args.out))
     return 0
@@ -425,6 +427,8 @@ def _embed(args: argparse.Namespace) -> int:
     for text, row in zip(args.text, v, strict=True):
         head = ", ".join(f"{x:+.4f}" for x in row[:4].tolist())
         print(f"  [{head}, ...] {text!r}")
+    if res.verified is not None:
+        print("verified:", res.verified.describe())
     if args.out:
         save_file({"y": v.contiguous()}, str(args.out))
     return 0
@@ -450,6 +454,8 @@ def _zeroshot(args: argparse.Namespace) -> int:
         res = client.zeroshot(x, classes, args.template)
     print("prediction:", res.labels.tolist())
     print("classes:", ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
+    if res.verified is not None:
+        print("verified:", res.verified.describe())
     if args.out:
         save_file({"scores": res.scores.contiguous()}, str(args.out))
     return 0
@@ -470,6 +476,8 @@ def _generate(args: argparse.Namespace) -> int:
                     key=args.key, artifact=args.artifact) as client:
         res = client.generate(ids, args.max_new_tokens)
     print("tokens:", res.tokens[0].tolist())
+    if res.verified is not None:
+        print("verified:", res.verified.describe())
     return 0
 
 
