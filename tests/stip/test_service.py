@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from secinfer.net import PeerAborted, local_cluster
+from secinfer.net import RequestRefused, local_cluster
 from secinfer.net.tls import issue_user_cert
 from secinfer.stip import (
     SessionLink,
@@ -92,7 +92,7 @@ def test_a_full_cloud_says_busy_and_serves_the_next_user_once_a_slot_frees(cloud
                 SessionLink(first, 1).call("lm_start", [torch.zeros(1, 2, 48),
                                                         torch.ones(1, 2, dtype=torch.int64)])
                 with dial_cloud(cluster.topology) as second, \
-                        pytest.raises(PeerAborted, match=r"busy.*max_users"):
+                        pytest.raises(RequestRefused, match=r"busy.*max_users"):
                     StipUser(key, SessionLink(second, 1)).generate(ids, 2)
                 SessionLink(first, 1).close()
             deadline = time.monotonic() + 10
@@ -103,7 +103,7 @@ def test_a_full_cloud_says_busy_and_serves_the_next_user_once_a_slot_frees(cloud
                         toks = StipUser(key, link).generate(ids, 3)
                         link.close()
                     break
-                except PeerAborted:
+                except RequestRefused:
                     assert time.monotonic() < deadline, log
                     time.sleep(0.05)
             assert torch.equal(toks, plaintext_greedy(m, ids, 3))
@@ -126,7 +126,7 @@ def test_a_user_of_another_deployment_is_refused_saying_so(cloud_and_key, tmp_pa
             owner = cluster.topology.party(0)
             other = dataclasses.replace(cluster.topology, parties=(
                 dataclasses.replace(owner, port=owner.port + 1), *cluster.topology.parties[1:]))
-            with dial_cloud(other) as s, pytest.raises(PeerAborted, match="another deployment"):
+            with dial_cloud(other) as s, pytest.raises(RequestRefused, match="another deployment"):
                 SessionLink(s, 1).call("lm_start", [torch.zeros(1, 2, 48),
                                                     torch.ones(1, 2, dtype=torch.int64)])
             with dial_cloud(cluster.topology) as s:

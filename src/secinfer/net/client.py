@@ -58,6 +58,7 @@ class ServiceClient:
         self.record_view = record_view
         self.view: list[tuple[int, torch.Tensor]] = []
         self.session: Session | None = None
+        self._owns = True  # close() closes the session (not one given to over())
         self._next = 1
 
     @classmethod
@@ -69,7 +70,7 @@ class ServiceClient:
         self.cert = self.key = None  # type: ignore[assignment]
         self.compute_timeout = session.timeout if compute_timeout is None else compute_timeout
         self.record_view, self.view = False, []
-        self.session, self._next = session, 1
+        self.session, self._next, self._owns = session, 1, False
         return self
 
     def __enter__(self) -> ServiceClient:
@@ -205,7 +206,8 @@ class ServiceClient:
 
     def close(self, bye_timeout: float = 0.0) -> None:
         """Say ``bye`` to every server (best effort; with ``bye_timeout`` > 0, wait that long
-        for the replies), then close the links."""
+        for the replies), then close the links (a session given to :meth:`over` stays open:
+        its owner closes it)."""
         s, self.session = self.session, None
         if s is None:
             return
@@ -221,4 +223,5 @@ class ServiceClient:
                     s.recv(server, timeout=bye_timeout)  # the reply header (no tensors)
                 except (SecinferNetError, ProtocolError):
                     pass
-        s.close()
+        if self._owns:
+            s.close()

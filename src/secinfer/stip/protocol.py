@@ -39,15 +39,12 @@ import torch
 from secinfer.errors import ProtocolError
 from secinfer.net import (
     Listener,
-    PeerAborted,
-    PeerDisconnected,
-    PeerTimeout,
     RequestRefused,
     Session,
     Topology,
     rpc,
 )
-from secinfer.net.rpc import RpcClient
+from secinfer.net.client import ServiceClient
 from secinfer.net.service import OneByOne, ServeLoop, UserSession
 from secinfer.net.userlink import dial_user, user_credentials
 
@@ -170,19 +167,29 @@ class LocalLink:
 
 
 class SessionLink:
-    """The user's end of the wire protocol over a runtime :class:`Session` (e.g. TLS)."""
+    """The user's end of the wire protocol over a runtime :class:`Session` (TLS from
+    :func:`dial_cloud`, or in memory): the one user-side runtime
+    (:class:`secinfer.net.client.ServiceClient`) over a session it is given.
+
+    A request the cloud refuses raises :class:`StipError` with the cloud's reason (the
+    session goes on); a session the cloud ends (busy, another deployment) raises
+    :class:`~secinfer.net.RequestRefused` with its reason, as for every backend.
+    """
 
     def __init__(self, session: Session, cloud_id: int) -> None:
         self.session = session
         self.cloud_id = cloud_id
         self.cloud_seconds = 0.0
-        self._rpc = RpcClient(session, cloud_id)
+        self._client = ServiceClient.over(session, (cloud_id,))
 
     def call(self, op: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        cid = self.cloud_id
         with self.session.op(f"stip_{op}"):
             try:
-                out = self._rpc.call(OPS[op], args, name=op)
+                out = self._client.request(OPS[op], {cid: args}, (cid,), name=op)[cid]
             except RequestRefused as e:
+                if not self._client.connected:  # the cloud ended the session: say why
+                    raise
                 raise StipError(f"cloud refused {op!r}: {e.reason}") from None
         if op == "bye":
             return out
@@ -192,11 +199,9 @@ class SessionLink:
         return out[:-1]
 
     def close(self) -> None:
-        """Say goodbye so the cloud ends this session at once instead of timing out."""
-        try:
-            self.call("bye", [])
-        except (PeerDisconnected, PeerTimeout, PeerAborted):
-            pass
+        """Say goodbye so the cloud ends this session at once instead of timing out (the
+        session itself stays open: its owner closes it)."""
+        self._client.close(bye_timeout=self.session.timeout or 5.0)
 
 
 class _CloudService(OneByOne):
