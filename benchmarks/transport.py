@@ -1,9 +1,11 @@
 """Throughput of 64 MB tensor transfers between two processes: mutual-TLS channel vs raw socket.
 
 Both sides run in separate OS processes on loopback, in this one command. The raw socket is the
-floor (no encryption, no framing); the ratio is what TLS 1.3 + framing costs.
+floor (no encryption, no framing); the ratio is what TLS 1.3 + framing costs. The two are
+measured in alternating rounds (``--rounds``) so that a machine shared with other work slows
+both alike; the medians are over every transfer of every round.
 
-    .venv/bin/python benchmarks/transport.py [--megabytes 64] [--reps 5]
+    .venv/bin/python benchmarks/transport.py [--megabytes 64] [--reps 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -115,10 +117,14 @@ def tls_seconds(megabytes: int, reps: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--megabytes", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help="transfers per round and channel")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating raw / TLS rounds")
     args = ap.parse_args()
-    raw = raw_socket_seconds(args.megabytes, args.reps)
-    tls = tls_seconds(args.megabytes, args.reps)
+    raw: list[float] = []
+    tls: list[float] = []
+    for _ in range(args.rounds):
+        raw += raw_socket_seconds(args.megabytes, args.reps)
+        tls += tls_seconds(args.megabytes, args.reps)
     enc = ssl_encrypt_seconds(args.megabytes, args.reps)
     mb = args.megabytes
     raw_med, tls_med = statistics.median(raw), statistics.median(tls)
@@ -126,16 +132,17 @@ def main() -> None:
     rows = [("raw loopback socket", raw_med, mb / raw_med), ("secinfer TLS channel", tls_med,
                                                              mb / tls_med),
             ("ssl encrypt only (1 thr)", enc_med, mb / enc_med)]
-    print(f"{'channel':<26} {'median s / 64MB':>16} {'MB/s':>10}")
+    print(f"{'channel':<26} {f'median s / {mb}MB':>16} {'MB/s':>10}")
     for name, sec, rate in rows:
         print(f"{name:<26} {sec:>16.4f} {rate:>10.1f}")
     ratio = tls_med / raw_med
-    print(f"tls/raw transfer time ratio: {ratio:.3f}")
+    print(f"tls/raw ratio: {ratio:.3f}")  # transfer time, TLS channel over raw socket
     # the floor for one TLS stream: its sender must at least encrypt everything once
     print(f"ssl-encrypt-only/raw time ratio: {enc_med / raw_med:.3f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
-        "megabytes": mb, "reps": args.reps, "raw_seconds": raw, "tls_seconds": tls,
+        "megabytes": mb, "reps": args.reps, "rounds": args.rounds,
+        "raw_seconds": raw, "tls_seconds": tls,
         "raw_MBps": mb / raw_med, "tls_MBps": mb / tls_med, "tls_over_raw_ratio": ratio,
         "ssl_encrypt_seconds": enc, "ssl_encrypt_MBps": mb / enc_med,
         "ssl_encrypt_over_raw_ratio": enc_med / raw_med,
