@@ -8,6 +8,7 @@ import torch
 
 from secinfer.errors import ProtocolError
 from secinfer.net import RequestRefused, rpc, run_in_memory
+from secinfer.net.client import ServiceClient
 
 OP_DOUBLE, OP_FAIL = 7, 8
 
@@ -29,16 +30,20 @@ def _server(session, n_requests):
 
 def test_calls_refusals_and_bye_over_one_session():
     def user(session):
-        c = rpc.RpcClient(session, 0)
+        c = ServiceClient.over(session, (0,))
+
+        def call(op, tensors, name=None):
+            return c.request(op, {0: tensors}, (0,), name=name)[0]
+
         x = torch.arange(6, dtype=torch.float64).reshape(2, 3)
-        out, n = c.call(OP_DOUBLE, [x, torch.zeros(1)])
+        out, n = call(OP_DOUBLE, [x, torch.zeros(1)])
         assert torch.equal(out, x * 2) and int(n) == 2
         with pytest.raises(RequestRefused, match="refused 'fail': op 8 is refused") as e:
-            c.call(OP_FAIL, [], name="fail")
+            call(OP_FAIL, [], name="fail")
         assert e.value.reason == "op 8 is refused: here is why (ünïcode kept)"
-        out2, _ = c.call(OP_DOUBLE, [torch.ones(4)])  # the session goes on after a refusal
+        out2, _ = call(OP_DOUBLE, [torch.ones(4)])  # the session goes on after a refusal
         assert torch.equal(out2, torch.full((4,), 2.0))
-        assert c.call(rpc.BYE, []) == []
+        assert call(rpc.BYE, []) == []
 
     seen, _ = run_in_memory(2, lambda s: _server(s, 4) if s.party_id == 0 else user(s))
     assert seen == [(1, OP_DOUBLE), (2, OP_FAIL), (3, OP_DOUBLE), (4, rpc.BYE)]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from secinfer.net import PeerAborted, Session, local_cluster, rpc
+from secinfer.net.client import ServiceClient
 from secinfer.net.errors import RequestRefused
 from secinfer.net.listener import Listener
 from secinfer.net.service import Fatal, OneByOne, ServeLoop
@@ -36,6 +37,14 @@ class _Doubler(OneByOne):
             raise Fatal("the doubler lost its state", RuntimeError("state lost"))
         time.sleep(self.delay)
         return [request.tensors[0] * 2]
+
+
+class _User:
+    def __init__(self, session):
+        self.c = ServiceClient.over(session, (0,))
+
+    def call(self, op, tensors):
+        return self.c.request(op, {0: tensors}, (0,))[0]
 
 
 def _until(cond, seconds: float = 5.0) -> None:
@@ -71,7 +80,7 @@ def test_the_loop_serves_refuses_survives_fatal_and_says_why_it_stops(tmp_path):
         try:
             links = dial_user(topo, cert, key, secrets.token_bytes(16), servers=(0,))
             with Session(links, timeout=10.0, role="user") as s:
-                user = rpc.RpcClient(s, 0)
+                user = _User(s)
                 x = torch.arange(4.0)
                 # slower than the session timeout, then the next request at once: served
                 assert torch.equal(user.call(1, [x])[0], 2 * x)
@@ -86,13 +95,13 @@ def test_the_loop_serves_refuses_survives_fatal_and_says_why_it_stops(tmp_path):
             links = dial_user(topo, cert, key, secrets.token_bytes(16), servers=(0,))
             with Session(links, timeout=10.0, role="user") as s, \
                     pytest.raises(RequestRefused, match="lost its state"):
-                rpc.RpcClient(s, 0).call(9, [x])
+                _User(s).call(9, [x])
             _until(lambda: bool(errors))
             assert [str(e) for e in errors] == ["state lost"]  # raised to the caller
 
             links = dial_user(topo, cert, key, secrets.token_bytes(16), servers=(0,))
             with Session(links, timeout=10.0, role="user") as s:
-                user = rpc.RpcClient(s, 0)
+                user = _User(s)
                 assert torch.equal(user.call(1, [x])[0], 2 * x)  # served after the repair
                 stop.set()
                 with pytest.raises(PeerAborted, match="the doubler is shutting down"):

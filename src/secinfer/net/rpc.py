@@ -41,7 +41,7 @@ from ..errors import ProtocolError
 from .errors import RequestRefused
 from .session import Session
 
-__all__ = ["BYE", "OK", "REFUSED", "MAX_TENSORS", "Request", "RpcClient", "recv_request",
+__all__ = ["BYE", "OK", "REFUSED", "MAX_TENSORS", "Request", "recv_request",
            "reply", "refuse", "call", "request_header", "parse_request_header",
            "parse_reply_header", "refusal"]
 
@@ -154,18 +154,3 @@ def call(session: Session, peer: int, request_id: int, op: int, tensors: list[to
     if status == REFUSED:
         raise refusal(out[0], who, f"{name!r}" if name else "the request")
     return out
-
-
-class RpcClient:
-    """The user's end: request ids counted per session (``call(op, tensors)``)."""
-
-    def __init__(self, session: Session, peer: int) -> None:
-        self.session = session
-        self.peer = peer
-        self._next = 1
-
-    def call(self, op: int, tensors: list[torch.Tensor], timeout: float | None = None,
-             name: str | None = None) -> list[torch.Tensor]:
-        rid = self._next
-        self._next += 1
-        return call(self.session, self.peer, rid, op, tensors, timeout, name)
