@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from secinfer.net import Listener, Topology, write_local_topology
 from secinfer.net.errors import SecinferNetError
 from secinfer.net.tls import issue_user_cert, make_certs, user_context
 from secinfer.net.transport import USER_DOWN, USER_UP
-from secinfer.net.userlink import _dial_one, probe_health, user_digest
+from secinfer.net.userlink import _dial_one, probe_health, server_side, user_digest
 
 pytestmark = pytest.mark.network
 
@@ -105,3 +106,32 @@ def test_the_health_probe_returns_the_listeners_status(server):
     lst.status = lambda: {"blob": "x" * 2_000_000}  # a lying or broken server: bounded
     with pytest.raises(SecinferNetError, match="health answer over"):
         probe_health(topo, me.cert, me.key, 0)
+
+
+def test_a_closing_transport_frees_no_socket_while_its_reader_can_still_read_it(server,
+                                                                               monkeypatch):
+    """A reader inside OpenSSL reads by fd number: a link closed under it lets a socket opened
+    meanwhile by any thread reuse that number and lose its first bytes to the old reader (seen
+    in CI as another user's TLS handshake failing with UNEXPECTED_MESSAGE)."""
+    topo, lst = server
+    me = topo.party(3)
+    token = secrets.token_bytes(16)
+    links = [_dial(topo, me.cert, me.key, k, token) for k in (USER_UP, USER_DOWN)]
+    arrival = lst.take_user(token, time.monotonic() + 5)
+    assert arrival is not None
+    transport = server_side(topo, 0, arrival)
+    time.sleep(0.2)  # the reader is waiting inside its read
+    assert all(t.is_alive() for t in transport._readers)
+    live_at_close: list[bool] = []
+    real_close = ssl.SSLSocket.close
+
+    def close(sock):
+        live_at_close.append(any(t.is_alive() for t in transport._readers))
+        real_close(sock)
+
+    monkeypatch.setattr(ssl.SSLSocket, "close", close)
+    transport.close()
+    monkeypatch.undo()
+    assert live_at_close == [False, False]  # both links closed, each after the reader ended
+    for s in links:
+        s.close()

@@ -336,12 +336,14 @@ class Listener:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept thread on Linux
         except OSError:
             pass
+        # join before close: an accept blocked on a closed fd number could pick up a listening
+        # socket that another thread opened meanwhile with the same number
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
         try:
             self.sock.close()
         except OSError:
             pass
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
         with self._users_lock:
             users = list(self._users.values())
             self._users.clear()

@@ -466,15 +466,25 @@ class TlsTransport(Transport):
         # must find the port closed rather than a listener that is about to go
         if self._own_listener and self.listener is not None:
             self.listener.close()
-        for sock in [*self._out.values(), *self._in.values()]:
+        socks = [*self._out.values(), *self._in.values()]
+        for sock in socks:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)  # wakes our readers with EOF; the fd stays ours
             except OSError:
                 pass
+        # Close only once the readers are gone: a reader inside OpenSSL keeps the fd *number*
+        # in its BIO, so closing under it lets a socket opened meanwhile (any thread of this
+        # process) reuse that number and have its bytes stolen: seen as another link's TLS
+        # handshake failing with WRONG_VERSION_NUMBER / UNEXPECTED_MESSAGE. Readers must also be
+        # gone before the interpreter finalises (torch aborts otherwise).
+        me = threading.current_thread()
+        for t in self._readers:
+            if t is not me:
+                t.join(timeout=5.0)
+        if any(t.is_alive() for t in self._readers if t is not me):
+            return  # a stuck reader still holds a socket: the garbage collector closes it later
+        for sock in socks:
             try:
                 sock.close()
             except OSError:
                 pass
-        # readers must be gone before the interpreter finalises (torch aborts otherwise)
-        for t in self._readers:
-            t.join(timeout=2.0)
