@@ -1,11 +1,13 @@
-"""The P3 <-> P2 wire protocol over the runtime's in-memory transport, and bad requests."""
+"""The P3 <-> P2 wire protocol over real TLS links to the one serve loop, and bad requests."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
 
-from secinfer.net import run_in_memory
+from secinfer.net import local_cluster
 from secinfer.stip import (
     OPS,
     CloudHandler,
@@ -13,35 +15,40 @@ from secinfer.stip import (
     StipError,
     StipUser,
     build_cloud,
-    serve_session,
+    dial_cloud,
+    serve,
     transform_model,
 )
 
 from . import tiny
 
 
-def _program(session, role, cloud_state, cloud_cfg, key, ids):
-    if session.party_id == 0:  # the cloud
-        cloud = build_cloud(key.model_class, cloud_cfg, cloud_state)
-        return serve_session(session, 1, cloud, idle_timeout=60.0)
-    link = SessionLink(session, 0)
-    user = StipUser(key, link)
-    toks = user.generate(ids, 8)
-    with pytest.raises(StipError, match="expected float32 embeddings"):
-        link.call("lm_step", [torch.zeros(1, 1, 5), torch.ones(1, 9, dtype=torch.int64)])
-    logits = user.last_logits(ids)  # the session goes on after a refused request
-    link.close()
-    return toks, logits, link.cloud_seconds
-
-
+@pytest.mark.network
 @torch.inference_mode()
-def test_generation_over_a_session_keeps_the_cache_on_the_cloud() -> None:
+def test_generation_over_a_session_keeps_the_cache_on_the_cloud(tmp_path) -> None:
     m = tiny.llama()
     cloud_state, cloud_cfg, key = transform_model(m)
+    cloud = build_cloud(key.model_class, cloud_cfg, cloud_state)
     ids = torch.randint(3, 150, (2, 5))
-    served, (toks, logits, secs) = run_in_memory(
-        2, _program, None, cloud_state, cloud_cfg, key, ids, timeout=60.0)
-    assert served == 9  # lm_start + 7 lm_step + the final lm_start
+    log: list[str] = []
+    with local_cluster(roles=["owner", "cloud", "user"], workdir=tmp_path, timeout=60.0,
+                       connect_timeout=10.0) as cluster:
+        got: dict[str, int] = {}
+        t = threading.Thread(target=lambda: got.update(ended=serve(
+            cluster.topology, 1, cloud, max_sessions=1, log=log.append)), daemon=True)
+        t.start()
+        with dial_cloud(cluster.topology) as session:
+            link = SessionLink(session, 1)
+            user = StipUser(key, link)
+            toks = user.generate(ids, 8)
+            with pytest.raises(StipError, match="expected float32 embeddings"):
+                link.call("lm_step", [torch.zeros(1, 1, 5), torch.ones(1, 9, dtype=torch.int64)])
+            logits = user.last_logits(ids)  # the session goes on after a refused request
+            link.close()
+        t.join(timeout=30)
+    assert not t.is_alive() and got == {"ended": 1}
+    # lm_start + 7 lm_step + the final lm_start; the refused request is not counted
+    assert any("session ended after 9 requests" in line for line in log), log
     ref = []
     out = m(input_ids=ids, use_cache=True)
     for _ in range(8):
@@ -49,10 +56,9 @@ def test_generation_over_a_session_keeps_the_cache_on_the_cloud() -> None:
         ref.append(tok)
         out = m(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
     assert torch.equal(toks, torch.cat(ref, dim=1))
-    got = logits
     want = m(ids).logits[:, -1]
-    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
-    assert secs > 0
+    assert float((logits - want).abs().max() / want.abs().max()) < 1e-5
+    assert link.cloud_seconds > 0
 
 
 def test_handler_refuses_bad_requests_with_named_problems() -> None:

@@ -18,7 +18,6 @@ from .protocol import (
     StipError,
     dial_cloud,
     serve,
-    serve_session,
 )
 from .transform import (
     CLOUD_KIND,
@@ -39,7 +38,7 @@ __all__ = [
     "ArtifactError", "read_artifact", "write_artifact",
     "CloudModel", "build_cloud", "config_from_dict", "load_cloud",
     "OPS", "CloudHandler", "CloudLink", "LocalLink", "SessionLink", "StipError", "serve",
-    "serve_session", "dial_cloud",
+    "dial_cloud",
     "CLOUD_KIND", "KEY_KIND", "StipKey", "inverse_permutation", "load_key",
     "random_permutation", "transform_model", "transform_state", "write_cloud", "write_key",
     "StipUser",

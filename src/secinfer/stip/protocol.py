@@ -52,7 +52,7 @@ from .cloud import CloudModel
 
 __all__ = [
     "OPS", "StipError", "CloudHandler", "CloudLink", "LocalLink", "SessionLink",
-    "serve_session", "serve", "dial_cloud",
+    "serve", "dial_cloud",
 ]
 
 
@@ -168,7 +168,7 @@ class LocalLink:
 
 class SessionLink:
     """The user's end of the wire protocol over a runtime :class:`Session` (TLS from
-    :func:`dial_cloud`, or in memory): the one user-side runtime
+    :func:`dial_cloud`): the one user-side runtime
     (:class:`secinfer.net.client.ServiceClient`) over a session it is given.
 
     A request the cloud refuses raises :class:`StipError` with the cloud's reason (the
@@ -230,32 +230,6 @@ def _run(handler: CloudHandler, request: rpc.Request) -> list[torch.Tensor]:
     except (RuntimeError, ValueError, IndexError) as e:  # the model rejected the input
         raise RequestRefused(f"{type(e).__name__}: {e}"[:2000]) from None
     return [*out, torch.tensor([secs], dtype=torch.float64)]
-
-
-def serve_session(session: Session, peer: int, cloud: CloudModel,
-                  idle_timeout: float | None = None) -> int:
-    """Answer one user's requests until ``bye`` over an existing session (in-memory tests,
-    :func:`~secinfer.net.session.run_in_memory`); returns how many requests were served.
-
-    A silent user (``idle_timeout``, default the session's) or a dropped link ends the
-    session with the runtime's error, a malformed header with a ``ProtocolError``; a bad
-    request gets a refusal naming the problem and the session goes on.
-    """
-    handler = CloudHandler(cloud)
-    served = 0
-    while True:
-        req = rpc.recv_request(session, peer, timeout=idle_timeout)
-        if req.op == rpc.BYE:
-            rpc.reply(session, peer, req.id, [])
-            return served
-        with session.op(f"stip_{_NAMES.get(req.op, req.op)}"):
-            try:
-                out = _run(handler, req)
-            except RequestRefused as e:
-                rpc.refuse(session, peer, req.id, e.reason)
-                continue
-            rpc.reply(session, peer, req.id, out)
-        served += 1
 
 
 def dial_cloud(topology: Topology, cloud_id: int | None = None, *,
