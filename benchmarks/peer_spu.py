@@ -1,33 +1,55 @@
-"""secinfer vs SecretFlow SPU: secure 3-party inference of the demo CNN on the same images.
+"""secinfer vs SecretFlow SPU: secure 3-party inference, same weights and inputs, one run.
 
-One command measures, in one run, on the same N Fashion-MNIST test images and the same trained
-weights (``fmnist_cnn``, ``src/secinfer/assets/fmnist_cnn.safetensors``):
+Workloads (``--model``):
+
+* ``fmnist_cnn`` (default): the demo CNN (``src/secinfer/assets/fmnist_cnn.safetensors``) on the
+  first N Fashion-MNIST test images, in batches (``--batch``, default 50);
+* ``mlp``: an MLP 784-512-10 (ReLU), weights drawn once from a fixed seed (public benchmark
+  values), on N Fashion-MNIST test images, one per request (batch 1);
+* ``small_cnn``: conv3x3(3->16) - ReLU - max pool - conv3x3(16->32) - ReLU - max pool -
+  flatten - linear(2048->10), seeded weights, on N seeded uniform [0, 1) 1x3x32x32 inputs, one
+  per request.
+
+The two seeded workloads are untrained: their "labels" are plaintext's predictions, so
+accuracy there is agreement.
+
+For each it measures, in one run:
 
 1. plaintext PyTorch (the reference for accuracy, agreement and logit error);
 2. secinfer: ``secinfer.serve.local.secure_eval`` (three server processes over mutual TLS, the
-   user's client in this process), bytes summed over the three servers' accounting reports;
+   user's client in this process) once per ``--frac-bits`` value, compiled with calibration
+   samples so that the compiler picks the truncation (exact where local would risk a wrap);
+   bytes summed over the three servers' accounting reports, per request, without the servers'
+   one-time masking of the shared weights at start (``prepare_weights``, reported apart);
 3. SPU (``.venv-spu``, made by ``make spu-venv``): ``benchmarks/spu_worker.py`` runs a JAX copy of
    the network with SPU's 3 parties, once per configuration PROTOCOL:FIELD:FRAC_BITS[:LINKS], in
    its own process; LINKS is ``brpc`` (three party processes over TCP on 127.0.0.1) or ``mem``
    (SPU's simulation: three threads, in-memory links). Bytes are the sum of the three parties'
-   ``Link details: total send bytes`` lines that SPU's profiler logs.
+   ``Link details: total send bytes`` lines that SPU's profiler logs, per run.
 
-Weights and images go to the worker as safetensors and logits come back the same way (no pickle).
+Seconds are per request (a batch of ``--batch`` for secinfer, SPU's whole input for SPU): with
+more than one request, the median over the requests after the first (the warm-up); SPU's batch-1
+workloads run the first input ``N`` times, compiled once. Weights and inputs go to the worker as
+safetensors and logits come back the same way (no pickle).
 
-    .venv/bin/python benchmarks/peer_spu.py [--n 50] [--batch 50] \
+    .venv/bin/python benchmarks/peer_spu.py [--model fmnist_cnn|mlp|small_cnn] [--n 50] \
+        [--batch 50] [--frac-bits 12,18] \
         [--configs ABY3:FM64:18:brpc,ABY3:FM64:18,ABY3:FM64:12,SEMI2K:FM64:18,SEMI2K:FM128:26]
 
 Prints a table and ``<what> ratio: <number>`` lines (the headline pair is SPU ABY3/FM64, f=18,
-three processes over brpc, over secinfer), and writes benchmarks/results/peer_spu.json. Without
-``.venv-spu`` it says so and exits 0 without measuring anything (``make bench`` runs every
-benchmark with the main venv only).
+three processes over brpc, over each secinfer row), and writes
+``benchmarks/results/peer_spu.json`` (``peer_spu_<model>.json`` for the other workloads).
+Without ``.venv-spu`` it says so and exits 0 without measuring anything (``make bench`` runs
+every benchmark with the main venv only).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +58,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from secinfer.data import fashion_mnist
 from secinfer.models import zoo
@@ -62,13 +85,14 @@ def compare(logits: torch.Tensor, plain: torch.Tensor, labels: torch.Tensor) -> 
 
 
 def run_spu(spec: str, data: Path, out: Path, timeout: float,
-            extra: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict]:
-    """One worker process per configuration, so every ``Link details`` line in its log is ours.
-    ``extra``: more worker flags (``benchmarks/transformer.py --spu`` passes ``--model``)."""
+            extra: tuple[str, ...] = (), repeat: int = 1) -> tuple[torch.Tensor, dict]:
+    """One worker process per configuration, so every ``Link details`` line in its log is ours
+    (three per run). ``extra``: more worker flags (``benchmarks/transformer.py --spu`` passes
+    ``--model``); ``repeat``: runs of the one compiled program."""
     cmd = [str(SPU_PY), str(WORKER), "--data", str(data), "--out", str(out), "--configs", spec,
-           "--timeout", str(timeout), *extra]
+           "--timeout", str(timeout), "--repeat", str(repeat), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=repeat * timeout + 120)
     process_s = time.perf_counter() - t0
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -76,21 +100,80 @@ def run_spu(spec: str, data: Path, out: Path, timeout: float,
     manifest = json.loads((out / "manifest.json").read_text())
     (info,) = manifest["runs"]
     links = [tuple(int(g) for g in m.groups()) for m in LINK_RE.finditer(log)]
-    if len(links) != 3:
-        raise RuntimeError(f"expected 3 parties' link statistics in SPU's log, found {len(links)}")
+    if len(links) != 3 * repeat:
+        raise RuntimeError(f"expected 3 parties' link statistics per run in SPU's log "
+                           f"({3 * repeat}), found {len(links)}")
+    last = links[-3:]  # every run sends the same; the last run's three parties
     info.update(spu_version=manifest["spu_version"], process_seconds=process_s,
-                bytes_sent=sum(s for s, _, _, _ in links),
-                bytes_sent_per_party=[s for s, _, _, _ in links],
-                send_actions_per_party=[a for _, _, a, _ in links])
+                bytes_sent=sum(s for s, _, _, _ in last),
+                bytes_sent_per_party=[s for s, _, _, _ in last],
+                send_actions_per_party=[a for _, _, a, _ in last])
+    runs = info.get("run_seconds") or [info["seconds"]]
+    info["seconds"] = statistics.median(runs[1:] if len(runs) > 1 else runs)
     return load_file(str(out / "logits.safetensors"))[info["key"]], info
+
+
+# Sequential workloads, as the layer kinds spu_worker.py's ``seq`` model knows
+MLP_LAYERS = ("flatten", "linear", "relu", "linear")
+SMALL_CNN_LAYERS = ("conv", "relu", "pool", "conv", "relu", "pool", "flatten", "linear")
+
+
+def _sequential(layers: tuple[str, ...], sizes: list[tuple[int, int]], seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # public benchmark weights, the same in every run
+    it = iter(sizes)
+    mods: list[nn.Module] = []
+    for kind in layers:
+        if kind == "conv":
+            mods.append(nn.Conv2d(*next(it), 3, padding=1))
+        elif kind == "linear":
+            mods.append(nn.Linear(*next(it)))
+        else:
+            mods.append({"relu": nn.ReLU, "pool": lambda: nn.MaxPool2d(2),
+                         "flatten": nn.Flatten}[kind]())
+    return nn.Sequential(*mods).eval()
+
+
+def workload(name: str, n: int) -> dict:
+    """Model, input shape, inputs, labels, calibration samples and SPU worker flags."""
+    if name == "fmnist_cnn":
+        images, labels = fashion_mnist.load("test", limit=n)
+        return {"model": zoo.pretrained("fmnist_cnn"), "shape": (1, 28, 28), "inputs": images,
+                "labels": labels, "calibration": fashion_mnist.load("train", limit=64)[0],
+                "spu": (), "spu_input": images, "inputs_name": "Fashion-MNIST test images"}
+    if name == "mlp":
+        model = _sequential(MLP_LAYERS, [(784, 512), (512, 10)], seed=17)
+        images = fashion_mnist.load("test", limit=n)[0]
+        cal = fashion_mnist.load("train", limit=64)[0]
+        with torch.no_grad():
+            labels = model(images).argmax(1)  # untrained weights: agreement is what counts
+        return {"model": model, "shape": (1, 28, 28), "inputs": images, "labels": labels,
+                "calibration": cal, "spu": ("--model", "seq", "--layers", ",".join(MLP_LAYERS)),
+                "spu_input": images[:1], "inputs_name": "Fashion-MNIST test images"}
+    if name == "small_cnn":
+        model = _sequential(SMALL_CNN_LAYERS, [(3, 16), (16, 32), (2048, 10)], seed=18)
+        torch.manual_seed(19)
+        images = torch.rand(n, 3, 32, 32)
+        cal = torch.rand(64, 3, 32, 32)
+        with torch.no_grad():
+            labels = model(images).argmax(1)
+        return {"model": model, "shape": (3, 32, 32), "inputs": images, "labels": labels,
+                "calibration": cal,
+                "spu": ("--model", "seq", "--layers", ",".join(SMALL_CNN_LAYERS)),
+                "spu_input": images[:1], "inputs_name": "uniform random 3x32x32 inputs"}
+    raise SystemExit(f"unknown --model {name!r}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=50, help="test images (the first N)")
-    ap.add_argument("--batch", type=int, default=50, help="secinfer batch (SPU runs all N at once)")
-    ap.add_argument("--frac-bits", type=int, default=12, help="secinfer fixed-point fraction bits")
+    ap.add_argument("--model", default="fmnist_cnn", choices=("fmnist_cnn", "mlp", "small_cnn"))
+    ap.add_argument("--n", type=int, default=None,
+                    help="inputs (default 50 for fmnist_cnn, 6 for the batch-1 workloads)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="secinfer batch (default 50 for fmnist_cnn, else 1); SPU runs the "
+                         "whole input at once")
+    ap.add_argument("--frac-bits", default="12",
+                    help="secinfer fixed-point fraction bits, comma-separated: one row each")
     ap.add_argument("--configs",
                     default="ABY3:FM64:18:brpc,ABY3:FM64:18,ABY3:FM64:12,SEMI2K:FM64:18,"
                             "SEMI2K:FM128:26",
@@ -98,70 +181,104 @@ def main() -> int:
                          "bits on FM64, 26 on FM128; 12 is secinfer's default; mem if omitted)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per secure run")
     args = ap.parse_args()
-    if args.n <= 0 or args.batch <= 0:
-        raise SystemExit(f"--n and --batch must be positive, got {args.n} and {args.batch}")
+    single = args.model != "fmnist_cnn"
+    n = args.n if args.n is not None else (6 if single else 50)
+    batch = args.batch if args.batch is not None else (1 if single else 50)
+    fracs = [int(f) for f in args.frac_bits.split(",") if f]
+    if n <= 0 or batch <= 0 or not fracs:
+        raise SystemExit(f"--n and --batch must be positive and --frac-bits non-empty, got "
+                         f"{n}, {batch}, {args.frac_bits!r}")
     configs = args.configs.split(",")
     if not SPU_PY.is_file():
         print(f"SPU not measured: {SPU_PY} is missing; create it with `make spu-venv`")
         return 0
 
-    model = zoo.pretrained("fmnist_cnn")
-    images, labels = fashion_mnist.load("test", limit=args.n)
+    w = workload(args.model, n)
+    model, images, labels = w["model"], w["inputs"], w["labels"]
     t0 = time.perf_counter()
     with torch.no_grad():
         plain = model(images).double()
     plain_s = time.perf_counter() - t0
 
-    res = secure_eval(model, (1, 28, 28), images, labels, batch=args.batch,
-                      frac_bits=args.frac_bits, timeout=args.timeout)
-    total = CostAccountant.TOTAL
-    sec_bytes = sum(int(res.costs[p]["servers"][total]["bytes_sent"]) for p in range(3))
-    user_bytes = int(res.costs[0].get("user", {}).get(total, {}).get("bytes_sent", 0))
-    rows = [{"framework": "secinfer", "config": f"3PC helper, Z_2^64, f={args.frac_bits}",
-             "seconds": res.seconds, "bytes_sent": sec_bytes, "user_bytes_from_p0": user_bytes,
-             "accuracy": res.secure_accuracy, "agreement": res.agreement,
-             "max_abs_logit_error": res.max_abs_logit_error, "batch": args.batch}]
+    rows = []
+    for f in fracs:
+        marks: list[float] = []  # cumulative seconds after each request
 
+        def mark(_i: int, _n: int, t: float, into: list[float] = marks) -> None:
+            into.append(t)
+
+        res = secure_eval(model, w["shape"], images, labels, batch=batch, frac_bits=f,
+                          timeout=args.timeout, calibration=w["calibration"], progress=mark)
+        per = [marks[0], *(b - a for a, b in itertools.pairwise(marks))]
+        total = CostAccountant.TOTAL
+        sec_bytes = sum(int(res.costs[p]["servers"][total]["bytes_sent"]) for p in range(3))
+        # the servers' one-time masking of the shared weights (at start, before any request):
+        # SPU's weight sharing is excluded likewise
+        once = sum(int(res.costs[p]["servers"].get("prepare_weights", {}).get("bytes_sent", 0))
+                   for p in range(3))
+        user_bytes = int(res.costs[0].get("user", {}).get(total, {}).get("bytes_sent", 0))
+        rows.append({"framework": "secinfer", "config": f"3PC helper, Z_2^64, f={f}",
+                     "seconds": statistics.median(per[1:] if len(per) > 1 else per),
+                     "request_seconds": per, "bytes_sent": (sec_bytes - once) // len(per),
+                     "weight_preparation_bytes": once,
+                     "user_bytes_from_p0": user_bytes // len(per),
+                     "accuracy": res.secure_accuracy, "agreement": res.agreement,
+                     "max_abs_logit_error": res.max_abs_logit_error, "batch": batch})
+
+    spu_n = len(w["spu_input"])
+    repeat = n if single else 1
+    spu_plain = plain[:spu_n]
     with tempfile.TemporaryDirectory(prefix="peer-spu-") as tmp:
         data = Path(tmp) / "data.safetensors"
         tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-        tensors["images"] = images.float().contiguous()
+        tensors["images"] = w["spu_input"].float().contiguous()
         save_file(tensors, str(data))
         for spec in configs:
-            logits, info = run_spu(spec, data, Path(tmp) / spec.replace(":", "_"), args.timeout)
-            rows.append({"framework": "spu", "config": spec, "batch": args.n, **info,
-                         **compare(logits, plain, labels)})
+            logits, info = run_spu(spec, data, Path(tmp) / spec.replace(":", "_"), args.timeout,
+                                   w["spu"], repeat)
+            rows.append({"framework": "spu", "config": spec, "batch": spu_n, **info,
+                         **compare(logits, spu_plain, labels[:spu_n])})
 
-    print(f"fmnist_cnn on {args.n} Fashion-MNIST test images; plaintext accuracy "
+    print(f"{args.model} on {n} {w['inputs_name']}; plaintext accuracy "
           f"{100 * (plain.argmax(1) == labels).double().mean().item():.1f}%, "
-          f"plaintext PyTorch {1000 * plain_s:.1f} ms")
+          f"plaintext PyTorch {1000 * plain_s:.1f} ms for all {n}")
+    print("seconds and MB per request (median after the first request when there are several)")
     head = (f"{'framework':<9} {'config':<30} {'batch':>5} {'seconds':>8} {'MB sent':>9} "
             f"{'acc %':>6} {'agree %':>7} {'max |err|':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['framework']:<9} {r['config']:<30} {r['batch']:>5} {r['seconds']:>8.2f} "
-              f"{r['bytes_sent'] / 1e6:>9.2f} {100 * r['accuracy']:>6.1f} "
+        print(f"{r['framework']:<9} {r['config']:<30} {r['batch']:>5} {r['seconds']:>8.3f} "
+              f"{r['bytes_sent'] / 1e6:>9.3f} {100 * r['accuracy']:>6.1f} "
               f"{100 * r['agreement']:>7.1f} {r['max_abs_logit_error']:>10.2e}")
-    ref = rows[0]
-    spu_rows = {r["config"]: r for r in rows[1:]}
-    for spec, r in spu_rows.items():
-        print(f"spu {spec}/secinfer latency ratio: {r['seconds'] / ref['seconds']:.3f}")
-        print(f"spu {spec}/secinfer bytes ratio: {r['bytes_sent'] / ref['bytes_sent']:.3f}")
+    ours = [r for r in rows if r["framework"] == "secinfer"]
+    spu_rows = {r["config"]: r for r in rows if r["framework"] == "spu"}
     head_row = spu_rows.get(HEADLINE) or next(iter(spu_rows.values()))
-    print(f"spu/secinfer latency ratio: {head_row['seconds'] / ref['seconds']:.3f}")
-    print(f"spu/secinfer bytes ratio: {head_row['bytes_sent'] / ref['bytes_sent']:.3f}")
     fastest = min(spu_rows.values(), key=lambda r: r["seconds"])
-    print(f"fastest spu ({fastest['config']})/secinfer latency ratio: "
-          f"{fastest['seconds'] / ref['seconds']:.3f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "model": "fmnist_cnn", "n": args.n, "plaintext_seconds": plain_s,
-        "plaintext_accuracy": res.plain_accuracy, "headline_spu_config": head_row["config"],
-        "notes": "secinfer: 3 processes over mutual TLS, time of Client.predict calls; SPU "
-                 ":brpc: 3 processes over plain TCP, :mem: 3 threads with in-memory links; SPU "
-                 "time: input sharing to output reconstruction (brpc: slowest party after a "
-                 "barrier); compile time excluded for both",
+    for ref in ours:
+        tag = "" if len(ours) == 1 else f" (secinfer {ref['config'].split(', ')[-1]})"
+        for spec, r in spu_rows.items():
+            print(f"spu {spec}/secinfer latency ratio{tag}: {r['seconds'] / ref['seconds']:.3f}")
+            print(f"spu {spec}/secinfer bytes ratio{tag}: "
+                  f"{r['bytes_sent'] / ref['bytes_sent']:.3f}")
+            print(f"spu {spec}/secinfer max error ratio{tag}: "
+                  f"{r['max_abs_logit_error'] / max(ref['max_abs_logit_error'], 1e-30):.3f}")
+        print(f"spu/secinfer latency ratio{tag}: {head_row['seconds'] / ref['seconds']:.3f}")
+        print(f"spu/secinfer bytes ratio{tag}: {head_row['bytes_sent'] / ref['bytes_sent']:.3f}")
+        print(f"fastest spu ({fastest['config']})/secinfer latency ratio{tag}: "
+              f"{fastest['seconds'] / ref['seconds']:.3f}")
+    out = RESULTS if args.model == "fmnist_cnn" else RESULTS.with_name(
+        f"peer_spu_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "model": args.model, "n": n, "batch": batch, "plaintext_seconds": plain_s,
+        "plaintext_accuracy": (plain.argmax(1) == labels).double().mean().item(),
+        "headline_spu_config": head_row["config"],
+        "notes": "secinfer: 3 processes over mutual TLS, time of Client.predict calls, compiled "
+                 "with calibration samples; SPU :brpc: 3 processes over plain TCP, :mem: 3 "
+                 "threads with in-memory links; SPU time: input sharing to output "
+                 "reconstruction (brpc: slowest party after a barrier); seconds and bytes per "
+                 "request, median after the first request; compile time excluded for both",
         "rows": rows}, indent=2))
     return 0
 

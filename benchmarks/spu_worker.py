@@ -12,6 +12,10 @@ Two models (``--model``):
   re-written in JAX: conv3x3(1->32, pad 1) - ReLU - maxpool2 - conv3x3(32->64, pad 1) - ReLU -
   maxpool2 - flatten (C, H, W order, as ``torch.flatten``) - linear(3136->128) - ReLU -
   linear(128->10). Tensors: ``images`` and ``WEIGHT_NAMES``.
+* ``seq`` (for ``peer_spu.py --model mlp|small_cnn``): an ``nn.Sequential`` of the layers named
+  by ``--layers`` (``conv`` = conv 3x3 with padding 1, ``relu``, ``pool`` = max pool 2x2,
+  ``flatten``, ``linear``), the weights of layer ``i`` named ``i.weight`` / ``i.bias`` as in
+  the Sequential's state dict. Tensors: ``images`` and those weights.
 * ``bert_layer`` (for ``transformer.py --spu``): one post-norm BERT encoder layer, a JAX copy of
   ``secinfer.transformer.weights.plain_layer`` on the ``LayerWeights`` layout (fused Q/K/V
   ``qkv_w`` [3H, H] with 1/sqrt(d_head) already folded into the Q rows, so no scale is applied
@@ -83,6 +87,45 @@ def _forward(x: Any, *w: Any) -> Any:
     h = h.reshape(h.shape[0], -1)
     h = jax.nn.relu(h @ f1w.T + f1b)
     return h @ f2w.T + f2b
+
+
+SEQ_LAYERS = ("conv", "relu", "pool", "flatten", "linear")
+
+
+def seq_weight_names(layers: list[str]) -> list[str]:
+    """The state-dict names of an ``nn.Sequential`` of ``layers``, in order."""
+    return [f"{i}.{p}" for i, k in enumerate(layers) if k in ("conv", "linear")
+            for p in ("weight", "bias")]
+
+
+def _sequential(layers: list[str]) -> Any:
+    """An ``nn.Sequential`` of ``layers`` in JAX (NCHW/OIHW as in PyTorch)."""
+
+    def forward(x: Any, *w: Any) -> Any:
+        import jax
+        import jax.numpy as jnp
+
+        params = iter(w)
+        h = x
+        for kind in layers:
+            if kind == "conv":
+                k, b = next(params), next(params)
+                h = jax.lax.conv_general_dilated(h, k, (1, 1), ((1, 1), (1, 1)),
+                                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+                h = h + b.reshape(1, -1, 1, 1)
+            elif kind == "linear":
+                k, b = next(params), next(params)
+                h = h @ k.T + b
+            elif kind == "relu":
+                h = jax.nn.relu(h)
+            elif kind == "pool":
+                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2),
+                                          "VALID")
+            else:  # flatten
+                h = h.reshape(h.shape[0], -1)
+        return h
+
+    return forward
 
 
 def _bert_layer(heads: int, eps: float) -> Any:
@@ -264,7 +307,7 @@ def _multiprocess(config: Any, executable: Any, args: list[Any],
 
 
 def _run_config(protocol: str, field: str, frac_bits: int, links: str, args: list[Any],
-                timeout: float, fn: Any = _forward) -> tuple[Any, dict]:
+                timeout: float, fn: Any = _forward, repeat: int = 1) -> tuple[Any, dict]:
     import spu.utils.frontend as spu_fe
     from spu import libspu
 
@@ -279,14 +322,17 @@ def _run_config(protocol: str, field: str, frac_bits: int, links: str, args: lis
         spu_fe.Kind.JAX, fn, args, {}, names,
         [libspu.Visibility.VIS_SECRET] * len(args), lambda out: ["out0"])
     compile_s = time.perf_counter() - t0
-    if links == "brpc":
-        (logits,), seconds = _multiprocess(config, executable, args, timeout)
-    else:
-        t0 = time.perf_counter()
-        (logits,) = _simulate(config, executable, args)
-        seconds = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeat):
+        if links == "brpc":
+            (logits,), seconds = _multiprocess(config, executable, args, timeout)
+        else:
+            t0 = time.perf_counter()
+            (logits,) = _simulate(config, executable, args)
+            seconds = time.perf_counter() - t0
+        runs.append(seconds)
     return logits, {"protocol": protocol, "field": field, "frac_bits": frac_bits, "links": links,
-                    "compile_seconds": compile_s, "seconds": seconds}
+                    "compile_seconds": compile_s, "seconds": runs[-1], "run_seconds": runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,8 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path,
                     help="safetensors with the input ('images' for cnn, 'x' for bert_layer) "
                          "and the weights")
-    ap.add_argument("--model", choices=("cnn", "bert_layer"), default="cnn",
-                    help="the demo CNN (peer_spu.py) or one BERT layer (transformer.py --spu)")
+    ap.add_argument("--model", choices=("cnn", "seq", "bert_layer"), default="cnn",
+                    help="the demo CNN or a Sequential (peer_spu.py), or one BERT layer "
+                         "(transformer.py --spu)")
+    ap.add_argument("--layers", default="",
+                    help=f"seq: comma-separated layers, each one of {', '.join(SEQ_LAYERS)}")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per configuration (compiled once); every run's seconds are kept")
     ap.add_argument("--heads", type=int, default=12, help="bert_layer: attention heads")
     ap.add_argument("--eps", type=float, default=1e-12, help="bert_layer: LayerNorm epsilon")
     ap.add_argument("--out", type=Path, help="folder for logits.safetensors and manifest.json")
@@ -317,8 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.numpy import load_file, save_file
 
     data = load_file(str(ns.data))
+    if ns.repeat < 1:
+        raise SystemExit(f"--repeat must be at least 1, got {ns.repeat}")
     if ns.model == "bert_layer":
         names, fn = ("x", *BERT_LAYER_NAMES), _bert_layer(ns.heads, ns.eps)
+    elif ns.model == "seq":
+        layers = [k for k in ns.layers.split(",") if k]
+        bad = [k for k in layers if k not in SEQ_LAYERS]
+        if not layers or bad:
+            raise SystemExit(f"--layers {ns.layers!r}: expected a comma-separated list of "
+                             f"{', '.join(SEQ_LAYERS)}")
+        names, fn = ("images", *seq_weight_names(layers)), _sequential(layers)
     else:
         names, fn = ("images", *WEIGHT_NAMES), _forward
     missing = [k for k in names if k not in data]
@@ -333,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(parts) not in (3, 4) or not parts[2].isdigit() or links not in ("mem", "brpc"):
             raise SystemExit(f"bad config {spec!r}; expected PROTOCOL:FIELD:FRAC_BITS[:mem|:brpc],"
                              " e.g. ABY3:FM64:18:brpc")
-        out, info = _run_config(parts[0], parts[1], int(parts[2]), links, args, ns.timeout, fn)
+        out, info = _run_config(parts[0], parts[1], int(parts[2]), links, args, ns.timeout, fn,
+                                ns.repeat)
         info["model"] = ns.model
         key = "_".join(parts)
         logits[key] = np.asarray(out, dtype=np.float64)
