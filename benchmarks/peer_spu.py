@@ -17,8 +17,10 @@ For each it measures, in one run:
 
 1. plaintext PyTorch (the reference for accuracy, agreement and logit error);
 2. secinfer: ``secinfer.serve.local.secure_eval`` (three server processes over mutual TLS, the
-   user's client in this process) once per ``--frac-bits`` value, compiled with calibration
-   samples so that the compiler picks the truncation (exact where local would risk a wrap);
+   user's client in this process) once per ``--frac-bits`` value and ``--drelu`` choice,
+   compiled with calibration samples (the compiler picks the truncation: exact where local
+   would risk a wrap) and the inputs' range (Fashion-MNIST's normalised pixel range; [0, 1]
+   for ``small_cnn``), from which it proves the comparison window (``proven``);
    bytes summed over the three servers' accounting reports, per request, without the servers'
    one-time masking of the shared weights at start (``prepare_weights``, reported apart);
 3. SPU (``.venv-spu``, made by ``make spu-venv``): ``benchmarks/spu_worker.py`` runs a JAX copy of
@@ -139,7 +141,8 @@ def workload(name: str, n: int) -> dict:
         images, labels = fashion_mnist.load("test", limit=n)
         return {"model": zoo.pretrained("fmnist_cnn"), "shape": (1, 28, 28), "inputs": images,
                 "labels": labels, "calibration": fashion_mnist.load("train", limit=64)[0],
-                "spu": (), "spu_input": images, "inputs_name": "Fashion-MNIST test images"}
+                "range": fashion_mnist.INPUT_RANGE, "spu": (), "spu_input": images,
+                "inputs_name": "Fashion-MNIST test images"}
     if name == "mlp":
         model = _sequential(MLP_LAYERS, [(784, 512), (512, 10)], seed=17)
         images = fashion_mnist.load("test", limit=n)[0]
@@ -147,7 +150,8 @@ def workload(name: str, n: int) -> dict:
         with torch.no_grad():
             labels = model(images).argmax(1)  # untrained weights: agreement is what counts
         return {"model": model, "shape": (1, 28, 28), "inputs": images, "labels": labels,
-                "calibration": cal, "spu": ("--model", "seq", "--layers", ",".join(MLP_LAYERS)),
+                "calibration": cal, "range": fashion_mnist.INPUT_RANGE,
+                "spu": ("--model", "seq", "--layers", ",".join(MLP_LAYERS)),
                 "spu_input": images[:1], "inputs_name": "Fashion-MNIST test images"}
     if name == "small_cnn":
         model = _sequential(SMALL_CNN_LAYERS, [(3, 16), (16, 32), (2048, 10)], seed=18)
@@ -157,7 +161,7 @@ def workload(name: str, n: int) -> dict:
         with torch.no_grad():
             labels = model(images).argmax(1)
         return {"model": model, "shape": (3, 32, 32), "inputs": images, "labels": labels,
-                "calibration": cal,
+                "calibration": cal, "range": (0.0, 1.0),
                 "spu": ("--model", "seq", "--layers", ",".join(SMALL_CNN_LAYERS)),
                 "spu_input": images[:1], "inputs_name": "uniform random 3x32x32 inputs"}
     raise SystemExit(f"unknown --model {name!r}")
@@ -174,6 +178,10 @@ def main() -> int:
                          "whole input at once")
     ap.add_argument("--frac-bits", default="12",
                     help="secinfer fixed-point fraction bits, comma-separated: one row each")
+    ap.add_argument("--drelu", default="proven",
+                    help="secinfer comparisons, comma-separated, one row each: 'proven' (the "
+                         "window the stated input range proves, the compiler's default) or "
+                         "'full' (all 63 bits)")
     ap.add_argument("--configs",
                     default="ABY3:FM64:18:brpc,ABY3:FM64:18,ABY3:FM64:12,SEMI2K:FM64:18,"
                             "SEMI2K:FM128:26",
@@ -200,15 +208,19 @@ def main() -> int:
         plain = model(images).double()
     plain_s = time.perf_counter() - t0
 
+    windows = [d for d in args.drelu.split(",") if d]
+    if not windows or any(d not in ("proven", "full") for d in windows):
+        raise SystemExit(f"--drelu {args.drelu!r}: expected 'proven', 'full' or both")
     rows = []
-    for f in fracs:
+    for f, window in itertools.product(fracs, windows):
         marks: list[float] = []  # cumulative seconds after each request
 
         def mark(_i: int, _n: int, t: float, into: list[float] = marks) -> None:
             into.append(t)
 
         res = secure_eval(model, w["shape"], images, labels, batch=batch, frac_bits=f,
-                          timeout=args.timeout, calibration=w["calibration"], progress=mark)
+                          timeout=args.timeout, calibration=w["calibration"], progress=mark,
+                          input_range=w["range"], narrow_drelu=window == "proven")
         per = [marks[0], *(b - a for a, b in itertools.pairwise(marks))]
         total = CostAccountant.TOTAL
         sec_bytes = sum(int(res.costs[p]["servers"][total]["bytes_sent"]) for p in range(3))
@@ -217,7 +229,7 @@ def main() -> int:
         once = sum(int(res.costs[p]["servers"].get("prepare_weights", {}).get("bytes_sent", 0))
                    for p in range(3))
         user_bytes = int(res.costs[0].get("user", {}).get(total, {}).get("bytes_sent", 0))
-        rows.append({"framework": "secinfer", "config": f"3PC helper, Z_2^64, f={f}",
+        rows.append({"framework": "secinfer", "config": f"3PC helper, Z_2^64, f={f}, {window}",
                      "seconds": statistics.median(per[1:] if len(per) > 1 else per),
                      "request_seconds": per, "bytes_sent": (sec_bytes - once) // len(per),
                      "weight_preparation_bytes": once,
@@ -243,12 +255,12 @@ def main() -> int:
           f"{100 * (plain.argmax(1) == labels).double().mean().item():.1f}%, "
           f"plaintext PyTorch {1000 * plain_s:.1f} ms for all {n}")
     print("seconds and MB per request (median after the first request when there are several)")
-    head = (f"{'framework':<9} {'config':<30} {'batch':>5} {'seconds':>8} {'MB sent':>9} "
+    head = (f"{'framework':<9} {'config':<36} {'batch':>5} {'seconds':>8} {'MB sent':>9} "
             f"{'acc %':>6} {'agree %':>7} {'max |err|':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['framework']:<9} {r['config']:<30} {r['batch']:>5} {r['seconds']:>8.3f} "
+        print(f"{r['framework']:<9} {r['config']:<36} {r['batch']:>5} {r['seconds']:>8.3f} "
               f"{r['bytes_sent'] / 1e6:>9.3f} {100 * r['accuracy']:>6.1f} "
               f"{100 * r['agreement']:>7.1f} {r['max_abs_logit_error']:>10.2e}")
     ours = [r for r in rows if r["framework"] == "secinfer"]
@@ -256,7 +268,8 @@ def main() -> int:
     head_row = spu_rows.get(HEADLINE) or next(iter(spu_rows.values()))
     fastest = min(spu_rows.values(), key=lambda r: r["seconds"])
     for ref in ours:
-        tag = "" if len(ours) == 1 else f" (secinfer {ref['config'].split(', ')[-1]})"
+        which = ", ".join(ref["config"].split(", ")[-2:])
+        tag = "" if len(ours) == 1 else f" (secinfer {which})"
         for spec, r in spu_rows.items():
             print(f"spu {spec}/secinfer latency ratio{tag}: {r['seconds'] / ref['seconds']:.3f}")
             print(f"spu {spec}/secinfer bytes ratio{tag}: "

@@ -35,7 +35,7 @@ from ..mpc.engine import encode
 from ..mpc.prg import PRG, new_seed
 from .capture import capture
 from .plan import Plan
-from .ranges import RangeError, check_headroom, interval_bounds
+from .ranges import RangeError, check_headroom, drelu_window, interval_bounds
 
 __all__ = ["BundleError", "compile_model", "load_bundle", "FORMAT", "OutputPolicy",
            "OUTPUT_MODES"]
@@ -117,7 +117,8 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
                   frac_bits: int = 12, relu_spec: Mapping[str, torch.Tensor] | None = None,
                   output_policy: OutputPolicy | None = None,
                   input_range: tuple[float, float] | None = None,
-                  calibration: torch.Tensor | None = None) -> list[Path]:
+                  calibration: torch.Tensor | None = None,
+                  narrow_drelu: bool = True) -> list[Path]:
     """Capture ``model`` and write the three party bundles under ``out``; returns their dirs.
 
     ``output_policy`` (default: logits, unlimited) is the owner's choice of what the servers
@@ -127,7 +128,10 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
     (:mod:`.ranges`, interval bounds through the plan) that no value can wrap the fixed point
     for any such input, refusing with :class:`~.ranges.RangeError` otherwise, and records the
     range, the bound and the headroom in the manifest; users' clients refuse inputs outside it
-    before sending anything. Without it nothing is proven and nothing is checked.
+    before sending anything. Without it nothing is proven and nothing is checked. With it (and
+    ``narrow_drelu``, the default) every comparison runs over only the bits the proven bounds
+    need (:func:`~.ranges.drelu_window`: Gorski & Avidan's approximate DReLU, here exact for
+    every allowed input), recorded as ``drelu_high_bits``.
 
     ``relu_spec`` (layer -> int [C, 2] block sizes, see :mod:`secinfer.models.block_spec`) turns
     the named ReLUs into block ReLUs first; the caller's model is not modified.
@@ -153,6 +157,10 @@ def compile_model(model: torch.nn.Module, input_shape: tuple[int, ...], out: str
         headroom = check_headroom(bounds, frac_bits)
         ranges = {"input_range": [lo, hi], "activation_bound": max(bounds.values()),
                   "headroom_bits": headroom}
+        if narrow_drelu and policy.mode != "topk":
+            # exact within the proven range (the client refuses inputs outside it), cheaper
+            ranges["drelu_high_bits"] = drelu_window(plan, bounds, frac_bits,
+                                                     compares_output=policy.mode != "logits")
     if calibration is not None:
         from .calibrate import calibrate
 

@@ -34,7 +34,7 @@ from ..mpc.upsample import upsample_plain
 from . import extra_ops
 from .plan import Plan
 
-__all__ = ["RangeError", "interval_bounds", "check_headroom", "range_slack"]
+__all__ = ["RangeError", "interval_bounds", "check_headroom", "range_slack", "drelu_window"]
 
 
 class RangeError(ValueError):
@@ -130,3 +130,67 @@ def check_headroom(bounds: dict[str, float], frac_bits: int) -> float:
             "bits (it would wrap and give wrong results): narrow the input range or lower "
             "frac_bits")
     return 62 - 2 * frac_bits - math.log2(max(worst, 2.0 ** -frac_bits))
+
+
+# ops whose secure form takes no sign at all (linear, data movement, sums)
+_NO_COMPARISON = frozenset({
+    "conv2d", "linear", "avgpool2d", "global_avgpool", "flatten", "reshape", "add", "cat",
+    "identity", "upsample", "pad", "affine", "sub", "mul", "mean", "permute",
+})
+
+
+def drelu_window(plan: Plan, bounds: dict[str, float], frac_bits: int,
+                 compares_output: bool = False) -> int:
+    """High bits every secure comparison of ``plan`` may ignore (``MPCConfig.drelu_high_bits``)
+    when every input lies in the range ``bounds`` were proven for; 0 when nothing is proven.
+
+    The approximate DReLU of Gorski & Avidan reads the sign from bit ``63 - h`` and compares
+    over ``63 - h`` bits: exact for every |x| < 2^(63 - h) in ring units, and its bytes and
+    local work shrink with the bits. With the interval bounds of :func:`interval_bounds` the
+    largest value whose sign is taken is known, so ``h`` is chosen to keep it exact:
+
+    1. the compared magnitude of each comparison op: a ReLU's input bound; ReLU6 compares
+       ``x`` and ``x - 6``; a max pool compares differences of two inputs (twice the bound);
+       a block ReLU compares a block's sum (bound times the largest block's area); an output
+       policy that ranks the outputs (``compares_output``) compares differences of two;
+    2. the worst of them, at scale ``2^f`` and plus one unit of truncation error, needs
+       ``b = ceil(log2(.))`` bits below the sign; one more bit is kept spare;
+    3. ``h = 62 - b - 1``, at least 0.
+
+    Any op whose comparisons are not covered above (a padded max pool, whose padding is a
+    huge negative constant; the SecLMM non-linearities) keeps the full 63-bit comparison:
+    the answer is 0.
+    """
+    by_name = {op.name: op for op in plan.ops}
+    worst = 0.0
+    for op in plan.ops:
+        if op.kind in _NO_COMPARISON:
+            continue
+        src = bounds.get(op.inputs[0]) if op.inputs[0] in by_name else None
+        if src is None:  # the plan's input itself
+            src = max(bounds.values())
+        p = op.params
+        if op.kind == "relu":
+            need = src
+        elif op.kind == "relu6":
+            need = src + 6.0
+        elif op.kind == "maxpool2d":
+            pad = p["padding"]
+            if any(pad) if isinstance(pad, (list, tuple)) else pad:
+                return 0
+            need = 2.0 * src
+        elif op.kind == "block_relu":
+            sizes = p["block_sizes"]
+            flat = [int(v) for v in (sizes if not sizes or isinstance(sizes[0], int)
+                                     else [v for pair in sizes for v in pair])]
+            areas = [flat[i] * flat[i + 1] for i in range(0, len(flat) - 1, 2)]
+            need = src * max([1, *areas])
+        else:
+            return 0
+        worst = max(worst, need)
+    if compares_output:
+        worst = max(worst, 2.0 * bounds[plan.output])
+    if worst == 0.0:
+        return 0
+    bits = math.ceil(math.log2(worst * 2.0 ** frac_bits + 1.0))
+    return max(0, 62 - bits - 1)

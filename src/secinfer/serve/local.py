@@ -47,12 +47,14 @@ def secure_eval(model: torch.nn.Module, input_shape: tuple[int, ...], images: to
                 workdir: str | Path | None = None, timeout: float = 60.0,
                 progress: Callable[[int, int, float], None] | None = None,
                 input_range: tuple[float, float] | None = None,
-                calibration: torch.Tensor | None = None) -> EvalResult:
+                calibration: torch.Tensor | None = None,
+                narrow_drelu: bool = True) -> EvalResult:
     model = model.eval()
     with tempfile.TemporaryDirectory(prefix="secinfer-eval-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
         compile_model(model, input_shape, wd / "bundles", frac_bits=frac_bits,
-                      relu_spec=relu_spec, input_range=input_range, calibration=calibration)
+                      relu_spec=relu_spec, input_range=input_range, calibration=calibration,
+                      narrow_drelu=narrow_drelu)
         with local_cluster(roles=["server", "server", "helper", "user"], workdir=wd,
                            timeout=timeout) as cluster:
             servers = [cluster.spawn(i, ["serve", "--topology", str(cluster.topology_path),

@@ -94,7 +94,8 @@ def _cnn(topology: Topology, party_id: int, path: Path, policy: OutputPolicy | N
     plan, shares, manifest = load_bundle(path, expect_party=party_id)
     policy = policy or OutputPolicy.from_manifest(manifest)
     cfg = mpc_config or MPCConfig(frac_bits=plan.frac_bits,
-                                  truncation=manifest.get("truncation", "local"))
+                                  truncation=manifest.get("truncation", "local"),
+                                  drelu_high_bits=int(manifest.get("drelu_high_bits", 0)))
     sizes = plan_sizes(plan)
     classes = math.prod(sizes.output_shape)
     if policy.mode != "logits" and len(sizes.output_shape) != 1:
