@@ -1,0 +1,156 @@
+"""secinfer beside SecretFlow SPU on issue 17's three workloads, interleaved in one command.
+
+Workloads (the same weights and inputs for both systems):
+
+* ``mlp``: MLP 784-512-10 on Fashion-MNIST test images, batch 1 (``peer_spu.workload``);
+* ``small_cnn``: conv16 - pool - conv32 - pool - fc on 1x3x32x32 inputs, batch 1;
+* ``bert_layer``: one BERT layer (hidden 384, 12 heads, FFN 1536, sequence 128) on seeded
+  random weights and input (``transformer.spu_layer_eval``: secinfer's ``layer`` row, exact
+  DReLU, f = 16, against SPU's default approximations).
+
+Each round runs, per workload, secinfer then SPU (A B A B ...), so a machine shared with other
+work slows both alike; the figure of each system is the median over rounds of its per-round
+figure. secinfer: three server processes over mutual TLS (CNNs: compiled with calibration
+samples and the inputs' range, so with the proven comparison window, at ``--frac-bits``);
+SPU 0.9.5: ``--spu-config`` (default ABY3 on FM64 at 18 fractional bits, three processes over
+plain TCP). CNN seconds and bytes are per request, the median after a warm-up request, the
+servers' one-time weight masking excluded as SPU's weight sharing is; the BERT layer's are
+the best of two runs per round, weight sharing excluded likewise. Error: max |secure -
+float64 plaintext|.
+
+Not built: SPU's PUMA variant of the BERT layer (exp clipped below -14, PUMA's piecewise GELU,
+broadcast denominators); the row against SPU's default approximations is what is measured.
+
+    make spu-venv
+    .venv/bin/python benchmarks/peers.py [--rounds 2] [--n 6] [--frac-bits 18] \
+        [--workloads mlp,small_cnn,bert_layer]
+
+Prints a table, and per workload ``<workload> spu/secinfer latency ratio:``, ``bytes ratio:``
+and ``error ratio:`` lines (SPU over secinfer: above 1 means secinfer is faster, sends less,
+errs less); writes ``benchmarks/results/peers.json``. Without ``.venv-spu`` it says so and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from peer_spu import SPU_PY, compare, run_spu, workload
+from secinfer.net.accounting import CostAccountant
+from secinfer.serve.local import secure_eval
+
+RESULTS = Path(__file__).resolve().parent / "results" / "peers.json"
+WORKLOADS = ("mlp", "small_cnn", "bert_layer")
+
+
+def secinfer_cnn(w: dict, frac_bits: int, timeout: float) -> dict:
+    """One secinfer run of a batch-1 workload: per-request median after the first."""
+    marks: list[float] = []
+
+    def mark(_i: int, _n: int, t: float) -> None:
+        marks.append(t)
+
+    res = secure_eval(w["model"], w["shape"], w["inputs"], w["labels"], batch=1,
+                      frac_bits=frac_bits, timeout=timeout, calibration=w["calibration"],
+                      input_range=w["range"], progress=mark)
+    per = [marks[0], *(b - a for a, b in zip(marks, marks[1:], strict=False))]
+    servers = [res.costs[p]["servers"] for p in range(3)]
+    total = sum(int(s[CostAccountant.TOTAL]["bytes_sent"]) for s in servers)
+    once = sum(int(s.get("prepare_weights", {}).get("bytes_sent", 0)) for s in servers)
+    return {"seconds": statistics.median(per[1:]), "bytes": (total - once) // len(per),
+            "error": res.max_abs_logit_error, "agreement": res.agreement}
+
+
+def spu_cnn(w: dict, spec: str, timeout: float, n: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="peers-spu-") as tmp:
+        data = Path(tmp) / "data.safetensors"
+        tensors = {k: v.detach().float().contiguous() for k, v in w["model"].state_dict().items()}
+        tensors["images"] = w["spu_input"].float().contiguous()
+        save_file(tensors, str(data))
+        logits, info = run_spu(spec, data, Path(tmp) / "run", timeout, w["spu"], repeat=n)
+    with torch.no_grad():
+        plain = w["model"](w["spu_input"]).double()
+    got = compare(logits, plain, w["labels"][: len(plain)])
+    return {"seconds": info["seconds"], "bytes": info["bytes_sent"],
+            "error": got["max_abs_logit_error"], "agreement": got["agreement"]}
+
+
+def bert_round(spec: str, timeout: float) -> tuple[dict, dict]:
+    from transformer import spu_layer_eval
+
+    r = spu_layer_eval(128, 2, 0, [spec], timeout)
+    s, p = r["secinfer"], r["spu"][0]
+    return ({"seconds": s["seconds"], "bytes": s["bytes"], "error": s["max_abs_err"]},
+            {"seconds": p["seconds"], "bytes": p["bytes"], "error": p["max_abs_err"],
+             "config": p["config"]})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2, help="A B rounds per workload")
+    ap.add_argument("--n", type=int, default=6, help="CNN requests per round (first: warm-up)")
+    ap.add_argument("--frac-bits", type=int, default=18, help="secinfer's CNN fraction bits")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--spu-config", default="ABY3:FM64:18:brpc")
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    args = ap.parse_args()
+    names = [x for x in args.workloads.split(",") if x]
+    if args.rounds < 1 or args.n < 2 or not names or any(x not in WORKLOADS for x in names):
+        raise SystemExit(f"need --rounds >= 1, --n >= 2 and --workloads among {WORKLOADS}")
+    if not SPU_PY.is_file():
+        print(f"SPU not measured: {SPU_PY} is missing; create it with `make spu-venv`")
+        return 0
+    runs: dict[str, dict[str, list[dict]]] = {x: {"secinfer": [], "spu": []} for x in names}
+    for r in range(args.rounds):
+        for name in names:
+            if name == "bert_layer":
+                ours, theirs = bert_round(args.spu_config, args.timeout)
+            else:
+                w = workload(name, args.n)
+                ours = secinfer_cnn(w, args.frac_bits, args.timeout)
+                theirs = spu_cnn(w, args.spu_config, args.timeout, args.n)
+            runs[name]["secinfer"].append(ours)
+            runs[name]["spu"].append(theirs)
+            print(f"round {r + 1}/{args.rounds} {name}: secinfer {ours['seconds']:.3f} s, "
+                  f"spu {theirs['seconds']:.3f} s", flush=True)
+
+    def med(rows: list[dict], key: str) -> float:
+        return statistics.median(row[key] for row in rows)
+
+    summary = {}
+    head = f"{'workload':<11} {'system':<9} {'s / request':>12} {'MB / request':>13} {'max err':>9}"
+    print(head)
+    print("-" * len(head))
+    for name in names:
+        got = {who: {k: med(rows, k) for k in ("seconds", "bytes", "error")}
+               for who, rows in runs[name].items()}
+        summary[name] = got
+        for who, g in got.items():
+            print(f"{name:<11} {who:<9} {g['seconds']:>12.3f} {g['bytes'] / 1e6:>13.3f} "
+                  f"{g['error']:>9.2e}")
+    for name, got in summary.items():
+        s, p = got["secinfer"], got["spu"]
+        print(f"{name} spu/secinfer latency ratio: {p['seconds'] / s['seconds']:.3f}")
+        print(f"{name} spu/secinfer bytes ratio: {p['bytes'] / s['bytes']:.3f}")
+        print(f"{name} spu/secinfer error ratio: {p['error'] / max(s['error'], 1e-30):.3f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "rounds": args.rounds, "n": args.n, "frac_bits": args.frac_bits,
+        "spu_config": args.spu_config, "summary": summary, "runs": runs,
+        "notes": "per round: secinfer then SPU on each workload; figures: median over rounds; "
+                 "CNNs per request (median after a warm-up), BERT layer best of 2 per round; "
+                 "weight sharing excluded for both; SPU PUMA variant not built"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
