@@ -6,7 +6,9 @@ Workloads (the same weights and inputs for both systems):
 * ``small_cnn``: conv16 - pool - conv32 - pool - fc on 1x3x32x32 inputs, batch 1;
 * ``bert_layer``: one BERT layer (hidden 384, 12 heads, FFN 1536, sequence 128) on seeded
   random weights and input (``transformer.spu_layer_eval``: secinfer's ``layer`` row, exact
-  DReLU, f = 16, against SPU's default approximations).
+  DReLU, f = 16), against SPU with its default approximations (``spu``) and with PUMA's
+  (``spu+puma``: exp clipped below -14, PUMA's piecewise GELU form, one reciprocal per softmax
+  row broadcast; ``spu_worker.py --model bert_layer_puma``).
 
 Each round runs, per workload, secinfer then SPU (A B A B ...), so a machine shared with other
 work slows both alike; the figure of each system is the median over rounds of its per-round
@@ -18,17 +20,14 @@ servers' one-time weight masking excluded as SPU's weight sharing is; the BERT l
 the best of two runs per round, weight sharing excluded likewise. Error: max |secure -
 float64 plaintext|.
 
-Not built: SPU's PUMA variant of the BERT layer (exp clipped below -14, PUMA's piecewise GELU,
-broadcast denominators); the row against SPU's default approximations is what is measured.
-
     make spu-venv
     .venv/bin/python benchmarks/peers.py [--rounds 2] [--n 6] [--frac-bits 18] \
         [--workloads mlp,small_cnn,bert_layer]
 
 Prints a table, and per workload ``<workload> spu/secinfer latency ratio:``, ``bytes ratio:``
-and ``error ratio:`` lines (SPU over secinfer: above 1 means secinfer is faster, sends less,
-errs less); writes ``benchmarks/results/peers.json``. Without ``.venv-spu`` it says so and
-exits 0.
+and ``error ratio:`` lines (``bert_layer puma ...`` for the PUMA variant; SPU over secinfer:
+above 1 means secinfer is faster, sends less, errs less); writes
+``benchmarks/results/peers.json``. Without ``.venv-spu`` it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -83,14 +82,14 @@ def spu_cnn(w: dict, spec: str, timeout: float, n: int) -> dict:
             "error": got["max_abs_logit_error"], "agreement": got["agreement"]}
 
 
-def bert_round(spec: str, timeout: float) -> tuple[dict, dict]:
+def bert_round(spec: str, timeout: float) -> tuple[dict, dict, dict]:
+    """secinfer, then SPU with its default approximations, then SPU with PUMA's."""
     from transformer import spu_layer_eval
 
-    r = spu_layer_eval(128, 2, 0, [spec], timeout)
-    s, p = r["secinfer"], r["spu"][0]
-    return ({"seconds": s["seconds"], "bytes": s["bytes"], "error": s["max_abs_err"]},
-            {"seconds": p["seconds"], "bytes": p["bytes"], "error": p["max_abs_err"],
-             "config": p["config"]})
+    r = spu_layer_eval(128, 2, 0, [spec], timeout, ("bert_layer", "bert_layer_puma"))
+    s, p, q = r["secinfer"], *r["spu"]
+    return tuple({"seconds": x["seconds"], "bytes": x["bytes"], "error": x["max_abs_err"]}
+                 for x in (s, p, q))  # type: ignore[return-value]
 
 
 def main() -> int:
@@ -110,10 +109,13 @@ def main() -> int:
         print(f"SPU not measured: {SPU_PY} is missing; create it with `make spu-venv`")
         return 0
     runs: dict[str, dict[str, list[dict]]] = {x: {"secinfer": [], "spu": []} for x in names}
+    if "bert_layer" in runs:
+        runs["bert_layer"]["spu+puma"] = []
     for r in range(args.rounds):
         for name in names:
             if name == "bert_layer":
-                ours, theirs = bert_round(args.spu_config, args.timeout)
+                ours, theirs, puma = bert_round(args.spu_config, args.timeout)
+                runs[name]["spu+puma"].append(puma)
             else:
                 w = workload(name, args.n)
                 ours = secinfer_cnn(w, args.frac_bits, args.timeout)
@@ -138,17 +140,20 @@ def main() -> int:
             print(f"{name:<11} {who:<9} {g['seconds']:>12.3f} {g['bytes'] / 1e6:>13.3f} "
                   f"{g['error']:>9.2e}")
     for name, got in summary.items():
-        s, p = got["secinfer"], got["spu"]
-        print(f"{name} spu/secinfer latency ratio: {p['seconds'] / s['seconds']:.3f}")
-        print(f"{name} spu/secinfer bytes ratio: {p['bytes'] / s['bytes']:.3f}")
-        print(f"{name} spu/secinfer error ratio: {p['error'] / max(s['error'], 1e-30):.3f}")
+        s = got["secinfer"]
+        for who in [k for k in got if k != "secinfer"]:
+            p, what = got[who], name + (" puma" if who == "spu+puma" else "")
+            print(f"{what} spu/secinfer latency ratio: {p['seconds'] / s['seconds']:.3f}")
+            print(f"{what} spu/secinfer bytes ratio: {p['bytes'] / s['bytes']:.3f}")
+            print(f"{what} spu/secinfer error ratio: {p['error'] / max(s['error'], 1e-30):.3f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "rounds": args.rounds, "n": args.n, "frac_bits": args.frac_bits,
         "spu_config": args.spu_config, "summary": summary, "runs": runs,
         "notes": "per round: secinfer then SPU on each workload; figures: median over rounds; "
                  "CNNs per request (median after a warm-up), BERT layer best of 2 per round; "
-                 "weight sharing excluded for both; SPU PUMA variant not built"}, indent=2))
+                 "weight sharing excluded for both; spu+puma: SPU with PUMA's approximations"},
+        indent=2))
     return 0
 
 

@@ -24,7 +24,8 @@ Two models (``--model``):
   output projection + residual - LayerNorm - FFN with ``jax.nn.gelu(approximate=True)`` (the
   tanh form; ``plain_layer`` uses the erf form) - residual - LayerNorm. Every token is kept (no
   padding mask; the benchmark's input has none). Tensors: ``x`` [B, S, H] and
-  ``BERT_LAYER_NAMES``; ``--heads`` and ``--eps`` as flags.
+  ``BERT_LAYER_NAMES``; ``--heads`` and ``--eps`` as flags. ``bert_layer_puma``: the same layer
+  with PUMA's approximations (see ``_bert_layer``).
 
 For every requested configuration (protocol, field, fraction bits) it
 
@@ -128,8 +129,23 @@ def _sequential(layers: list[str]) -> Any:
     return forward
 
 
-def _bert_layer(heads: int, eps: float) -> Any:
-    """One post-norm BERT layer in JAX, ``plain_layer`` step by step (x [B, S, H] first)."""
+# PUMA's piecewise GELU form (Dong et al., 2023): 0 below -4, a cubic on [-4, -1.95), 0.5 x plus
+# an even sextic on [-1.95, 3], x above. Coefficients: our own least-squares fit to the erf GELU
+# on each piece (max error 7.5e-4 and 2.4e-2), lowest degree first.
+PUMA_GELU_CUBIC = (-0.5015405703872958, -0.41836572651372633, -0.11696643157385939,
+                   -0.010940046117956634)
+PUMA_GELU_EVEN = (0.0074219312043319625, 0.36365555328091265, -0.03888340742986909,
+                  0.001905928735003462)
+PUMA_EXP_CUT = -14.0
+
+
+def _bert_layer(heads: int, eps: float, puma: bool = False) -> Any:
+    """One post-norm BERT layer in JAX, ``plain_layer`` step by step (x [B, S, H] first).
+
+    ``puma``: PUMA's approximations, as SPU's PUMA configuration runs them: the piecewise
+    GELU above; softmax with exp(x - max) set to 0 below -14 and one reciprocal per row
+    broadcast over the row (a multiplication instead of a division per element).
+    """
 
     def forward(x: Any, *w: Any) -> Any:
         import jax
@@ -147,10 +163,25 @@ def _bert_layer(heads: int, eps: float) -> Any:
         qkv = x @ qkv_w.T + qkv_b                      # Q rows already carry 1/sqrt(dh)
         q, k, v = (t.reshape(b, s, heads, dh).transpose(0, 2, 1, 3)
                    for t in jnp.split(qkv, 3, axis=-1))
-        probs = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2), axis=-1)
+        scores = q @ k.transpose(0, 1, 3, 2)
+        if puma:
+            z = scores - jnp.max(scores, axis=-1, keepdims=True)
+            e = jnp.where(z < PUMA_EXP_CUT, 0.0, jnp.exp(z))
+            probs = e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
+        else:
+            probs = jax.nn.softmax(scores, axis=-1)
         ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, h)
         h1 = layer_norm(ctx @ out_w.T + out_b + x, ln1_w, ln1_b)
-        act = jax.nn.gelu(h1 @ ff1_w.T + ff1_b, approximate=True)
+        pre = h1 @ ff1_w.T + ff1_b
+        if puma:
+            c, d = PUMA_GELU_CUBIC, PUMA_GELU_EVEN
+            cubic = c[0] + pre * (c[1] + pre * (c[2] + pre * c[3]))
+            p2 = pre * pre
+            even = 0.5 * pre + d[0] + p2 * (d[1] + p2 * (d[2] + p2 * d[3]))
+            act = jnp.where(pre < -4.0, 0.0, jnp.where(pre < -1.95, cubic,
+                                                       jnp.where(pre <= 3.0, even, pre)))
+        else:
+            act = jax.nn.gelu(pre, approximate=True)
         return layer_norm(act @ ff2_w.T + ff2_b + h1, ln2_w, ln2_b)
 
     return forward
@@ -341,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path,
                     help="safetensors with the input ('images' for cnn, 'x' for bert_layer) "
                          "and the weights")
-    ap.add_argument("--model", choices=("cnn", "seq", "bert_layer"), default="cnn",
+    ap.add_argument("--model", choices=("cnn", "seq", "bert_layer", "bert_layer_puma"),
+                    default="cnn",
                     help="the demo CNN or a Sequential (peer_spu.py), or one BERT layer "
                          "(transformer.py --spu)")
     ap.add_argument("--layers", default="",
@@ -370,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_file(str(ns.data))
     if ns.repeat < 1:
         raise SystemExit(f"--repeat must be at least 1, got {ns.repeat}")
-    if ns.model == "bert_layer":
-        names, fn = ("x", *BERT_LAYER_NAMES), _bert_layer(ns.heads, ns.eps)
+    if ns.model in ("bert_layer", "bert_layer_puma"):
+        names = ("x", *BERT_LAYER_NAMES)
+        fn = _bert_layer(ns.heads, ns.eps, puma=ns.model == "bert_layer_puma")
     elif ns.model == "seq":
         layers = [k for k in ns.layers.split(",") if k]
         bad = [k for k in layers if k not in SEQ_LAYERS]

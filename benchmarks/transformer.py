@@ -269,8 +269,11 @@ def combos_eval() -> list[dict]:
     return rows
 
 
-def spu_layer_eval(seq: int, reps: int, seed: int, configs: list[str], timeout: float) -> dict:
-    """Plaintext float64, secinfer and SPU on one layer with the same weights and input."""
+def spu_layer_eval(seq: int, reps: int, seed: int, configs: list[str], timeout: float,
+                   spu_models: tuple[str, ...] = ("bert_layer",)) -> dict:
+    """Plaintext float64, secinfer and SPU on one layer with the same weights and input;
+    ``spu_models``: the worker's layers to run per configuration (``bert_layer_puma``: PUMA's
+    approximations; its rows' configs end in ``+puma``)."""
     import tempfile
 
     from safetensors.torch import save_file
@@ -297,12 +300,14 @@ def spu_layer_eval(seq: int, reps: int, seed: int, configs: list[str], timeout: 
         tensors = {k: v.contiguous() for k, v in lw.tensors().items()}
         tensors["x"] = x.contiguous()
         save_file(tensors, str(data))
-        extra = ("--model", "bert_layer", "--heads", str(enc.heads), "--eps", str(enc.eps))
-        for spec in configs:
+        jobs = [(spec, m) for spec in configs for m in spu_models]
+        for spec, spu_model in jobs:
+            extra = ("--model", spu_model, "--heads", str(enc.heads), "--eps", str(enc.eps))
+            tag = "+puma" if spu_model == "bert_layer_puma" else ""
             note = ""
             runs = []
             for rep in range(reps):
-                folder = Path(tmp) / f"{spec.replace(':', '_')}_{rep}"
+                folder = Path(tmp) / f"{spec.replace(':', '_')}{tag}_{rep}"
                 try:
                     runs.append(run_spu(spec, data, folder, timeout, extra))
                 except RuntimeError as exc:
@@ -314,7 +319,7 @@ def spu_layer_eval(seq: int, reps: int, seed: int, configs: list[str], timeout: 
                     runs.append(run_spu(spec, data, folder, timeout, extra))
             spu_out, best = min(runs, key=lambda r: r[1]["seconds"])
             spu_rows.append({
-                "system": "spu", "config": spec, "seconds": best["seconds"],
+                "system": "spu", "config": spec + tag, "seconds": best["seconds"],
                 "seconds_all_runs": [r[1]["seconds"] for r in runs],
                 "bytes": best["bytes_sent"], "rounds": None,
                 "send_actions_per_party": best["send_actions_per_party"],
