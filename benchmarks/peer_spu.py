@@ -167,6 +167,42 @@ def workload(name: str, n: int) -> dict:
     raise SystemExit(f"unknown --model {name!r}")
 
 
+def secinfer_measure(w: dict, frac_bits: int, batch: int, timeout: float,
+                     narrow_drelu: bool = True) -> dict:
+    """One secinfer run of workload ``w`` (three server processes over TLS): seconds per
+    request (the median after the first when there are several), bytes per request without
+    the servers' one-time weight masking (``prepare_weights``: SPU's weight sharing is excluded
+    likewise), accuracy, agreement and max error against plaintext."""
+    marks: list[float] = []  # cumulative seconds after each request
+
+    def mark(_i: int, _n: int, t: float) -> None:
+        marks.append(t)
+
+    res = secure_eval(w["model"], w["shape"], w["inputs"], w["labels"], batch=batch,
+                      frac_bits=frac_bits, timeout=timeout, calibration=w["calibration"],
+                      progress=mark, input_range=w["range"], narrow_drelu=narrow_drelu)
+    per = [marks[0], *(b - a for a, b in itertools.pairwise(marks))]
+    servers = [res.costs[p]["servers"] for p in range(3)]
+    total = sum(int(c[CostAccountant.TOTAL]["bytes_sent"]) for c in servers)
+    once = sum(int(c.get("prepare_weights", {}).get("bytes_sent", 0)) for c in servers)
+    user = res.costs[0].get("user", {}).get(CostAccountant.TOTAL, {})
+    return {"seconds": statistics.median(per[1:] if len(per) > 1 else per),
+            "request_seconds": per, "bytes_sent": (total - once) // len(per),
+            "weight_preparation_bytes": once,
+            "user_bytes_from_p0": int(user.get("bytes_sent", 0)) // len(per),
+            "accuracy": res.secure_accuracy, "agreement": res.agreement,
+            "max_abs_logit_error": res.max_abs_logit_error, "batch": batch}
+
+
+def spu_data(w: dict, folder: Path) -> Path:
+    """The worker's input file for workload ``w``: its weights and SPU's input."""
+    data = folder / "data.safetensors"
+    tensors = {k: v.detach().float().contiguous() for k, v in w["model"].state_dict().items()}
+    tensors["images"] = w["spu_input"].float().contiguous()
+    save_file(tensors, str(data))
+    return data
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,40 +247,15 @@ def main() -> int:
     windows = [d for d in args.drelu.split(",") if d]
     if not windows or any(d not in ("proven", "full") for d in windows):
         raise SystemExit(f"--drelu {args.drelu!r}: expected 'proven', 'full' or both")
-    rows = []
-    for f, window in itertools.product(fracs, windows):
-        marks: list[float] = []  # cumulative seconds after each request
-
-        def mark(_i: int, _n: int, t: float, into: list[float] = marks) -> None:
-            into.append(t)
-
-        res = secure_eval(model, w["shape"], images, labels, batch=batch, frac_bits=f,
-                          timeout=args.timeout, calibration=w["calibration"], progress=mark,
-                          input_range=w["range"], narrow_drelu=window == "proven")
-        per = [marks[0], *(b - a for a, b in itertools.pairwise(marks))]
-        total = CostAccountant.TOTAL
-        sec_bytes = sum(int(res.costs[p]["servers"][total]["bytes_sent"]) for p in range(3))
-        # the servers' one-time masking of the shared weights (at start, before any request):
-        # SPU's weight sharing is excluded likewise
-        once = sum(int(res.costs[p]["servers"].get("prepare_weights", {}).get("bytes_sent", 0))
-                   for p in range(3))
-        user_bytes = int(res.costs[0].get("user", {}).get(total, {}).get("bytes_sent", 0))
-        rows.append({"framework": "secinfer", "config": f"3PC helper, Z_2^64, f={f}, {window}",
-                     "seconds": statistics.median(per[1:] if len(per) > 1 else per),
-                     "request_seconds": per, "bytes_sent": (sec_bytes - once) // len(per),
-                     "weight_preparation_bytes": once,
-                     "user_bytes_from_p0": user_bytes // len(per),
-                     "accuracy": res.secure_accuracy, "agreement": res.agreement,
-                     "max_abs_logit_error": res.max_abs_logit_error, "batch": batch})
+    rows = [{"framework": "secinfer", "config": f"3PC helper, Z_2^64, f={f}, {window}",
+             **secinfer_measure(w, f, batch, args.timeout, window == "proven")}
+            for f, window in itertools.product(fracs, windows)]
 
     spu_n = len(w["spu_input"])
     repeat = n if single else 1
     spu_plain = plain[:spu_n]
     with tempfile.TemporaryDirectory(prefix="peer-spu-") as tmp:
-        data = Path(tmp) / "data.safetensors"
-        tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-        tensors["images"] = w["spu_input"].float().contiguous()
-        save_file(tensors, str(data))
+        data = spu_data(w, Path(tmp))
         for spec in configs:
             logits, info = run_spu(spec, data, Path(tmp) / spec.replace(":", "_"), args.timeout,
                                    w["spu"], repeat)

@@ -40,41 +40,23 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from peer_spu import SPU_PY, compare, run_spu, workload
-from secinfer.net.accounting import CostAccountant
-from secinfer.serve.local import secure_eval
+from peer_spu import SPU_PY, compare, run_spu, secinfer_measure, spu_data, workload
 
 RESULTS = Path(__file__).resolve().parent / "results" / "peers.json"
 WORKLOADS = ("mlp", "small_cnn", "bert_layer")
 
 
 def secinfer_cnn(w: dict, frac_bits: int, timeout: float) -> dict:
-    """One secinfer run of a batch-1 workload: per-request median after the first."""
-    marks: list[float] = []
-
-    def mark(_i: int, _n: int, t: float) -> None:
-        marks.append(t)
-
-    res = secure_eval(w["model"], w["shape"], w["inputs"], w["labels"], batch=1,
-                      frac_bits=frac_bits, timeout=timeout, calibration=w["calibration"],
-                      input_range=w["range"], progress=mark)
-    per = [marks[0], *(b - a for a, b in zip(marks, marks[1:], strict=False))]
-    servers = [res.costs[p]["servers"] for p in range(3)]
-    total = sum(int(s[CostAccountant.TOTAL]["bytes_sent"]) for s in servers)
-    once = sum(int(s.get("prepare_weights", {}).get("bytes_sent", 0)) for s in servers)
-    return {"seconds": statistics.median(per[1:]), "bytes": (total - once) // len(per),
-            "error": res.max_abs_logit_error, "agreement": res.agreement}
+    got = secinfer_measure(w, frac_bits, 1, timeout)
+    return {"seconds": got["seconds"], "bytes": got["bytes_sent"],
+            "error": got["max_abs_logit_error"], "agreement": got["agreement"]}
 
 
 def spu_cnn(w: dict, spec: str, timeout: float, n: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="peers-spu-") as tmp:
-        data = Path(tmp) / "data.safetensors"
-        tensors = {k: v.detach().float().contiguous() for k, v in w["model"].state_dict().items()}
-        tensors["images"] = w["spu_input"].float().contiguous()
-        save_file(tensors, str(data))
-        logits, info = run_spu(spec, data, Path(tmp) / "run", timeout, w["spu"], repeat=n)
+        logits, info = run_spu(spec, spu_data(w, Path(tmp)), Path(tmp) / "run", timeout,
+                               w["spu"], repeat=n)
     with torch.no_grad():
         plain = w["model"](w["spu_input"]).double()
     got = compare(logits, plain, w["labels"][: len(plain)])
