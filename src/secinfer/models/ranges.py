@@ -154,8 +154,9 @@ def drelu_window(plan: Plan, bounds: dict[str, float], frac_bits: int,
        a block ReLU compares a block's sum (bound times the largest block's area); an output
        policy that ranks the outputs (``compares_output``) compares differences of two;
     2. the worst of them, at scale ``2^f`` and plus one unit of truncation error, needs
-       ``b = ceil(log2(.))`` bits below the sign; one more bit is kept spare;
-    3. ``h = 62 - b - 1``, at least 0.
+       ``b = ceil(log2(.))`` bits;
+    3. ``h = 62 - b - 1``, at least 0: the sign is read from bit ``b + 2``, two bits spare
+       (``h + 2`` would still be exact, ``h + 3`` is not; tested at the bound).
 
     Any op whose comparisons are not covered above (a padded max pool, whose padding is a
     huge negative constant; the SecLMM non-linearities) keeps the full 63-bit comparison:
