@@ -155,7 +155,7 @@ def compile(model: Any, backend: str, out: str | Path, *,  # noqa: A001 - the co
       options ``reduce_range``, ``permute``, ``data`` (x, labels) to report accuracy on.
       Writes ``enclave`` and ``device``.
     - ``stip``: a ``transformers`` model of an architecture STIP supports
-      (:mod:`secinfer.stip.archs`). Writes ``cloud`` (for the server) and ``key`` (for the
+      (:mod:`secinfer.models.hf`). Writes ``cloud`` (for the server) and ``key`` (for the
       user only).
     """
     _check_backend(backend)

@@ -1,4 +1,4 @@
-"""The P3 <-> P2 wire protocol over real TLS links to the one serve loop, and bad requests."""
+"""The user <-> cloud wire protocol over real TLS links to the one serve loop, and bad requests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """STIP gives no protection to a model derived from a public checkpoint (docs/stip.md).
 
-The cloud P2 holds the permuted weights and the architecture. If it also holds the public
+The cloud holds the permuted weights and the architecture. If it also holds the public
 checkpoint the owner fine-tuned, it matches each permuted hidden index to an original one with
 the Hungarian algorithm on the rows and columns that the hidden permutation moves, then
 un-permutes the user's embeddings and reads the tokens off the public embedding table. This
@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from secinfer.stip.archs import spec_for
+from secinfer.models.hf import spec_for
 from secinfer.stip.transform import transform_model
 from secinfer.stip.user import StipUser
 

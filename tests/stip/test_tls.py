@@ -1,6 +1,6 @@
-"""End to end over mutual TLS with real processes: P1 provisions P2 and P3, a long-lived P2
-serves three user sessions: one that vanishes mid-request, one generating with the KV cache on
-P2, one from the CLI."""
+"""End to end over mutual TLS with real processes: the owner provisions the cloud and the user,
+a long-lived cloud serves three user sessions: one that vanishes mid-request, one generating
+with the KV cache on the cloud, one from the CLI."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_provision_serve_and_generate_over_tls(tmp_path) -> None:
     write_key(tmp_path / "p1" / "key", key)
     with local_cluster(roles=["owner", "cloud", "user"], workdir=tmp_path / "run",
                        timeout=60.0) as cluster:
-        # P1 -> P2 / P3 through the CLI, one process per party
+        # owner -> cloud / user through the CLI, one process per party
         topo_path = cluster.topology_path
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         base = [sys.executable, "-m", "secinfer", "stip", "provision", "--topology",

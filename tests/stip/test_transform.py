@@ -1,4 +1,4 @@
-"""P1's transform: fresh permutations, no original matrix in the cloud's files, norms
+"""The owner's transform: fresh permutations, no original matrix in the cloud's files, norms
 permuted (the seed's bug), and clear errors for unknown parameters and bad artifacts."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from secinfer.models.hf import ArchSpec, Rule
 from secinfer.stip import (
     ArtifactError,
     LocalLink,
@@ -24,7 +25,6 @@ from secinfer.stip import (
     write_cloud,
     write_key,
 )
-from secinfer.stip.archs import ArchSpec, Rule
 
 from . import tiny
 
@@ -79,7 +79,8 @@ def test_norm_parameters_are_permuted_not_left_in_place() -> None:
 
 
 def test_unknown_parameter_and_class_are_named() -> None:
-    spec = ArchSpec("X", "encoder", (Rule(r"^a$", rows="hidden"),), lambda c: {"hidden": 3})
+    spec = ArchSpec("X", "bert", "encoder", (Rule(r"^a$", rows="hidden"),),
+                    lambda c: {"hidden": 3})
     with pytest.raises(ValueError, match="'b'"):
         transform_state(spec, {"a": torch.ones(3), "b": torch.ones(3)},
                         {"hidden": torch.tensor([2, 0, 1])})

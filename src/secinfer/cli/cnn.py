@@ -326,7 +326,7 @@ def _compile_stip(args: argparse.Namespace) -> int:
     import transformers
 
     from secinfer import api
-    from secinfer.stip.archs import spec_for
+    from secinfer.models.hf import spec_for
 
     config = transformers.AutoConfig.from_pretrained(args.model, local_files_only=True)
     name = (config.architectures or [None])[0]

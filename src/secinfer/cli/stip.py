@@ -13,29 +13,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stip", help="permutation-protected transformer inference (STIP)")
     s = p.add_subparsers(dest="stip_command", required=True, metavar="STEP")
 
-    t = s.add_parser("transform", help="P1: permute a Hugging Face model's weights")
+    t = s.add_parser("transform", help="owner: permute a Hugging Face model's weights")
     t.add_argument("--model", required=True, type=Path, help="local Hugging Face model folder")
     t.add_argument("--class", dest="model_class", default=None,
                    help="transformers class (default: the config's first architecture)")
-    t.add_argument("--cloud-out", required=True, type=Path, help="folder for the cloud (P2)")
-    t.add_argument("--key-out", required=True, type=Path, help="folder for the user (P3)")
+    t.add_argument("--cloud-out", required=True, type=Path, help="folder for the cloud")
+    t.add_argument("--key-out", required=True, type=Path, help="folder for the user")
     t.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     t.set_defaults(handler=_transform)
 
-    v = s.add_parser("provision", help="send (P1) or receive (P2/P3) the artifacts over TLS")
+    v = s.add_parser("provision",
+                     help="send (owner) or receive (cloud, user) the artifacts over TLS")
     _party(v)
     v.add_argument("--cloud-dir", type=Path, help="owner: the cloud's folder to send")
     v.add_argument("--key-dir", type=Path, help="owner: the user's folder to send")
     v.add_argument("--out", type=Path, help="cloud/user: folder to receive into")
     v.set_defaults(handler=_provision)
 
-    r = s.add_parser("serve", help="P2: serve the transformed model to the user over TLS")
+    r = s.add_parser("serve", help="cloud: serve the transformed model to the user over TLS")
     _party(r)
     r.add_argument("--model", required=True, type=Path, help="the cloud's folder")
     r.add_argument("--sessions", type=int, default=None, help="stop after N sessions")
     r.set_defaults(handler=_serve)
 
-    q = s.add_parser("query", help="P3: embed, permute, send, un-permute")
+    q = s.add_parser("query", help="user: embed, permute, send, un-permute")
     _party(q)
     q.add_argument("--key", required=True, type=Path, help="the user's key folder")
     q.add_argument("--cloud", type=int, default=None, help="the cloud's party id (default: role)")
@@ -65,7 +66,7 @@ def _transform(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
-    from secinfer.stip.archs import spec_for
+    from secinfer.models.hf import spec_for
     from secinfer.stip.transform import transform_model, write_cloud, write_key
 
     config = transformers.AutoConfig.from_pretrained(str(args.model), local_files_only=True)

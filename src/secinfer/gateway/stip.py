@@ -1,8 +1,8 @@
 """Text endpoints through STIP (``secinfer stip serve``): generate (causal LM) and embed (encoder).
 
 STIP (``docs/stip.md``) is a different protocol from the 3-party CNN service: the user is a
-party of a STIP topology (P3, the ``user`` role), holds the permutation key and the embedding
-tables from the owner, and talks to one long-lived cloud (P2) that runs the permuted model.
+party of a STIP topology (the ``user`` role), holds the permutation key and the embedding
+tables from the owner, and talks to one long-lived cloud that runs the permuted model.
 Per request the gateway, holding that key:
 
 1. Tokenizes the text with the local tokenizer folder, if one was given (else the caller sends

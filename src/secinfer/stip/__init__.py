@@ -1,12 +1,12 @@
 """STIP: permutation-protected transformer inference for Hugging Face models (seed 001).
 
-P1 (model owner) transforms the weights with secret permutations (:mod:`.transform`), P2 (cloud)
-runs the transformed plain ``transformers`` model (:mod:`.cloud`, :mod:`.protocol`), P3 (user)
+The model owner transforms the weights with secret permutations (:mod:`.transform`), the cloud
+runs the transformed plain ``transformers`` model (:mod:`.cloud`, :mod:`.protocol`), the user
 embeds, permutes and un-permutes (:mod:`.user`). Files move as safetensors + JSON manifests
 (:mod:`.artifacts`, :mod:`.provision`). Threat model: ``docs/stip.md``.
 """
 
-from .archs import ARCHS, SUPPORTED_CLASSES, ArchSpec, Rule, spec_for
+from ..models.hf import ARCHS, SUPPORTED_CLASSES, ArchSpec, Rule, spec_for
 from .artifacts import ArtifactError, read_artifact, write_artifact
 from .cloud import CloudModel, build_cloud, config_from_dict, load_cloud
 from .protocol import (

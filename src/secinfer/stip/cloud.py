@@ -1,11 +1,11 @@
-"""P2's model: a plain ``transformers`` model holding the transformed weights (STIP, step 3).
+"""The cloud's model: a plain ``transformers`` model holding the transformed weights (STIP, step 3).
 
 The cloud runs the model's own forward code on permuted hidden states, so STIP costs nothing
 beyond plaintext inference: no extra permute ops, only other numbers in the same matrices. The
 embedding tables are the user's; in the cloud's copy they are zero (the user sends embeddings
 that already include positions and token types, and ``x + 0`` is exact).
 
-Threat model: P2 is honest-but-curious. It sees the transformed weights, the permuted hidden
+Threat model: the cloud is honest-but-curious. It sees the transformed weights, the permuted hidden
 states of every request, the permuted logits of heads, the attention mask (sequence lengths)
 and timing. See ``docs/stip.md`` for what that lets it infer.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .archs import ArchSpec, spec_for
+from ..models.hf import ArchSpec, spec_for
 from .artifacts import read_artifact
 from .transform import CLOUD_KIND
 

@@ -1,13 +1,13 @@
-"""The P3 <-> P2 request protocol, P2's per-session state, and the long-lived server loop.
+"""The user <-> cloud request protocol, the cloud's per-session state, and its serve loop.
 
-Links: a user (P3) dials the cloud (P2) as users dial every secinfer server
+Links: a user dials the cloud as users dial every secinfer server
 (:mod:`secinfer.net.userlink`: two TLS 1.3 links, mutual authentication by a user certificate
 of the topology's CA; the user opens no port), so many users on any machines reach one cloud,
 each in its own session, served side by side (:func:`serve`).
 
 Wire format: the one request/reply protocol of :mod:`secinfer.net.rpc` (request id, op,
 status, an error text that reaches the user; nothing pickled). A reply's last tensor is
-float64[1], P2's compute seconds.
+float64[1], the cloud's compute seconds.
 
 Ops, by task of the model (``x'`` = permuted embeddings, float32 ``(B, S, d)``; ``mask`` =
 int64 ``(B, S)`` attention mask)::
@@ -15,15 +15,15 @@ int64 ``(B, S)`` attention mask)::
     1 encode      x', mask        -> permuted last hidden states (+ permuted pooled output)
     2 classify    x', mask        -> class-permuted logits (B, C)   (ViT: mask is ignored)
     3 lm_start    x', mask        -> vocab-permuted logits (B, V) of the last position;
-                                     starts a KV cache that stays on P2 for this session
+                                     starts a KV cache that stays on the cloud for this session
     4 lm_step     x'(B,1,d), mask -> same, appending to the cache (mask covers all positions)
     5 clip_text   x', mask        -> projection-permuted features of every position (B, S, P)
     6 clip_image  x'              -> projection-permuted pooled image features (B, P)
     0 bye                         -> ends the session
 
-Threat model: P2 is honest-but-curious and sees exactly these messages, plus each user's
-certificate name and the timing of its session; P3 trusts P2 to run the model it was given
-(STIP offers no integrity against a cheating P2).
+Threat model: the cloud is honest-but-curious and sees exactly these messages, plus each user's
+certificate name and the timing of its session; the user trusts the cloud to run the model it
+was given (STIP offers no integrity against a cheating cloud).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _check_mask(mask: torch.Tensor, shape: tuple[int, int], what: str) -> None:
 
 
 class CloudHandler:
-    """P2's state for one user session: the shared model plus this session's KV cache."""
+    """The cloud's state for one user session: the shared model plus this session's KV cache."""
 
     def __init__(self, cloud: CloudModel) -> None:
         self.cloud = cloud
@@ -143,7 +143,7 @@ class CloudHandler:
 
 
 class CloudLink(Protocol):
-    """How the user reaches the cloud; ``cloud_seconds`` sums P2's reported compute time."""
+    """How the user reaches the cloud; ``cloud_seconds`` sums the cloud's reported compute time."""
 
     cloud_seconds: float
 
@@ -221,7 +221,7 @@ class _CloudService(OneByOne):
 
 
 def _run(handler: CloudHandler, request: rpc.Request) -> list[torch.Tensor]:
-    """One request's reply tensors (the outputs, then P2's compute seconds); a refusal names
+    """One request's reply tensors (the outputs, then the cloud's compute seconds); a refusal names
     the problem."""
     try:
         out, secs = handler.handle(request.op, request.tensors)
@@ -235,7 +235,7 @@ def _run(handler: CloudHandler, request: rpc.Request) -> list[torch.Tensor]:
 def dial_cloud(topology: Topology, cloud_id: int | None = None, *,
                cert: str | Path | None = None, key: str | Path | None = None,
                user_id: int | None = None) -> Session:
-    """The user's session with the cloud (P3's end of the protocol), over user links.
+    """The user's session with the cloud (the user's end of the protocol), over user links.
 
     The user dials out (two mutually authenticated TLS 1.3 links, :mod:`secinfer.net.userlink`)
     and opens no port, so any number of users, on any machines, reach one cloud. ``cert`` /
@@ -265,8 +265,8 @@ def serve(
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
-    """P2's long-lived loop: one TLS listener, users' sessions served side by side, request by
-    request (:class:`secinfer.net.service.ServeLoop`, the one serve loop of single-server
+    """The cloud's long-lived loop: one TLS listener, users' sessions served side by side,
+    request by request (:class:`secinfer.net.service.ServeLoop`, the one serve loop of single-server
     services: the door refuses another deployment's links and says "busy" beyond
     ``[service] max_users``; a refused request names the problem and the session goes on).
 

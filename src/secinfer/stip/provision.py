@@ -1,23 +1,24 @@
-"""P1 -> P2 / P3 distribution over the runtime: the cloud gets its model, the user its key.
+"""Owner -> cloud / user distribution over the runtime: the cloud gets its model, the user its key.
 
 A party program for ``secinfer party`` / ``local_cluster`` (roles ``owner``, ``cloud``,
 ``user`` in the topology)::
 
     cluster.run("secinfer.stip.provision:run", party_kwargs={
-        0: {"cloud_dir": ..., "key_dir": ...},        # owner (P1)
-        1: {"out_dir": ...},                          # cloud (P2)
-        2: {"out_dir": ...}})                         # user  (P3)
+        0: {"cloud_dir": ..., "key_dir": ...},        # owner
+        1: {"out_dir": ...},                          # cloud
+        2: {"out_dir": ...}})                         # user
 
-1. P1 checks both artifact folders (manifest kinds and checksums).
-2. P1 sends every file of the cloud folder to P2 only and of the key folder to P3 only, over
-   their mutually authenticated TLS links: a count, then per file its name, size and bytes in
-   chunks (uint8 frames; nothing pickled).
+1. The owner checks both artifact folders (manifest kinds and checksums).
+2. The owner sends every file of the cloud folder to the cloud only and of the key folder to
+   the user only, over their mutually authenticated TLS links: a count, then per file its
+   name, size and bytes in chunks (uint8 frames; nothing pickled).
 3. The receiver writes the files to a private staging folder and re-checks the manifest: the
    kind it expects (a cloud must never receive a key) and every checksum; only then is the
    folder renamed into place.
 
-Threat model: links are authenticated by the topology's certificates, so only P2 gets the
-transformed weights and only P3 the permutations; P1 trusts both to keep what they receive.
+Threat model: links are authenticated by the topology's certificates, so only the cloud gets
+the transformed weights and only the user the permutations; the owner trusts both to keep what
+they receive.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""P1's step: draw the secret permutations and transform a model's weights (STIP, step 1).
+"""The owner's step: draw the secret permutations and transform a model's weights (STIP, step 1).
 
 Paper: Yuan et al., "Secure Transformer Inference", IACR ePrint 2023/1763 (seed 001), with the
 norm and head handling the seed code lacks (see ``docs/stip.md``).
@@ -6,16 +6,17 @@ norm and head handling the seed code lacks (see ``docs/stip.md``).
 1. For every permuted space of the architecture (the hidden width; CLIP's two tower widths and
    its projection space; the classes or the vocabulary of a head) draw a uniformly random
    permutation with the OS CSPRNG (Fisher-Yates over :class:`secrets.SystemRandom`).
-2. Apply each parameter's rule from :mod:`.archs`: reorder rows and/or columns; Q/K/V and FFN
-   input weights are reordered on their input side only, so attention, RoPE, GQA and the FFN
-   non-linearity all run in the original basis; norms, attention/FFN outputs and the residual
-   stream live in the permuted basis.
+2. Apply each parameter's rule from :mod:`secinfer.models.hf`: reorder rows and/or columns;
+   Q/K/V and FFN input weights are reordered on their input side only, so attention, RoPE, GQA
+   and the FFN non-linearity all run in the original basis; norms, attention/FFN outputs and
+   the residual stream live in the permuted basis.
 3. Move the embedding tables (token, position, token type, patch) out of the model: they go into
    the user's key, because the user embeds locally and the cloud must never see token ids.
 4. Return the cloud's state dict (every other tensor, transformed) and the user's key.
 
-Threat model: P1 is trusted by both others; it sees nothing at inference time. The key
-(permutations and embedding tables) must reach only P3; the transformed weights only P2.
+Threat model: the owner is trusted by both others; it sees nothing at inference time. The key
+(permutations and embedding tables) must reach only the user; the transformed weights only the
+cloud.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .archs import ArchSpec, spec_for
+from ..models.hf import ArchSpec, float_state, spec_for
 from .artifacts import CLOUD_KIND, KEY_KIND, read_artifact, write_artifact
 
 __all__ = [
@@ -56,7 +57,7 @@ def inverse_permutation(p: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class StipKey:
-    """What P3 holds: the permutations, its embedding tables and the architecture's config."""
+    """What the user holds: the permutations, its embedding tables and the architecture's config."""
 
     model_class: str
     task: str
@@ -121,7 +122,7 @@ def transform_model(
         if name not in perms:
             raise ValueError(f"missing permutation {name!r}")
         _check_perm(name, perms[name], n)
-    state = {k: v for k, v in model.state_dict().items() if v.is_floating_point() or v.dim() == 0}
+    state = float_state(model)
     cloud, tables = transform_state(spec, state, perms)
     cfg = json.loads(config.to_json_string(use_diff=False))
     cloud_cfg = {**cfg, **spec.cloud_config}

@@ -1,4 +1,4 @@
-"""P3's side: embed locally, permute, send, un-permute (STIP, steps 2 and 4).
+"""The user's side: embed locally, permute, send, un-permute (STIP, steps 2 and 4).
 
 1. Embed the input with the key's tables (tokens + positions + token types; or patches + class
    token + positions), exactly as the plaintext model's embedding layer does.
@@ -8,8 +8,8 @@
 4. Generation: greedy argmax on the un-permuted logits, embed the new token at its position,
    and send only that one embedding; the cloud keeps the KV cache between steps.
 
-Threat model: P3 holds the key and the embedding tables (it learns them; the rest of the
-weights it never sees). It trusts P2 to compute honestly.
+Threat model: the user holds the key and the embedding tables (it learns them; the rest of the
+weights it never sees). It trusts the cloud to compute honestly.
 """
 
 from __future__ import annotations

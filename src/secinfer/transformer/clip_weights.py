@@ -16,21 +16,16 @@ Threat model: none here; plaintext arithmetic on the owner's or the user's own d
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .model import EncoderDims
-from .weights import EncoderWeights, LayerWeights
+from .weights import EncoderWeights, layer_weights, read_roles
 
 __all__ = ["ClipDims", "ClipUserSide", "ClipWeights", "capture_clip", "eos_positions",
            "patchify"]
-
-
-def _d(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to(torch.float64).clone()
 
 
 @dataclass(frozen=True)
@@ -126,25 +121,6 @@ class ClipUserSide:
         return patchify(images, d.patch_size)
 
 
-def _layers(encoder: Any, heads: int) -> tuple[LayerWeights, ...]:
-    out = []
-    for lyr in encoder.layers:
-        att = lyr.self_attn
-        dh = att.q_proj.weight.shape[0] // heads
-        sc = 1.0 / math.sqrt(dh)
-        out.append(LayerWeights(
-            qkv_w=torch.cat([_d(att.q_proj.weight) * sc, _d(att.k_proj.weight),
-                             _d(att.v_proj.weight)]),
-            qkv_b=torch.cat([_d(att.q_proj.bias) * sc, _d(att.k_proj.bias),
-                             _d(att.v_proj.bias)]),
-            out_w=_d(att.out_proj.weight), out_b=_d(att.out_proj.bias),
-            ln1_w=_d(lyr.layer_norm1.weight), ln1_b=_d(lyr.layer_norm1.bias),
-            ff1_w=_d(lyr.mlp.fc1.weight), ff1_b=_d(lyr.mlp.fc1.bias),
-            ff2_w=_d(lyr.mlp.fc2.weight), ff2_b=_d(lyr.mlp.fc2.bias),
-            ln2_w=_d(lyr.layer_norm2.weight), ln2_b=_d(lyr.layer_norm2.bias)))
-    return tuple(out)
-
-
 def _native_act(cfg: Any) -> str:
     act = getattr(cfg, "hidden_act", None)
     if act == "quick_gelu":
@@ -155,11 +131,14 @@ def _native_act(cfg: Any) -> str:
 
 
 def capture_clip(model: Any) -> tuple[ClipUserSide, ClipWeights]:
-    """Read a ``transformers.CLIPModel`` (project-made tiny or a real checkpoint).
+    """Read a ``transformers.CLIPModel`` (project-made tiny or a real checkpoint) by role
+    through the architecture table (:mod:`secinfer.models.hf`).
 
-    Raises a ValueError naming what is unsupported: other activations, the two towers using
+    Raises a ValueError naming what is unsupported: an unknown parameter, other activations,
+    the two towers using
     different activations, or a vision tower whose image size is not a multiple of its patch.
     """
+    _, t = read_roles(model, "clip")
     vcfg, tcfg = model.config.vision_config, model.config.text_config
     act = _native_act(vcfg)
     if _native_act(tcfg) != act:
@@ -167,30 +146,26 @@ def capture_clip(model: Any) -> tuple[ClipUserSide, ClipWeights]:
                          f"{tcfg.hidden_act!r})")
     if vcfg.image_size % vcfg.patch_size:
         raise ValueError(f"image_size {vcfg.image_size} not divisible by {vcfg.patch_size}")
-    vm, tm = model.vision_model, model.text_model
     vh, th = int(vcfg.num_attention_heads), int(tcfg.num_attention_heads)
-    vis = EncoderWeights(_layers(vm.encoder, vh), vh, float(vcfg.layer_norm_eps))
-    txt = EncoderWeights(_layers(tm.encoder, th), th, float(tcfg.layer_norm_eps))
-    emb = vm.embeddings
-    conv = _d(emb.patch_embedding.weight)
-    pos = _d(emb.position_embedding.weight)
+    vis = EncoderWeights(layer_weights(t, "vision.", vh), vh, float(vcfg.layer_norm_eps))
+    txt = EncoderWeights(layer_weights(t, "text.", th), th, float(tcfg.layer_norm_eps))
+    conv = t["vision.embeddings.patch"]
+    pos = t["vision.embeddings.position"]
     cls_pos = pos.clone()
-    cls_pos[0] += _d(emb.class_embedding)
+    cls_pos[0] += t["vision.embeddings.class"]
     weights = ClipWeights(
         patch_w=conv.reshape(conv.shape[0], -1), cls_pos=cls_pos,
-        pre_ln_w=_d(vm.pre_layrnorm.weight), pre_ln_b=_d(vm.pre_layrnorm.bias), vision=vis,
-        post_ln_w=_d(vm.post_layernorm.weight), post_ln_b=_d(vm.post_layernorm.bias),
-        vision_proj=_d(model.visual_projection.weight), text=txt,
-        final_ln_w=_d(tm.final_layer_norm.weight), final_ln_b=_d(tm.final_layer_norm.bias),
-        text_proj=_d(model.text_projection.weight),
-        logit_scale=float(model.logit_scale.detach().exp()))
-    dims = ClipDims(EncoderDims.of(vis), EncoderDims.of(txt),
-                    int(model.visual_projection.weight.shape[0]), int(vcfg.image_size),
-                    int(vcfg.patch_size), int(vcfg.num_channels), act)
+        pre_ln_w=t["vision.pre_ln.weight"], pre_ln_b=t["vision.pre_ln.bias"], vision=vis,
+        post_ln_w=t["vision.post_ln.weight"], post_ln_b=t["vision.post_ln.bias"],
+        vision_proj=t["vision.proj"], text=txt,
+        final_ln_w=t["text.final_ln.weight"], final_ln_b=t["text.final_ln.bias"],
+        text_proj=t["text.proj"], logit_scale=float(t["logit_scale"].exp()))
+    dims = ClipDims(EncoderDims.of(vis), EncoderDims.of(txt), int(t["vision.proj"].shape[0]),
+                    int(vcfg.image_size), int(vcfg.patch_size), int(vcfg.num_channels), act)
     if pos.shape[0] != dims.n_patches + 1:
         raise ValueError(f"{pos.shape[0]} vision positions for {dims.n_patches} patches + 1")
-    user = ClipUserSide(_d(tm.embeddings.token_embedding.weight),
-                        _d(tm.embeddings.position_embedding.weight),
+    tm = model.text_model
+    user = ClipUserSide(t["text.embeddings.token"], t["text.embeddings.position"],
                         int(tm.eos_token_id if hasattr(tm, "eos_token_id")
                             else tcfg.eos_token_id), dims)
     return user, weights

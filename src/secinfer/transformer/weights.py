@@ -2,10 +2,11 @@
 reference forward pass the secure layers are tested against.
 
 The capture is what the model owner does once, before secret-sharing: it reads the encoder's
-weights, folds the attention scale 1/sqrt(d_head) into the query projection (a public constant,
-so folding it is free and saves a multiplication on shares), and concatenates Q, K and V into
-one projection (one Beaver round instead of three). The embedding tables stay with the user's
-side (see :mod:`secinfer.transformer.model`).
+weights by role from the one architecture table (:mod:`secinfer.models.hf`, which STIP's
+transform reads too), folds the attention scale 1/sqrt(d_head) into the query projection (a
+public constant, so folding it is free and saves a multiplication on shares), and concatenates
+Q, K and V into one projection (one Beaver round instead of three). The embedding tables stay
+with the user's side (see :mod:`secinfer.transformer.model`).
 
 Threat model: none here; plaintext arithmetic on the owner's or user's own data.
 """
@@ -19,10 +20,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from ..models.hf import ARCHS, ArchSpec, float_state, spec_for
 from ..mpc.approx import quick_gelu_sig, softmax_quant
 
 __all__ = ["HiddenAct", "SoftmaxAct", "LayerWeights", "EncoderWeights", "Embeddings",
-           "capture_bert", "plain_layer", "plain_encoder", "random_encoder", "mean_pool"]
+           "capture_bert", "read_roles", "layer_weights", "plain_layer", "plain_encoder",
+           "random_encoder", "mean_pool"]
 
 HiddenAct = Literal["gelu", "sig"]
 SoftmaxAct = Literal["softmax", "quant"]
@@ -97,12 +100,51 @@ def _d(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float64).clone()
 
 
-def capture_bert(model: Any) -> tuple[Embeddings, EncoderWeights]:
-    """Read a ``transformers`` BertModel (or a model with the same layout, e.g. MiniLM).
+def read_roles(model: Any, layout: str) -> tuple[ArchSpec, dict[str, torch.Tensor]]:
+    """``model``'s float64 tensors by role, through the one architecture table
+    (:mod:`secinfer.models.hf`): a class of another layout, or any parameter the table does
+    not know, is refused by name."""
+    spec = spec_for(type(model).__name__)
+    if spec.layout != layout:
+        wants = sorted(s.model_class for s in ARCHS.values() if s.layout == layout)
+        raise ValueError(f"{spec.model_class} is not a {layout} layout; this capture takes "
+                         f"{', '.join(wants)}")
+    return spec, {k: _d(v) for k, v in spec.roles(float_state(model)).items()}
 
-    Raises a ValueError naming what is unsupported: non-GELU activations, relative position
-    embeddings, decoders (cross-attention).
+
+def layer_weights(t: dict[str, torch.Tensor], prefix: str, heads: int
+                  ) -> tuple[LayerWeights, ...]:
+    """The layers ``{prefix}layers.<i>.*`` of a role dict, Q, K, V fused and 1/sqrt(d_head)
+    folded into Q. The same for post-norm (BERT) and pre-norm (CLIP) layers: the forward
+    pass, not the weights, says where the norms sit."""
+    n = 0
+    while f"{prefix}layers.{n}.q.weight" in t:
+        n += 1
+    out = []
+    for i in range(n):
+        def g(role: str, i: int = i) -> torch.Tensor:
+            return t[f"{prefix}layers.{i}.{role}"]
+
+        sc = 1.0 / math.sqrt(g("q.weight").shape[0] // heads)
+        out.append(LayerWeights(
+            qkv_w=torch.cat([g("q.weight") * sc, g("k.weight"), g("v.weight")]),
+            qkv_b=torch.cat([g("q.bias") * sc, g("k.bias"), g("v.bias")]),
+            out_w=g("out.weight"), out_b=g("out.bias"),
+            ln1_w=g("ln1.weight"), ln1_b=g("ln1.bias"),
+            ff1_w=g("ff1.weight"), ff1_b=g("ff1.bias"),
+            ff2_w=g("ff2.weight"), ff2_b=g("ff2.bias"),
+            ln2_w=g("ln2.weight"), ln2_b=g("ln2.bias")))
+    return tuple(out)
+
+
+def capture_bert(model: Any) -> tuple[Embeddings, EncoderWeights]:
+    """Read a ``transformers`` BertModel (e.g. MiniLM) or BertForSequenceClassification
+    (its encoder; the head stays out) through the architecture table.
+
+    Raises a ValueError naming what is unsupported: another architecture, an unknown
+    parameter, non-GELU activations, relative position embeddings, decoders (cross-attention).
     """
+    _, t = read_roles(model, "bert")
     cfg = model.config
     if getattr(cfg, "hidden_act", None) not in ("gelu", "gelu_new", "gelu_python"):
         raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}: only GELU encoders")
@@ -111,25 +153,11 @@ def capture_bert(model: Any) -> tuple[Embeddings, EncoderWeights]:
     if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
         raise ValueError("decoders and cross-attention are not supported")
     heads = int(cfg.num_attention_heads)
-    emb = model.embeddings
-    embeddings = Embeddings(_d(emb.word_embeddings.weight), _d(emb.position_embeddings.weight),
-                            _d(emb.token_type_embeddings.weight), _d(emb.LayerNorm.weight),
-                            _d(emb.LayerNorm.bias), float(cfg.layer_norm_eps))
-    layers = []
-    for lyr in model.encoder.layer:
-        att = lyr.attention.self
-        dh = att.query.weight.shape[0] // heads
-        sc = 1.0 / math.sqrt(dh)
-        layers.append(LayerWeights(
-            qkv_w=torch.cat([_d(att.query.weight) * sc, _d(att.key.weight), _d(att.value.weight)]),
-            qkv_b=torch.cat([_d(att.query.bias) * sc, _d(att.key.bias), _d(att.value.bias)]),
-            out_w=_d(lyr.attention.output.dense.weight), out_b=_d(lyr.attention.output.dense.bias),
-            ln1_w=_d(lyr.attention.output.LayerNorm.weight),
-            ln1_b=_d(lyr.attention.output.LayerNorm.bias),
-            ff1_w=_d(lyr.intermediate.dense.weight), ff1_b=_d(lyr.intermediate.dense.bias),
-            ff2_w=_d(lyr.output.dense.weight), ff2_b=_d(lyr.output.dense.bias),
-            ln2_w=_d(lyr.output.LayerNorm.weight), ln2_b=_d(lyr.output.LayerNorm.bias)))
-    return embeddings, EncoderWeights(tuple(layers), heads, float(cfg.layer_norm_eps))
+    eps = float(cfg.layer_norm_eps)
+    embeddings = Embeddings(t["embeddings.word"], t["embeddings.position"],
+                            t["embeddings.token_type"], t["embeddings.ln.weight"],
+                            t["embeddings.ln.bias"], eps)
+    return embeddings, EncoderWeights(layer_weights(t, "", heads), heads, eps)
 
 
 def random_encoder(n_layers: int, hidden: int, heads: int, ffn: int,
