@@ -72,10 +72,12 @@ _CHUNK = 1 << 13  # elements per chunk: keeps the (chunk, bits) temporaries in c
 
 
 def _bits(v: torch.Tensor, width: int) -> torch.Tensor:
-    """Little-endian bits [..., width] (uint8) of int64 values, unpacked bytewise."""
-    by = v.contiguous().view(torch.uint8).reshape(*v.shape, 8)
+    """Little-endian bits [..., width] (uint8) of int64 values, unpacked bytewise (only the
+    bytes that hold them: a 33-bit window unpacks 5 bytes, not 8)."""
+    nb = (width + 7) // 8
+    by = v.contiguous().view(torch.uint8).reshape(*v.shape, 8)[..., :nb]
     bits = (by.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
-    return bits.reshape(*v.shape, 64)[..., :width]
+    return bits.reshape(*v.shape, 8 * nb)[..., :width]
 
 
 def _mask(bits: int) -> torch.Tensor:
@@ -174,7 +176,7 @@ def _drelu(engine: MPCEngine, x: Share) -> Share:
         # other terms are uniform non-zero after the random multipliers
         idx = cols + shift
         idx -= w * (idx >= w)
-        terms[sl] = torch.gather(c, 1, idx).to(torch.uint8)
+        terms[sl] = torch.gather(c.to(torch.uint8), 1, idx)
     s.send(HELPER, terms)
     delta_i = engine.prg_h.int64((n,)) if is0 else s.recv(HELPER)
     v = ((z >> k) & _mask(1)) ^ beta                                           # public to P0 and P1
@@ -186,12 +188,13 @@ def _drelu(engine: MPCEngine, x: Share) -> Share:
 def _mod_small(prg, shape: tuple[int, ...], m: int) -> torch.Tensor:
     """Uniform values in [0, m) as int32 by Lemire's multiply-shift on 32-bit draws.
 
-    Bias is below m / 2^32 per value; no division on the hot path.
+    Bias is below m / 2^32 per value; no division on the hot path. Each value consumes 4
+    bytes of the stream (AES-CTR is half of a comparison's local work, so none is wasted).
     """
     n = 1
     for d in shape:
         n *= d
-    raw = prg.bytes(8 * n).view(torch.int64) & _mask(32)
+    raw = prg.bytes(4 * n).view(torch.int32).to(torch.int64) & _mask(32)
     return ((raw * m) >> 32).to(torch.int32).reshape(shape)
 
 
