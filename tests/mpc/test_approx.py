@@ -68,7 +68,8 @@ def test_i_exp_relative_bound() -> None:
     x = _uniform(200_000, -16 * math.log(2.0), 0)
     assert ((A.i_exp(x) - x.exp()) / x.exp()).abs().max().item() <= 3.1e-3
     far = _uniform(10_000, -40, -16 * math.log(2.0) - 1e-9)
-    assert A.i_exp(far).max().item() <= 2.0 ** -16
+    # at the clamp the polynomial's own relative error applies to 2^-16 (a seed hit 2^-16 + 6e-10)
+    assert A.i_exp(far).max().item() <= 2.0 ** -16 * (1 + 3.1e-3)
     x = _uniform(200_000, -20, 0)
     assert ((A.i_exp(x, max_shift=31) - x.exp()) / x.exp()).abs().max().item() <= 3.1e-3
 
