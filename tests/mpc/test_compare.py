@@ -122,3 +122,20 @@ def test_drelu_known_cost(cfg):
     # ReLU = DReLU + one product: 16 more bytes per element from each compute party
     assert r0["relu"]["bytes_sent"] == want["p0_sent"] + 16 * n
     assert r1["relu"]["rounds"] == want["p1_rounds"] + 1
+
+
+@pytest.mark.parametrize("m", [1, 2, 66, 67, 65, 255])
+def test_small_uniform_values_are_lemire_on_the_whole_64_bit_draw(m):
+    # known answer: floor(m x / 2^64) in exact integers on the same 64-bit stream, so every
+    # bit of each draw counts (a 32-bit draw would be biased by m / 2^32)
+    from secinfer.mpc import PRG
+    from secinfer.mpc.compare import _mod_small
+
+    seed = bytes(range(16))
+    got = _mod_small(PRG(seed), (500, 3), m)
+    xs = PRG(seed).bytes(8 * 1500).view(torch.int64).tolist()
+    want = [(m * (x % (1 << 64))) >> 64 for x in xs]
+    assert got.dtype == torch.int32 and got.reshape(-1).tolist() == want
+    assert int(got.min()) >= 0 and int(got.max()) < m
+    with pytest.raises(ValueError, match="modulus"):
+        _mod_small(PRG(seed), (2,), 256)
