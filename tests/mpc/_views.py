@@ -47,8 +47,8 @@ def run_recorded(op: Op, secrets: Sequence[torch.Tensor], config: MPCConfig,
         log = views[s.party_id]
         orig = s.recv
 
-        def rec(peer, timeout=None):
-            t = orig(peer, timeout)
+        def rec(peer, timeout=None, tag="", expect=None):
+            t = orig(peer, timeout, tag, expect)
             log.append((peer, t.clone()))
             return t
 

@@ -167,8 +167,8 @@ def _attack_program(s, cfg, x, kind, seeds, got):
     if s.party_id == 2:
         orig = s.recv
 
-        def rec(peer, timeout=None):
-            t = orig(peer, timeout)
+        def rec(peer, timeout=None, tag="", expect=None):
+            t = orig(peer, timeout, tag, expect)
             got.setdefault(peer, []).append(t.clone())
             return t
 

@@ -121,8 +121,9 @@ def _recorded(program: Callable[..., Any]) -> Callable[..., Any]:
             got = log.setdefault(session.party_id, [])
             orig = session.recv
 
-            def recv(peer: int, timeout: float | None = None) -> torch.Tensor:
-                t = orig(peer, timeout)
+            def recv(peer: int, timeout: float | None = None, tag: str = "",
+                     expect=None) -> torch.Tensor:
+                t = orig(peer, timeout, tag, expect)
                 got.append((peer, t.clone()))
                 return t
 

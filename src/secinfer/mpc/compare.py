@@ -129,9 +129,11 @@ def _drelu(engine: MPCEngine, x: Share) -> Share:
             sl = slice(lo_i, min(n, lo_i + _CHUNK))
             share0 = _mod_small(engine.prg_h0, (sl.stop - sl.start, nbits), p)
             share1[sl] = torch.remainder(_bits(rp[sl], nbits).to(torch.int32) - share0, p)
-        s.send(P1, share1)
+        s.send(P1, share1, "drelu.bits")
         del share1
-        t0, t1 = s.recv(P0).reshape(n, w), s.recv(P1).reshape(n, w)
+        terms_like = ((n, w), torch.uint8)
+        t0 = s.recv(P0, tag="drelu.terms", expect=terms_like)
+        t1 = s.recv(P1, tag="drelu.terms", expect=terms_like)
         gamma = torch.empty(n, dtype=torch.int64)
         for lo_i in range(0, n, _CHUNK):
             sl = slice(lo_i, min(n, lo_i + _CHUNK))
@@ -139,15 +141,16 @@ def _drelu(engine: MPCEngine, x: Share) -> Share:
             gamma[sl] = (tot == 0).any(dim=1).to(torch.int64)
         delta = gamma ^ ((r >> k) & _mask(1))
         d0 = engine.prg_h0.int64((n,))
-        s.send(P1, delta - d0)
+        s.send(P1, delta - d0, "drelu.delta")
         return engine.placeholder(shape, 0)
 
     is0 = engine.role == P0
     r_i = engine.prg_h.int64((n,))
     z_i = x.data.reshape(-1) + r_i
-    s.send(engine.other, z_i)
-    rb_all = torch.empty(0) if is0 else s.recv(HELPER).reshape(n, nbits)
-    z = z_i + s.recv(engine.other)
+    s.send(engine.other, z_i, "drelu.open")
+    rb_all = torch.empty(0) if is0 else s.recv(HELPER, tag="drelu.bits",
+                                                 expect=((n, nbits), torch.uint8))
+    z = z_i + s.recv(engine.other, tag="drelu.open", expect=((n,), torch.int64))
     beta = engine.prg_01.bits((n,))
     zp = (z >> low) & _mask(nbits)
     terms = torch.empty((n, w), dtype=torch.uint8)
@@ -177,8 +180,9 @@ def _drelu(engine: MPCEngine, x: Share) -> Share:
         idx = cols + shift
         idx -= w * (idx >= w)
         terms[sl] = torch.gather(c.to(torch.uint8), 1, idx)
-    s.send(HELPER, terms)
-    delta_i = engine.prg_h.int64((n,)) if is0 else s.recv(HELPER)
+    s.send(HELPER, terms, "drelu.terms")
+    delta_i = engine.prg_h.int64((n,)) if is0 else s.recv(HELPER, tag="drelu.delta",
+                                                           expect=((n,), torch.int64))
     v = ((z >> k) & _mask(1)) ^ beta                                           # public to P0 and P1
     sign_i = delta_i * (1 - 2 * v) + (v if is0 else 0)
     d = (int(is0) - sign_i).reshape(shape)

@@ -50,6 +50,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..net.errors import MessageError
 from ..net.session import Session
 from ..ring.fixed import FixedPoint
 from ..ring.kernels import auto_choice
@@ -65,6 +66,15 @@ log = logging.getLogger(__name__)
 Bilinear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Where a party's seeds come from: called with "h0", "h1" (at the helper) or "01" (at P0).
 SeedSource = Callable[[str], bytes]
+
+
+def _like(t: torch.Tensor | None, ref: torch.Tensor, peer: int, tag: str) -> torch.Tensor:
+    """``t``, if it has ``ref``'s shape and dtype; else the error that names ``peer``."""
+    if t is None or t.shape != ref.shape or t.dtype != ref.dtype:
+        got = "nothing" if t is None else f"a message of shape {tuple(t.shape)} {t.dtype}"
+        raise MessageError(f"party {peer} sent {got} where the protocol expects {tag} of "
+                           f"shape {tuple(ref.shape)} {ref.dtype}")
+    return t
 
 
 def _fresh_seed(_purpose: str) -> bytes:
@@ -133,17 +143,21 @@ class MPCEngine:
         with s.op("setup"):
             if self.role == HELPER:
                 h0, h1 = self._seed_source("h0"), self._seed_source("h1")
-                s.send(P0, torch.frombuffer(bytearray(h0), dtype=torch.uint8))
-                s.send(P1, torch.frombuffer(bytearray(h1), dtype=torch.uint8))
+                s.send(P0, torch.frombuffer(bytearray(h0), dtype=torch.uint8), "setup.seed")
+                s.send(P1, torch.frombuffer(bytearray(h1), dtype=torch.uint8), "setup.seed")
                 self.prg_h0, self.prg_h1 = PRG(h0), PRG(h1)
             elif self.role == P0:
                 s01 = self._seed_source("01")
-                s.send(P1, torch.frombuffer(bytearray(s01), dtype=torch.uint8))
-                self.prg_h = PRG(bytes(s.recv(HELPER).tolist()))
+                s.send(P1, torch.frombuffer(bytearray(s01), dtype=torch.uint8), "setup.seed")
+                self.prg_h = PRG(self._recv_seed(HELPER))
                 self.prg_01 = PRG(s01)
             else:
-                self.prg_h = PRG(bytes(s.recv(HELPER).tolist()))
-                self.prg_01 = PRG(bytes(s.recv(P0).tolist()))
+                self.prg_h = PRG(self._recv_seed(HELPER))
+                self.prg_01 = PRG(self._recv_seed(P0))
+
+    def _recv_seed(self, peer: int) -> bytes:
+        return bytes(self.session.recv(peer, tag="setup.seed",
+                                       expect=((16,), torch.uint8)).tolist())
 
     @property
     def is_helper(self) -> bool:
@@ -197,16 +211,16 @@ class MPCEngine:
         if to is None:
             if self.is_helper:
                 return None
-            other = s.exchange({self.other: x.data})[self.other]
+            other = s.exchange({self.other: x.data}, "reveal", same_shape=True)[self.other]
             return decode(x.data + other, x.frac_bits)
         if self.role in (P0, P1) and self.role != to:
-            s.send(to, x.data if to in (P0, P1) else self.output_share(x))
+            s.send(to, x.data if to in (P0, P1) else self.output_share(x), "output")
         if self.role != to:
             return None
         total = x.data.clone() if self.role in (P0, P1) else torch.zeros(x.shape, dtype=torch.int64)
         for p in (P0, P1):
             if p != self.role:
-                total += s.recv(p)
+                total += s.recv(p, tag="output", expect=(x.shape, torch.int64))
         return decode(total, x.frac_bits)
 
     def output_share(self, x: Share) -> torch.Tensor:
@@ -227,7 +241,8 @@ class MPCEngine:
     def send_share_to(self, x: Share, to: int) -> None:
         """Send this party's (re-randomised, see :meth:`output_share`) share to ``to``."""
         if self.role in (P0, P1):
-            self.session.send(to, self.output_share(x) if to not in (P0, P1) else x.data)
+            self.session.send(to, self.output_share(x) if to not in (P0, P1) else x.data,
+                              "output")
 
     # ------------------------------------------------------------------ public operands
     def add_public(self, x: Share, c: torch.Tensor | float) -> Share:
@@ -307,20 +322,22 @@ class MPCEngine:
             alpha = self.prg_h0.int64(shape) & mask
             gamma0 = self.prg_h0.int64(shape) & mask
             beta = self.prg_h1.int64(shape) & mask
-            self.session.send(P1, ((alpha * beta - gamma0) & mask).to(wire))
+            self.session.send(P1, ((alpha * beta - gamma0) & mask).to(wire), "trunc.corr")
             return self.placeholder(shape, fz)
         xs = x.data + (1 << 62) if self.role == P0 else x.data
         top = (xs < 0).to(torch.int64)
         mine = self.prg_h.int64(shape) & mask  # alpha at P0, beta at P1
         masked = (top - mine) & mask
-        self.session.send(self.other, masked.to(wire))
+        self.session.send(self.other, masked.to(wire), "trunc.open")
         if self.role == P0:
             gamma0 = self.prg_h.int64(shape) & mask
-            g = self.session.recv(P1).to(torch.int64) & mask
+            g = self.session.recv(P1, tag="trunc.open", expect=(shape, wire)).to(torch.int64) & mask
             t = masked * g + mine * g + gamma0
         else:
-            gamma1 = self.session.recv(HELPER).to(torch.int64)
-            e = self.session.recv(P0).to(torch.int64) & mask
+            gamma1 = self.session.recv(HELPER, tag="trunc.corr",
+                                       expect=(shape, wire)).to(torch.int64)
+            e = self.session.recv(P0, tag="trunc.open",
+                                  expect=(shape, wire)).to(torch.int64) & mask
             t = e * mine + gamma1
         w = (top - t) & mask
         y = ((xs >> d) & ((1 << (64 - d)) - 1)) - (w << (64 - d))
@@ -332,7 +349,7 @@ class MPCEngine:
     def _open_masked(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Exchange masked shares with the other compute party (P1 first asks the helper)."""
         flat = torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0].reshape(-1)
-        self.session.send(self.other, flat)
+        self.session.send(self.other, flat, "beaver.open")
         return self._split(flat, parts)
 
     def _split(self, flat: torch.Tensor, parts: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -360,19 +377,20 @@ class MPCEngine:
             a1, b1 = self.prg_h1.int64(x.shape), self.prg_h1.int64(y.shape)
             c = op(a0 + a1, b0 + b1)
             c0 = self.prg_h0.int64(c.shape)
-            self.session.send(P1, c - c0)
+            self.session.send(P1, c - c0, "beaver.corr")
             return self.placeholder(c.shape, fz)
         a, b = self.prg_h.int64(x.shape), self.prg_h.int64(y.shape)
         e_i, f_i = x.data - a, y.data - b
         mine = [e_i, f_i]
         self._open_masked(mine)
-        c1 = self.session.recv(HELPER) if self.role == P1 else None
-        e_o, f_o = self._split(self.session.recv(self.other), mine)
+        c1 = self.session.recv(HELPER, tag="beaver.corr") if self.role == P1 else None
+        n_open = e_i.numel() + f_i.numel()
+        e_o, f_o = self._split(self.session.recv(self.other, tag="beaver.open",
+                                                 expect=((n_open,), torch.int64)), mine)
         e, f = e_i + e_o, f_i + f_o
         z = op(e, f + b) if self.role == P0 else op(e, b)
         z = z + op(a, f)
-        c_i = self.prg_h.int64(z.shape) if self.role == P0 else c1
-        assert c_i is not None
+        c_i = self.prg_h.int64(z.shape) if self.role == P0 else _like(c1, z, HELPER, "beaver.corr")
         return Share(z + c_i, fz)
 
     def prepare_weight(self, w: Share) -> PreparedWeight:
@@ -382,7 +400,8 @@ class MPCEngine:
             return PreparedWeight(None, None, b, w.shape, w.frac_bits)
         b_i = self.prg_h.int64(w.shape)
         f_i = w.data - b_i
-        opened = f_i + self.session.exchange({self.other: f_i})[self.other]
+        got = self.session.exchange({self.other: f_i}, "weight.open", same_shape=True)
+        opened = f_i + got[self.other]
         return PreparedWeight(opened, b_i, None, w.shape, w.frac_bits)
 
     def beaver_fixed(self, x: Share, w: PreparedWeight, op: Bilinear) -> Share:
@@ -399,18 +418,18 @@ class MPCEngine:
             assert w.b_full is not None
             c = op(a, w.b_full)
             c0 = self.prg_h0.int64(c.shape)
-            self.session.send(P1, c - c0)
+            self.session.send(P1, c - c0, "beaver.corr")
             return self.placeholder(c.shape, fz)
         assert w.opened is not None and w.b_share is not None
         a = self.prg_h.int64(x.shape)
         e_i = x.data - a
-        self.session.send(self.other, e_i)
-        c1 = self.session.recv(HELPER) if self.role == P1 else None
-        e = e_i + self.session.recv(self.other)
+        self.session.send(self.other, e_i, "beaver.open")
+        c1 = self.session.recv(HELPER, tag="beaver.corr") if self.role == P1 else None
+        e = e_i + self.session.recv(self.other, tag="beaver.open",
+                                    expect=(tuple(e_i.shape), torch.int64))
         rhs = w.opened + w.b_share if self.role == P0 else w.b_share
         z = op(e, rhs) + op(a, w.opened)
-        c_i = self.prg_h.int64(z.shape) if self.role == P0 else c1
-        assert c_i is not None
+        c_i = self.prg_h.int64(z.shape) if self.role == P0 else _like(c1, z, HELPER, "beaver.corr")
         return Share(z + c_i, fz)
 
     # ------------------------------------------------------------------ convenience products
@@ -444,7 +463,8 @@ class MPCEngine:
     # ------------------------------------------------------------------ debugging
     def _debug_truncation_risk(self, x: Share) -> None:
         """INSECURE: open x between P0 and P1 and add its local-truncation failure odds."""
-        raw = x.data + self.session.exchange({self.other: x.data})[self.other]
+        got = self.session.exchange({self.other: x.data}, "debug", same_shape=True)
+        raw = x.data + got[self.other]
         op = self.session.acct.current.rsplit("/", 1)[-1]
         risk = float(raw.abs().to(torch.float64).sum()) / 2.0**64
         self.debug_truncation_risk[op] = self.debug_truncation_risk.get(op, 0.0) + risk

@@ -14,6 +14,7 @@ __all__ = [
     "PeerDisconnected",
     "PeerAborted",
     "FrameError",
+    "MessageError",
     "HandshakeError",
     "TopologyError",
     "RequestRefused",
@@ -60,6 +61,12 @@ class PeerAborted(SecinferNetError, ConnectionError):
 
 class FrameError(SecinferNetError, ValueError):
     """A frame on the wire is malformed: wrong magic, session, counter, size or dtype."""
+
+
+class MessageError(SecinferNetError, ValueError):
+    """A peer's message is well framed but not the one the protocol expects at this point
+    (another shape or dtype: a malformed, dropped or replayed message). The text names the
+    peer, the message type and both shapes; it holds no value, so peers get it verbatim."""
 
 
 class HandshakeError(SecinferNetError, ConnectionError):

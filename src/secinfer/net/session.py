@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .accounting import CostAccountant
-from .errors import SecinferNetError
+from .errors import MessageError, SecinferNetError
 from .topology import Topology
 from .transport import InMemoryHub, Listener, TlsTransport, Transport
 
@@ -78,20 +78,40 @@ class Session:
         return self.transport.session_id
 
     # -- messaging
-    def send(self, peer: int, tensor: torch.Tensor) -> None:
+    def send(self, peer: int, tensor: torch.Tensor, tag: str = "") -> None:
+        """Send ``tensor`` to ``peer``. ``tag`` names the protocol message type (such as
+        ``"beaver.open"``); it never travels, it lets a fault campaign
+        (:mod:`secinfer.net.faults`) and per-message accounting tell messages apart."""
         wire = self.transport.send(peer, tensor)
         self.acct.on_send(peer, tensor.numel() * tensor.element_size(), wire)
 
-    def recv(self, peer: int, timeout: float | None = None) -> torch.Tensor:
+    def recv(self, peer: int, timeout: float | None = None, tag: str = "",
+             expect: tuple[Sequence[int], torch.dtype] | None = None) -> torch.Tensor:
+        """Receive the next tensor from ``peer``. With ``expect=(shape, dtype)`` a message of
+        another shape or dtype (malformed, or the next message after a dropped one) raises a
+        :class:`~secinfer.net.errors.MessageError` naming the peer and ``tag``."""
         tensor, wire = self.transport.recv(peer, self.timeout if timeout is None else timeout)
         self.acct.on_recv(peer, tensor.numel() * tensor.element_size(), wire)
+        if expect is not None:
+            shape, dtype = tuple(expect[0]), expect[1]
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise MessageError(
+                    f"party {peer} sent a message of shape {tuple(tensor.shape)} "
+                    f"{str(tensor.dtype).removeprefix('torch.')} where the protocol expects "
+                    f"{tag or 'a message'} of shape {shape} {str(dtype).removeprefix('torch.')}")
         return tensor
 
-    def exchange(self, outgoing: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Send one tensor to each named peer, then receive one from each: a single round."""
+    def exchange(self, outgoing: Mapping[int, torch.Tensor], tag: str = "",
+                 same_shape: bool = False) -> dict[int, torch.Tensor]:
+        """Send one tensor to each named peer, then receive one from each: a single round.
+
+        ``same_shape``: each peer must answer with a tensor of the shape and dtype it was sent
+        (else :class:`~secinfer.net.errors.MessageError`), as in an opening of shares."""
         for peer, t in outgoing.items():
-            self.send(peer, t)
-        return {peer: self.recv(peer) for peer in outgoing}
+            self.send(peer, t, tag)
+        return {peer: self.recv(peer, tag=tag,
+                                expect=(t.shape, t.dtype) if same_shape else None)
+                for peer, t in outgoing.items()}
 
     def op(self, name: str) -> AbstractContextManager[None]:
         """Charge everything inside to op ``name`` (nests as ``outer/inner``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -24,10 +24,11 @@ def _recv_waits(session: Session) -> Iterator[dict[str, float]]:
     waits: dict[str, float] = defaultdict(float)
     recv = session.recv
 
-    def timed(peer: int, timeout: float | None = None) -> torch.Tensor:
+    def timed(peer: int, timeout: float | None = None, tag: str = "",
+              expect: tuple[Sequence[int], torch.dtype] | None = None) -> torch.Tensor:
         t0 = time.perf_counter()
         try:
-            return recv(peer, timeout)
+            return recv(peer, timeout, tag, expect)
         finally:
             waits[session.acct.current] += time.perf_counter() - t0
 
