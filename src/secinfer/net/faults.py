@@ -16,7 +16,7 @@ Corruptions (:data:`CORRUPTIONS`), each applied to one message:
   first of its tag, the previous message to that peer of any tag);
 - ``drop``: the message is not sent at all.
 
-The choices come from BLAKE2b of a per-fault seed: reproducible from the seed, and not a secret
+The choices come from SHAKE-256 of a per-fault seed: reproducible from the seed, and not a secret
 of the protocol (the attacker's randomness is the attacker's business).
 
 Threat model: this module *is* the malicious party; it is only used by tests and campaigns.
@@ -55,17 +55,15 @@ class Fault:
 
 
 class _Draws:
-    """Deterministic integers from a seed (BLAKE2b in counter mode)."""
+    """Deterministic bytes and integers from a seed (SHAKE-256, one stream per draw)."""
 
     def __init__(self, seed: bytes) -> None:
         self.seed, self.ctr = seed, 0
 
     def bytes(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += hashlib.blake2b(self.ctr.to_bytes(8, "little"), key=self.seed).digest()
-            self.ctr += 1
-        return out[:n]
+        # one XOF call per draw: a whole replacement tensor (megabytes) in one go
+        self.ctr += 1
+        return hashlib.shake_256(self.ctr.to_bytes(8, "little") + self.seed).digest(n)
 
     def below(self, m: int) -> int:
         # 128-bit draw reduced mod m: bias below m / 2^128, irrelevant for an attacker's choice
