@@ -59,6 +59,7 @@ SECRET_MODULES = (
     "tee/protocol.py",
     "tee/rand.py",
     "experiments/tee_faults.py",  # the fault campaign runs the real enclave round
+    "experiments/mpc_faults.py",  # the MPC fault campaign runs the real engine
     "tee/programs.py",
     "tee/quantize.py",
     "tee/program.py",
@@ -86,6 +87,10 @@ NON_SECRET_FILES = {
 
 # Reviewed uses inside secret-bearing folders: (file, enclosing function, call) -> reason.
 REVIEWED = {
+    ("experiments/mpc_faults.py", "bert_workload", "torch.Generator"):
+        "the campaign's BERT layer: seeded random weights and inputs (test data, not secrets)",
+    ("experiments/mpc_faults.py", "bert_workload", "manual_seed"): "same test data",
+    ("experiments/mpc_faults.py", "bert_workload", "torch.randn"): "same test data",
     ("net/programs.py", "sample_tensors", "torch.Generator"):
         "fixed-seed wire-format test payload (must be deterministic, carries no secret)",
     ("net/programs.py", "sample_tensors", "manual_seed"): "same test payload",

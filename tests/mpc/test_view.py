@@ -56,6 +56,13 @@ def _prepared_linear(e, ins):
     return e.linear(ins[0], e.prepare_weight(ins[1]))
 
 
+def _checked_products(e, ins):
+    """Products, then the proof of the helper's triples (secinfer.mpc.dzk)."""
+    out = e.linear(e.mul(ins[0], ins[1]).reshape(2, 8), e.prepare_weight(ins[2]))
+    e.check_dealer()
+    return out
+
+
 # name: (config, op, secrets A, secrets B). Every protocol of the engine that sends a message.
 PROTOCOLS = {
     "beaver_local_truncation": (CFG12, lambda e, i: e.mul(i[0], i[1]),
@@ -69,6 +76,10 @@ PROTOCOLS = {
     "prepared_weight_linear": (CFG12, _prepared_linear,
                                [_lin(-1, 1, 2, 8), _lin(-1, 1, 4, 8)],
                                [_lin(3, 2, 2, 8), _lin(0.5, -0.5, 4, 8)]),
+    "checked_products": (MPCConfig(verify_dealer=True), _checked_products,
+                         [_lin(-3, 3, 16), _lin(1, 2, 16), _lin(-1, 1, 4, 8)],
+                         [torch.full((16,), 2.5, dtype=torch.float64), _lin(-2, 0, 16),
+                          _lin(0.5, -0.5, 4, 8)]),
     "drelu_exact": (CFG12, lambda e, i: drelu(e, i[0]), [_lin(-3, 3, 16)],
                     [torch.full((16,), 2.5, dtype=torch.float64)]),
     "drelu_approximate": (APPROX, lambda e, i: drelu(e, i[0]), [_lin(-3, 3, 16)],

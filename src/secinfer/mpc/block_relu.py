@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .compare import drelu
+from .dzk import Elementwise
 from .engine import MPCEngine
 from .share import Share
 
@@ -124,7 +125,7 @@ def block_relu(engine: MPCEngine, x: Share, block_sizes: list[list[int]]) -> Sha
         def op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return a * b.index_select(0, patch)
 
-        prod = engine.beaver(xg, signs, op)
+        prod = engine.beaver(xg, signs, op, Elementwise(index=patch))
         if not helper:
             if lay.gated is None:
                 out = Share(prod.data.reshape(shape), x.frac_bits)

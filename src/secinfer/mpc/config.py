@@ -43,6 +43,10 @@ class MPCConfig:
     debug_reveal_insecure:
         INSECURE debugging aid: compute parties reveal intermediates to each other to check them
         against plaintext. Never enable it in production; the engine logs a loud warning.
+    verify_dealer (default False):
+        Record every Beaver triple and let :meth:`~secinfer.mpc.engine.MPCEngine.check_dealer`
+        prove them correct (:mod:`secinfer.mpc.dzk`): catches a helper that deals a wrong
+        product. Only that: it is one layer of the malicious design of ``docs/integrity.md``.
     """
 
     frac_bits: int = 12
@@ -51,6 +55,7 @@ class MPCConfig:
     prime: int = 67
     debug_reveal_insecure: bool = False
     truncation: Truncation = "local"
+    verify_dealer: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.frac_bits <= 24:

@@ -53,9 +53,11 @@ import torch
 from ..net.errors import MessageError
 from ..net.session import Session
 from ..ring.fixed import FixedPoint
+from ..ring.galois import GaloisRing
 from ..ring.kernels import auto_choice
 from ..ring.ops import ring_conv2d, ring_matmul
 from .config import HELPER, P0, P1, MPCConfig
+from .dzk import Elementwise, Form, MatMul, check_claims, coin_prg, conv_form, triple_claim
 from .prg import PRG, new_seed
 from .share import Share, broadcast_shape, meta
 
@@ -134,6 +136,9 @@ class MPCEngine:
         # which exact ring kernels "auto" runs (a cache read, or a one-off measurement, and a
         # `uname` subprocess for the fingerprint) is settled now, not inside the first request
         auto_choice("cpu")
+        # with verify_dealer: every triple this party used (its shares; the helper: the values)
+        self._triples: list[tuple[Form, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.unchecked_triples = 0
         self._setup_seeds()
 
     # ------------------------------------------------------------------ set-up
@@ -359,7 +364,39 @@ class MPCEngine:
             i += p.numel()
         return out
 
-    def beaver(self, x: Share, y: Share, op: Bilinear) -> Share:
+    def _record(self, form: Form | None, op: Bilinear, a: torch.Tensor, b: torch.Tensor,
+                c: torch.Tensor) -> None:
+        if not self.config.verify_dealer:
+            return
+        if form is None:
+            form = (Elementwise() if op is torch.mul else MatMul() if op is ring_matmul
+                    else None)
+        if form is None:
+            self.unchecked_triples += 1
+            return
+        self._triples.append((form, a, b, c))
+
+    def check_dealer(self) -> int:
+        """Prove every triple recorded since the last call (``verify_dealer``), then forget
+        them; raise :class:`~secinfer.errors.IntegrityError` at P0 and P1 if one is wrong.
+
+        :func:`secinfer.mpc.dzk.check_claims` gives the steps, cost and soundness. Call it
+        before any output leaves the compute parties. Returns the number of triples checked;
+        a triple of a bilinear op without a form (``unchecked_triples``) is refused here.
+        """
+        if self.unchecked_triples:
+            raise ValueError(f"{self.unchecked_triples} products of this query have no check "
+                             "form (pass form= to beaver): refusing to call them verified")
+        with self.session.op("check_dealer"):
+            gr = GaloisRing()
+            coins = coin_prg(self)
+            claims = [triple_claim(gr, coins, f, a, b, c) for f, a, b, c in self._triples]
+            n = len(claims)
+            self._triples = []
+            check_claims(self, claims, gr)
+        return n
+
+    def beaver(self, x: Share, y: Share, op: Bilinear, form: Form | None = None) -> Share:
         """``op(x, y)`` for a bilinear ``op`` on secret x and y, untruncated (scale f_x + f_y).
 
         Beaver's multiplication triples (Beaver 1991) dealt by the helper:
@@ -378,6 +415,7 @@ class MPCEngine:
             c = op(a0 + a1, b0 + b1)
             c0 = self.prg_h0.int64(c.shape)
             self.session.send(P1, c - c0, "beaver.corr")
+            self._record(form, op, a0 + a1, b0 + b1, c)
             return self.placeholder(c.shape, fz)
         a, b = self.prg_h.int64(x.shape), self.prg_h.int64(y.shape)
         e_i, f_i = x.data - a, y.data - b
@@ -391,6 +429,7 @@ class MPCEngine:
         z = op(e, f + b) if self.role == P0 else op(e, b)
         z = z + op(a, f)
         c_i = self.prg_h.int64(z.shape) if self.role == P0 else _like(c1, z, HELPER, "beaver.corr")
+        self._record(form, op, a, b, c_i)
         return Share(z + c_i, fz)
 
     def prepare_weight(self, w: Share) -> PreparedWeight:
@@ -404,7 +443,8 @@ class MPCEngine:
         opened = f_i + got[self.other]
         return PreparedWeight(opened, b_i, None, w.shape, w.frac_bits)
 
-    def beaver_fixed(self, x: Share, w: PreparedWeight, op: Bilinear) -> Share:
+    def beaver_fixed(self, x: Share, w: PreparedWeight, op: Bilinear, form: Form | None = None
+                     ) -> Share:
         """``op(x, W)`` with a prepared weight: Beaver with B re-used, fresh A per call.
 
         1. helper: a = a0 + a1 fresh; c = op(a, B); sends c1 = c - c0 to P1;
@@ -419,6 +459,7 @@ class MPCEngine:
             c = op(a, w.b_full)
             c0 = self.prg_h0.int64(c.shape)
             self.session.send(P1, c - c0, "beaver.corr")
+            self._record(form, op, a, w.b_full, c)
             return self.placeholder(c.shape, fz)
         assert w.opened is not None and w.b_share is not None
         a = self.prg_h.int64(x.shape)
@@ -430,6 +471,7 @@ class MPCEngine:
         rhs = w.opened + w.b_share if self.role == P0 else w.b_share
         z = op(e, rhs) + op(a, w.opened)
         c_i = self.prg_h.int64(z.shape) if self.role == P0 else _like(c1, z, HELPER, "beaver.corr")
+        self._record(form, op, a, w.b_share, c_i)
         return Share(z + c_i, fz)
 
     # ------------------------------------------------------------------ convenience products
@@ -445,7 +487,8 @@ class MPCEngine:
 
     def linear(self, x: Share, w: PreparedWeight, bias: Share | None = None) -> Share:
         """x @ W^T + bias, with W prepared; bias at the activation's scale."""
-        z = self.beaver_fixed(x, w, lambda a, b: ring_matmul(a, b.transpose(-1, -2)))
+        z = self.beaver_fixed(x, w, lambda a, b: ring_matmul(a, b.transpose(-1, -2)),
+                              MatMul(transpose_b=True))
         z = self.truncate(z, w.frac_bits)
         return z + bias if bias is not None else z
 
@@ -455,7 +498,8 @@ class MPCEngine:
             return ring_conv2d(a, b, stride=stride, padding=padding, dilation=dilation,
                                groups=groups)
 
-        z = self.truncate(self.beaver_fixed(x, w, op), w.frac_bits)
+        z = self.truncate(self.beaver_fixed(x, w, op, conv_form(stride, padding, dilation,
+                                                                groups)), w.frac_bits)
         if bias is not None:
             z = z + bias.reshape(1, -1, 1, 1).expand(*z.shape)
         return z
