@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -308,7 +309,7 @@ def campaign(w: Workload, trials: int, seed: bytes | None = None,
     return out
 
 
-def summarise(trials: list[Trial]) -> dict[str, object]:
+def summarise(trials: list[Trial]) -> dict[str, Any]:
     by_cell: dict[str, Counter[str]] = {}
     for t in trials:
         by_cell.setdefault(f"P{t.party if t.party < 2 else 'h'} {t.tag or '(untagged)'} "
@@ -336,7 +337,7 @@ def main() -> None:
     trials = campaign(w, a.trials, timeout=a.timeout)
     summary = summarise(trials)
     print(f"{'cell':42s} {'detected':>9s} {'correct':>8s} {'wrong':>6s}")
-    for cell, c in summary["cells"].items():  # type: ignore[union-attr]
+    for cell, c in summary["cells"].items():
         print(f"{cell:42s} {c.get('detected', 0):9d} {c.get('correct', 0):8d} "
               f"{c.get('wrong', 0):6d}")
     print(f"{a.model}: {summary['outcomes']} in {time.perf_counter() - t0:.0f} s")

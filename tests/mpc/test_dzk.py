@@ -118,3 +118,17 @@ def test_the_helper_sends_only_p1_and_p0_gets_only_p1s_final_shares(shares) -> N
     dzk1 = [m for m in got[P1] if ":dzk." in m]
     assert dzk0 == ["1:dzk.open"]  # P0 gets only P1's final shares
     assert "2:dzk.pad" in dzk1 and "2:dzk.fold" in dzk1 and dzk1[-1] == "0:dzk.open"
+
+
+@pytest.mark.parametrize("party", [P0, P1])
+def test_a_verifier_that_steers_the_coins_is_refused_by_the_helper(shares, party) -> None:
+    """Coins from one verifier alone would let it steer the helper's folds to a single Beaver
+    mask product (dzk.coin_prg); the helper compares both verifiers' coins first."""
+
+    def prog(s, *a):
+        if s.party_id == party:
+            s = FaultySession(s, Fault("dzk.coin", 0, "random", bytes(16)))
+        return _program(s, *a)
+
+    with pytest.raises(IntegrityError, match="different coins"):
+        run_in_memory(3, prog, shares, None)

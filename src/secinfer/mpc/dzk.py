@@ -13,8 +13,9 @@ galois`) because over Z_2^64 a random check misses an error of 2^63 with probabi
 
 Parties: the helper is the prover (it knows a, b and c: it drew them from its seeds); P0 and
 P1 are the verifiers, holding additive shares (a0, b0, c0) and (a1, b1, c1). Public coins come
-from the P0-P1 PRG, which the helper never sees; P0 tells the helper each coin after the helper
-has committed to the message it covers.
+from the P0-P1 PRG, which the helper never sees; P0 and P1 both send the helper each coin seed
+after the helper has committed to the message it covers, and the helper aborts if the two
+differ (:func:`coin_prg` says why one sender is not enough).
 
 1. Compression. Every triple becomes one inner-product claim ``<u, v> = t`` over GR: for an
    elementwise product, ``u = rho * a``, ``v = b``, ``t = <rho, c>`` with rho uniform
@@ -37,7 +38,7 @@ Soundness: a helper with any wrong triple passes with probability at most
 (2 + 2 ceil(log2(n + 1))) / 2^d over n claimed elements: below 2^-41 for d = 48 and n < 2^30.
 
 Cost: ceil(log2(n + 1)) + 1 rounds; the helper sends 3 GR elements per fold and 1 more
-(8 d bytes each), P0 sends it the coins (16 bytes, then d bytes per fold), P0 and P1 exchange
+(8 d bytes each), P0 and P1 each send it a 16-byte coin seed per fold, and exchange
 3 + folds GR elements. Compute: O(n d^2) word operations at the helper, O(n d^2) at each
 verifier (the folds), plus O(d) products of the triples' shapes for the compression.
 
@@ -52,8 +53,9 @@ What each party receives, and why it learns nothing:
 - P0: P1's final shares, by the same argument. Nothing from the helper (its shares are seed
   draws).
 
-A malicious verifier can make the check fail (an abort), not learn more. A malicious helper is
-the case the check is for.
+A malicious verifier can make the check fail (an abort), not learn more: its own shares enter
+only what it opens itself, and the coins the helper folds with are the ones the honest
+verifier uses too. A malicious helper is the case the check is for.
 """
 
 from __future__ import annotations
@@ -118,14 +120,25 @@ def _mult_matrix(powers: Tensor, r: Tensor) -> Tensor:
 
 
 def coin_prg(engine) -> PRG:
-    """A PRG of public coins: a fresh 16-byte seed drawn by P0 and P1 from their common PRG and
-    sent by P0 to the helper, after the helper's messages the coins are to cover."""
+    """A PRG of public coins: a fresh 16-byte seed drawn by P0 and P1 from their common PRG,
+    after the helper's messages it covers, and sent to the helper by **both**.
+
+    The helper refuses two different seeds. With coins from P0 alone, a cheating P0 could
+    steer the helper's folds (coin 0 or 1 keeps one half whole), down to a single claimed
+    element, and read a product of Beaver masks, a_j b_j, from the differences P1 opens at
+    the end: with the opened x_j - a_j and y_j - b_j that is an equation in the data.
+    """
     s = engine.session
     if engine.is_helper:
-        return PRG(bytes(s.recv(P0, tag="dzk.coin", expect=((16,), torch.uint8)).tolist()))
+        like = ((16,), torch.uint8)
+        c0 = s.recv(P0, tag="dzk.coin", expect=like)
+        c1 = s.recv(P1, tag="dzk.coin", expect=like)
+        if not torch.equal(c0, c1):
+            raise IntegrityError("P0 and P1 sent the helper different coins for the check of "
+                                 "its products: one of them deviates (the query is aborted)")
+        return PRG(bytes(c0.tolist()))
     seed = engine.prg_01.bytes(16).clone()
-    if engine.role == P0:
-        s.send(HELPER, seed, "dzk.coin")
+    s.send(HELPER, seed, "dzk.coin")
     return PRG(bytes(seed.tolist()))
 
 
