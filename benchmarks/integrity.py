@@ -4,8 +4,9 @@ Issue 14 asks for malicious/semi-honest time and bytes on the shipped CNN, fmnis
 BERT layer and MiniLM. The malicious engine of ``docs/integrity.md`` is not built yet. This
 measures the one layer that is: ``MPCConfig(verify_dealer=True)``, whose
 :meth:`~secinfer.mpc.engine.MPCEngine.check_dealer` proves every Beaver triple the helper
-dealt (:mod:`secinfer.mpc.dzk`) before the output leaves. It runs on the CNN workloads, the
-only ones with the check wired in so far.
+dealt (:mod:`secinfer.mpc.dzk`) before the output leaves. It runs the CNN workloads; the
+transformer programs take the same switch (``SecureTransformerConfig.verify_dealer``), and
+their far larger cost is measured in ``docs/integrity.md``.
 
 One real Fashion-MNIST test image per run, the same weights and inputs for both modes. The
 user and the three servers are threads of this process over the in-memory transport, one

@@ -168,7 +168,7 @@ def resnet_block_workload(images: int = 8, verify_dealer: bool = False) -> Workl
 
 
 def bert_workload(seq: int = 128, inputs: int = 4, hidden: int = 384, heads: int = 12,
-                  ffn: int = 1536, seed: int = 0) -> Workload:
+                  ffn: int = 1536, seed: int = 0, verify_dealer: bool = False) -> Workload:
     """One BERT layer in the sentence-embedding program (random weights from ``seed``; the
     last quarter of each sequence is padding, hidden from the servers)."""
     from secinfer.transformer import (
@@ -185,7 +185,7 @@ def bert_workload(seq: int = 128, inputs: int = 4, hidden: int = 384, heads: int
     x = torch.randn(inputs, 1, seq, hidden, dtype=torch.float64, generator=g)
     keep = torch.ones(1, seq, dtype=torch.int64)
     keep[:, seq - seq // 4 :] = 0
-    dims, cfg = EncoderDims.of(enc), SecureTransformerConfig()
+    dims, cfg = EncoderDims.of(enc), SecureTransformerConfig(verify_dealer=verify_dealer)
     ref = torch.cat([mean_pool(plain_encoder(enc, x[i], keep), keep) for i in range(inputs)])
 
     def program(session: Session, i: int) -> torch.Tensor | None:
@@ -197,7 +197,8 @@ def bert_workload(seq: int = 128, inputs: int = 4, hidden: int = 384, heads: int
     return Workload("bert_layer", program, inputs, ref, close_embedding())
 
 
-def clip_workload(images: int = 4, bundle: object | None = None) -> Workload:
+def clip_workload(images: int = 4, bundle: object | None = None, verify_dealer: bool = False
+                  ) -> Workload:
     """The secure tiny CLIP (``fmnist_tiny_clip()`` unless ``bundle``) on test images whose
     plaintext winner leads by more than twice the tolerance, against the ten class prompts.
 
@@ -209,7 +210,8 @@ def clip_workload(images: int = 4, bundle: object | None = None) -> Workload:
     from secinfer.transformer.clip import pad_prompts
 
     b = bundle or fmnist_tiny_clip()
-    model, cfg = b.model, SecureTransformerConfig()  # type: ignore[attr-defined]
+    model = b.model  # type: ignore[attr-defined]
+    cfg = SecureTransformerConfig(verify_dealer=verify_dealer)
     user_side, weights = capture_clip(model)
     prompts = prompts_for(FMNIST_CLASSES, "a photo of a {label}.")
     ids, mask = b.tokenize(prompts)  # type: ignore[attr-defined]
@@ -234,19 +236,13 @@ def clip_workload(images: int = 4, bundle: object | None = None) -> Workload:
     return Workload("tiny_clip", program, len(pick), ref, close_logits(tol))
 
 
-def _no_verify(make: Callable[[], Workload], verify: bool) -> Workload:
-    if verify:
-        raise ValueError("--verify-dealer is wired into the CNN workloads only so far")
-    return make()
-
-
 #: --model name -> (inputs, seq, verify_dealer) -> workload
 MODELS: dict[str, Callable[[int, int, bool], Workload]] = {
     "fmnist_cnn": lambda n, seq, v: cnn_workload(
         "fmnist_cnn", n, MPCConfig(frac_bits=12, verify_dealer=v)),
     "fmnist_resnet_block6": lambda n, seq, v: resnet_block_workload(n, v),
-    "bert_layer": lambda n, seq, v: _no_verify(lambda: bert_workload(seq, n), v),
-    "tiny_clip": lambda n, seq, v: _no_verify(lambda: clip_workload(n), v),
+    "bert_layer": lambda n, seq, v: bert_workload(seq, n, verify_dealer=v),
+    "tiny_clip": lambda n, seq, v: clip_workload(n, verify_dealer=v),
 }
 
 

@@ -104,3 +104,10 @@ def test_with_the_dealer_proof_a_skewed_product_correction_is_detected(verified,
 
 def test_with_the_dealer_proof_an_honest_run_is_correct(verified) -> None:
     assert run_trial(verified, 0, "", "none", 0, 1).outcome == "correct"
+
+
+def test_the_dealer_proof_runs_in_the_transformer_programs_too() -> None:
+    w = bert_workload(seq=8, inputs=1, verify_dealer=True)
+    assert run_trial(w, 0, "", "none", 0, 0, timeout=60).outcome == "correct"
+    t = run_trial(w, 2, "beaver.corr", "add_const", 5, 0, timeout=60)
+    assert t.outcome == "detected" and "IntegrityError" in t.detail, t

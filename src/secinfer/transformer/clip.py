@@ -300,6 +300,8 @@ def clip_program(session: Session, dims: ClipDims, cfg: SecureTransformerConfig,
         with session.op("logits"):
             cos = engine.matmul(img, txt.transpose(0, 1).contiguous())
             logits = engine.mul(cos, model.logit_scale.reshape(1, 1))
+        if cfg.verify_dealer:  # before any output leaves
+            engine.check_dealer()
         engine.reveal(logits, to=user)
         if with_embeddings:
             engine.reveal(img, to=user)

@@ -79,6 +79,8 @@ class SecureTransformerConfig:
         learn only that padded length. False: the mask and EOS positions are public (each
         text's token count leaks) and the front doors pad to the batch's longest text.
         Measured cost at a fixed padded length: ``benchmarks/transformer.py --length-hiding``.
+    verify_dealer (False): prove every product the helper dealt before the output leaves
+        (:attr:`secinfer.mpc.MPCConfig.verify_dealer`, ``docs/integrity.md``).
     """
 
     hidden_act: HiddenAct = "gelu"
@@ -88,6 +90,7 @@ class SecureTransformerConfig:
     truncation: Truncation = "exact"
     nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
     hide_length: bool = True
+    verify_dealer: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.hide_length, bool):
@@ -113,7 +116,7 @@ class SecureTransformerConfig:
 
     def mpc_config(self) -> MPCConfig:
         return MPCConfig(frac_bits=self.frac_bits, drelu_high_bits=self.drelu_high_bits,
-                         truncation=self.truncation)
+                         truncation=self.truncation, verify_dealer=self.verify_dealer)
 
 
 _PREPARED = ("qkv_w", "out_w", "ln1_w", "ff1_w", "ff2_w", "ln2_w")

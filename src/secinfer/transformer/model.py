@@ -227,5 +227,7 @@ def sentence_embedding_program(session: Session, dims: EncoderDims,
         y = encoder_forward(engine, model, x, mask, cfg)
         with session.op("pool"):
             out = pool_normalise(engine, y, pool, cfg.nonlinear)
+        if cfg.verify_dealer:  # before the output leaves
+            engine.check_dealer()
         engine.reveal(out, to=user)
     return None
