@@ -286,8 +286,7 @@ def triple_claim(gr: GaloisRing, coins: PRG, form: Form, a: Tensor, b: Tensor, c
     map here is linear in each of a, b and c, and the coins are common)."""
     if isinstance(form, Elementwise):
         bb = b.reshape(-1).index_select(0, form.index) if form.index is not None else b
-        ae, be = torch.broadcast_tensors(a.reshape(a.shape) if form.index is None
-                                         else a.reshape(-1), bb)
+        ae, be = torch.broadcast_tensors(a if form.index is None else a.reshape(-1), bb)
         ae, be = ae.reshape(-1), be.reshape(-1)
         rho = gr.random_exceptional(coins, (ae.numel(),))
         t = (rho * c.reshape(-1, 1)).sum(0)

@@ -4,7 +4,9 @@ Threat model (as in the Knapsack seed, Gorski & Avidan, and SecureNN, Wagh et al
 semi-honest, non-colluding parties. P0 and P1 hold additive shares mod 2^64 of every activation
 and weight; the helper P2 deals correlated randomness and assists comparisons. Collusion of the
 helper with either compute party reveals everything. A party that deviates is not detected by
-this engine (integrity is a separate layer). Out of scope: the model's architecture and every
+this engine, with one exception: with ``MPCConfig.verify_dealer`` the helper's Beaver triples
+are proven before any output leaves (:meth:`check_dealer`, :mod:`.dzk`). The rest of the
+malicious design is in ``docs/integrity.md``. Out of scope: the model's architecture and every
 tensor's shape (public to all three servers), the number and timing of queries, side channels.
 
 Randomness: three pairwise seeds agreed at set-up over the session's (TLS) channels: P0-P1,
